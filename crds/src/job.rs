@@ -1,0 +1,310 @@
+//! The scrape-job contract: what the operator publishes per node and what the scraper reads (in
+//! cluster mode from the published object, in standalone mode built from its YAML file).
+//!
+//! Serialized as JSON with a `formatVersion`; a scraper refuses a shard whose major format it
+//! does not know rather than guessing, and keeps running its last good jobs.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Duration, NamespacedSecretKeyRef, ResolvedProfile, Scheme, policy::SinkSpec,
+    relabel::{Labels, RelabelConfig},
+};
+
+/// The format this crate writes and reads.
+pub const JOB_SHARD_FORMAT_VERSION: u32 = 1;
+
+/// Key of the shard's JSON inside the published object's data.
+pub const JOB_SHARD_DATA_KEY: &str = "jobs.json";
+
+/// All jobs for one scraper (one node, or the cluster-wide scraper).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobShard {
+    /// [`JOB_SHARD_FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// The node whose scraper reads this shard; `None` for jobs without a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The jobs, sorted by id.
+    pub jobs: Vec<ScrapeJob>,
+    /// Every sink a job names, sorted by name.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// Why a published shard could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JobShardError {
+    /// Not JSON of the expected shape.
+    #[error("job shard is not valid JSON of the expected shape: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer operator.
+    #[error(
+        "job shard has format version {found}, this scraper reads version {JOB_SHARD_FORMAT_VERSION}: upgrade the scraper to match the operator"
+    )]
+    UnsupportedVersion {
+        /// The version found.
+        found: u32,
+    },
+}
+
+impl JobShard {
+    /// A shard holding `jobs` (sorted here) and `sinks`.
+    pub fn new(node: Option<String>, mut jobs: Vec<ScrapeJob>, mut sinks: Vec<SinkSpec>) -> Self {
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        sinks.sort_by(|a, b| a.name.cmp(&b.name));
+        Self {
+            format_version: JOB_SHARD_FORMAT_VERSION,
+            node,
+            jobs,
+            sinks,
+        }
+    }
+
+    /// Stable JSON: the same shard always serializes to the same bytes, so the operator can
+    /// skip writes that change nothing.
+    pub fn to_json(&self) -> String {
+        // Serialization of plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks the format version.
+    pub fn from_json(json: &str) -> Result<Self, JobShardError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Header {
+            format_version: u32,
+        }
+        let header: Header = serde_json::from_str(json)?;
+        if header.format_version != JOB_SHARD_FORMAT_VERSION {
+            return Err(JobShardError::UnsupportedVersion {
+                found: header.format_version,
+            });
+        }
+        Ok(serde_json::from_str(json)?)
+    }
+}
+
+/// Where a job came from, so that scrape health can be reported on the right object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOrigin {
+    /// What produced the job.
+    pub kind: OriginKind,
+    /// Namespace of the ProfilingTarget or pod (empty for static jobs).
+    #[serde(default)]
+    pub namespace: String,
+    /// Name of the ProfilingTarget, pod (annotations) or static target.
+    pub name: String,
+}
+
+/// The kinds of job origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum OriginKind {
+    /// A ProfilingTarget.
+    ProfilingTarget,
+    /// Pod annotations.
+    Annotations,
+    /// The scraper's standalone file.
+    Static,
+}
+
+/// A secret value: from a Kubernetes Secret (cluster mode; the scraper reads it under RBAC, so
+/// no credential is ever written into a published shard) or a file (standalone mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRef {
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<NamespacedSecretKeyRef>,
+    /// A file whose content is the value (trailing newline trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Authentication towards the target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ScrapeAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: CredentialRef,
+    },
+    /// HTTP basic authentication.
+    Basic {
+        /// The user name.
+        username: CredentialRef,
+        /// The password.
+        password: CredentialRef,
+    },
+}
+
+/// TLS towards an `https` target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeTls {
+    /// PEM CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CredentialRef>,
+    /// PEM client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<CredentialRef>,
+    /// PEM client key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<CredentialRef>,
+    /// Name to verify instead of the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Do not verify the target's certificate.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One profile type of one target: the unit the scraper schedules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeJob {
+    /// Stable identity (see [`ScrapeJob::identity`]): a change of interval, labels or sinks keeps
+    /// the id, so the scheduler updates the job in place instead of restarting its timer.
+    pub id: String,
+    /// What produced the job.
+    pub origin: JobOrigin,
+    /// `host:port`.
+    pub address: String,
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// The profile type, path, delta and seconds.
+    pub profile: ResolvedProfile,
+    /// Extra query parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, Vec<String>>,
+    /// Time between scrapes.
+    pub interval: Duration,
+    /// Deadline of a request; a profile with `seconds` may take `seconds` plus this.
+    pub timeout: Duration,
+    /// Labels before relabelling: discovery labels (`__address__`, `__meta_kubernetes_*`) and
+    /// static labels.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Relabelling, applied in order (target rules, then policy rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relabelings: Vec<RelabelConfig>,
+    /// Added after relabelling; never override a label relabelling set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: Labels,
+    /// Authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ScrapeAuth>,
+    /// TLS settings for `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ScrapeTls>,
+    /// Names of the sinks to send to.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    /// Largest body accepted, in bytes as fetched (before decompression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_profile_bytes: Option<u64>,
+}
+
+impl ScrapeJob {
+    /// The id of a job pulling `profile_name` at `path` from `address` for `origin`: a hex
+    /// digest, stable across processes and releases.
+    pub fn identity(origin: &JobOrigin, address: &str, profile_name: &str, path: &str) -> String {
+        use md5::Digest;
+        let mut h = md5::Md5::new();
+        for part in [
+            format!("{:?}", origin.kind).as_str(),
+            &origin.namespace,
+            &origin.name,
+            address,
+            profile_name,
+            path,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// How long one request may take: `seconds` plus the timeout for profiles sampled over
+    /// time (CPU), the timeout otherwise.
+    pub fn request_deadline(&self) -> std::time::Duration {
+        let sampled = std::time::Duration::from_secs(u64::from(self.profile.seconds.unwrap_or(0)));
+        sampled + self.timeout.std()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProfileKind;
+
+    fn job() -> ScrapeJob {
+        let origin = JobOrigin {
+            kind: OriginKind::Static,
+            namespace: String::new(),
+            name: "demo".into(),
+        };
+        ScrapeJob {
+            id: ScrapeJob::identity(&origin, "127.0.0.1:6060", "process_cpu", "/debug/pprof/profile"),
+            origin,
+            address: "127.0.0.1:6060".into(),
+            scheme: Scheme::Http,
+            profile: ResolvedProfile {
+                name: "process_cpu".into(),
+                kind: Some(ProfileKind::Cpu),
+                path: "/debug/pprof/profile".into(),
+                delta: false,
+                seconds: Some(15),
+            },
+            params: BTreeMap::new(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+            labels: Labels::new(),
+            relabelings: vec![],
+            external_labels: Labels::new(),
+            auth: None,
+            tls: None,
+            sinks: vec!["local".into()],
+            max_profile_bytes: None,
+        }
+    }
+
+    #[test]
+    fn shard_round_trips_and_is_stable() {
+        let shard = JobShard::new(Some("node-1".into()), vec![job()], vec![]);
+        let json = shard.to_json();
+        assert_eq!(JobShard::from_json(&json).unwrap(), shard);
+        assert_eq!(json, JobShard::from_json(&json).unwrap().to_json());
+    }
+
+    #[test]
+    fn newer_format_is_refused_with_advice() {
+        let json = r#"{"formatVersion": 2, "jobs": []}"#;
+        let err = JobShard::from_json(json).unwrap_err().to_string();
+        assert!(err.contains("format version 2") && err.contains("upgrade"), "{err}");
+    }
+
+    #[test]
+    fn identity_ignores_interval_but_not_the_address() {
+        let a = job();
+        let mut b = job();
+        b.interval = Duration::from_secs(60);
+        assert_eq!(a.id, b.id);
+        let other = ScrapeJob::identity(&a.origin, "127.0.0.2:6060", "process_cpu", "/debug/pprof/profile");
+        assert_ne!(a.id, other);
+        assert_eq!(a.id.len(), 16);
+    }
+
+    #[test]
+    fn cpu_deadline_is_seconds_plus_timeout() {
+        assert_eq!(job().request_deadline(), std::time::Duration::from_secs(25));
+    }
+}

@@ -1,0 +1,133 @@
+//! `ProfilingTarget`: which pods to profile, on which port, with which profile types. Modelled on
+//! Prometheus Operator's `PodMonitor`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    BasicAuth, Duration, NamespaceSelector, Profiles, RelabelConfig, Scheme, SecretKeyRef,
+    TlsConfig,
+};
+
+/// Which pods to profile and how. Namespaced; selects pods in its own namespace unless
+/// `namespaceSelector` says otherwise.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "kubeprof.io",
+    version = "v1alpha1",
+    doc = "Which pods to profile, on which port, with which profile types (kubeprof.io, like Prometheus Operator PodMonitor).",
+    kind = "ProfilingTarget",
+    plural = "profilingtargets",
+    shortname = "pt",
+    category = "kubeprof",
+    namespaced,
+    status = "ProfilingTargetStatus",
+    printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.matchedPods","description":"Running pods the target selects"}"#,
+    printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeJobs","description":"Scrape jobs published for the target"}"#,
+    printcolumn = r#"{"name":"Failing","type":"integer","jsonPath":".status.failingJobs","description":"Jobs whose last scrape failed"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilingTargetSpec {
+    /// Label selector of the pods to profile (required; `{}` selects every pod).
+    pub selector: LabelSelector,
+    /// Namespaces to select pods from. Default: the target's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<NamespaceSelector>,
+    /// The pprof endpoints of each selected pod.
+    #[schemars(length(min = 1))]
+    pub endpoints: Vec<Endpoint>,
+    /// The `service_name` label of every profile. Default: `<namespace>/<container>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Extra static labels added to every profile, before relabelling.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Names of the sinks (defined by ProfilingPolicies) to send to. Default: every sink the
+    /// governing policy defines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<String>,
+    /// Stop scraping without deleting the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// One pprof endpoint of the selected pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.port) != has(self.portNumber)").message("exactly one of port or portNumber must be set"),
+    validation = Rule::new("!has(self.interval) || !has(self.scrapeTimeout) || duration(self.scrapeTimeout) < duration(self.interval)").message("scrapeTimeout must be less than interval"),
+    validation = Rule::new("!(has(self.bearerTokenSecret) && has(self.basicAuth))").message("bearerTokenSecret and basicAuth are mutually exclusive"),
+)]
+pub struct Endpoint {
+    /// Name of the container port serving pprof (exactly one of `port` and `portNumber`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Number of the container port serving pprof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port_number: Option<i32>,
+    /// `http` (default) or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<Scheme>,
+    /// Time between scrapes. Default: the policy's (15s without a policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Deadline of a scrape of the non-CPU types; must be less than the interval. A CPU
+    /// profile request may last its `seconds` plus this timeout. Default: the policy's (10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_timeout: Option<Duration>,
+    /// Extra query parameters sent with every profile request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, Vec<String>>,
+    /// Bearer token sent to the endpoint, from a Secret in the target's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret: Option<SecretKeyRef>,
+    /// Basic authentication, from a Secret in the target's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// TLS settings for `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsConfig>,
+    /// Relabelling applied to the discovery labels of each pod; a dropped pod is not scraped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relabelings: Vec<RelabelConfig>,
+    /// The profile types to pull. Types not mentioned follow the policy defaults.
+    #[serde(default)]
+    pub profiles: Profiles,
+}
+
+/// What the operator and the scrapers observed of a ProfilingTarget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilingTargetStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, and `Degraded` with a reason (PortNotFound, SecretNotFound, NoMatchingPods,
+    /// LimitExceeded, ScrapeFailing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Running pods the target selects.
+    #[serde(default)]
+    pub matched_pods: i32,
+    /// Scrape jobs published for the target (one per pod, endpoint and profile type).
+    #[serde(default)]
+    pub active_jobs: i32,
+    /// Jobs whose last scrape failed.
+    #[serde(default)]
+    pub failing_jobs: i32,
+    /// Time of the most recent successful scrape of any of the target's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrape_time: Option<Time>,
+    /// The most recent scrape error, if any job is failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

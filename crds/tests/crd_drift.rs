@@ -1,0 +1,19 @@
+//! The committed CRD YAML must be what the Rust types generate.
+use std::path::Path;
+
+#[test]
+fn committed_crd_yaml_matches_the_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("yaml");
+    let files = kubeprof_crds::generated_crd_files().expect("CRDs render");
+    assert_eq!(files.len(), 2);
+    for (name, yaml) in files {
+        let path = dir.join(&name);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == yaml,
+            "{} differs from the Rust types: run `{}` and commit crds/yaml/",
+            path.display(),
+            kubeprof_crds::CRDGEN_COMMAND
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! kubeprof-scraper: jobs -> scheduler -> fetch -> decode/validate -> delta -> labels -> sinks.
+#![forbid(unsafe_code)]
+
+pub mod proto;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("kubeprof-scraper {}", env!("CARGO_PKG_VERSION"));
+}
