@@ -16,4 +16,9 @@ echo "test.sh: KUBECONFIG=${KUBECONFIG:-<unset>} KUBEBUILDER_ASSETS=${KUBEBUILDE
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo run -q --locked -p kubeprof-crds --bin crdgen -- --check
+if python3 -c 'import helm_python, kubernetes_validate, pytest, yaml' 2>/dev/null; then
+  python3 -m pytest -q charts/tests
+else
+  echo "SKIPPED chart tests: pip install -r charts/tests/requirements.txt (Helm's engine and the Kubernetes schemas)"
+fi
 cargo test --workspace --locked

@@ -3,17 +3,20 @@ use std::path::Path;
 
 #[test]
 fn committed_crd_yaml_matches_the_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("yaml");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = kubeprof_crds::generated_crd_files().expect("CRDs render");
     assert_eq!(files.len(), 2);
-    for (name, yaml) in files {
-        let path = dir.join(&name);
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == yaml,
-            "{} differs from the Rust types: run `{}` and commit crds/yaml/",
-            path.display(),
-            kubeprof_crds::CRDGEN_COMMAND
-        );
+    // The Helm chart ships its own copy (Helm installs charts/<name>/crds/ before templates).
+    for dir in [root.join("yaml"), root.join("../charts/kubeprof/crds")] {
+        for (name, yaml) in &files {
+            let path = dir.join(name);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == *yaml,
+                "{} differs from the Rust types: run `{}` and commit crds/yaml/ and charts/kubeprof/crds/",
+                path.display(),
+                kubeprof_crds::CRDGEN_COMMAND
+            );
+        }
     }
 }
