@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .bytes(["."])
+        .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -104,9 +104,8 @@ pub struct NamespaceSelector {
     pub match_labels: Option<std::collections::BTreeMap<String, String>>,
     /// Select namespaces whose labels satisfy all of these expressions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub match_expressions: Option<
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement>,
-    >,
+    pub match_expressions:
+        Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement>>,
 }
 
 impl NamespaceSelector {

@@ -193,7 +193,9 @@ mod tests {
     #[test]
     fn refuses_what_the_schema_pattern_refuses() {
         let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
-        for bad in ["", "15", "s", "1d", "-5s", "1.s", ".5s", "5 s", "15sec", "1m-3s"] {
+        for bad in [
+            "", "15", "s", "1d", "-5s", "1.s", ".5s", "5 s", "15sec", "1m-3s",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} parsed");
             assert!(!pattern.is_match(bad), "{bad:?} matches the schema pattern");
         }

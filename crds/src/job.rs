@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Duration, NamespacedSecretKeyRef, ResolvedProfile, Scheme, policy::SinkSpec,
+    Duration, NamespacedSecretKeyRef, ResolvedProfile, Scheme,
+    policy::SinkSpec,
     relabel::{Labels, RelabelConfig},
 };
 
@@ -90,7 +91,9 @@ impl JobShard {
 }
 
 /// Where a job came from, so that scrape health can be reported on the right object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct JobOrigin {
     /// What produced the job.
@@ -103,7 +106,9 @@ pub struct JobOrigin {
 }
 
 /// The kinds of job origin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum OriginKind {
     /// A ProfilingTarget.
     ProfilingTarget,
@@ -253,7 +258,12 @@ mod tests {
             name: "demo".into(),
         };
         ScrapeJob {
-            id: ScrapeJob::identity(&origin, "127.0.0.1:6060", "process_cpu", "/debug/pprof/profile"),
+            id: ScrapeJob::identity(
+                &origin,
+                "127.0.0.1:6060",
+                "process_cpu",
+                "/debug/pprof/profile",
+            ),
             origin,
             address: "127.0.0.1:6060".into(),
             scheme: Scheme::Http,
@@ -289,7 +299,10 @@ mod tests {
     fn newer_format_is_refused_with_advice() {
         let json = r#"{"formatVersion": 2, "jobs": []}"#;
         let err = JobShard::from_json(json).unwrap_err().to_string();
-        assert!(err.contains("format version 2") && err.contains("upgrade"), "{err}");
+        assert!(
+            err.contains("format version 2") && err.contains("upgrade"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -298,7 +311,12 @@ mod tests {
         let mut b = job();
         b.interval = Duration::from_secs(60);
         assert_eq!(a.id, b.id);
-        let other = ScrapeJob::identity(&a.origin, "127.0.0.2:6060", "process_cpu", "/debug/pprof/profile");
+        let other = ScrapeJob::identity(
+            &a.origin,
+            "127.0.0.2:6060",
+            "process_cpu",
+            "/debug/pprof/profile",
+        );
         assert_ne!(a.id, other);
         assert_eq!(a.id.len(), 16);
     }

@@ -27,7 +27,9 @@ pub const GROUP: &str = "kubeprof.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD this crate defines, in the order `crdgen` writes them.
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     use kube::CustomResourceExt as _;
     vec![ProfilingPolicy::crd(), ProfilingTarget::crd()]
 }

@@ -4,7 +4,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The built-in Go profile types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProfileKind {
     /// CPU time, sampled over `seconds` (`/debug/pprof/profile`); sent as `process_cpu`.
@@ -21,7 +23,13 @@ pub enum ProfileKind {
 
 impl ProfileKind {
     /// Every built-in kind, in a stable order.
-    pub const ALL: [ProfileKind; 5] = [Self::Cpu, Self::Memory, Self::Goroutine, Self::Mutex, Self::Block];
+    pub const ALL: [ProfileKind; 5] = [
+        Self::Cpu,
+        Self::Memory,
+        Self::Goroutine,
+        Self::Mutex,
+        Self::Block,
+    ];
 
     /// The name written in the API (`cpu`, `memory`, ...).
     pub fn api_name(self) -> &'static str {
@@ -152,7 +160,9 @@ pub struct Profiles {
 }
 
 /// One profile type of an endpoint, with every default applied: what the scraper pulls.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedProfile {
     /// The `__name__` value: `process_cpu`, `memory`, ..., or a custom name.
@@ -241,7 +251,10 @@ mod tests {
     #[test]
     fn defaults_follow_alloy() {
         let resolved = Profiles::default().resolve(&ProfileKind::ALL, 15);
-        let names: Vec<_> = resolved.iter().map(|p| (p.name.as_str(), p.path.as_str(), p.delta, p.seconds)).collect();
+        let names: Vec<_> = resolved
+            .iter()
+            .map(|p| (p.name.as_str(), p.path.as_str(), p.delta, p.seconds))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -257,10 +270,24 @@ mod tests {
     #[test]
     fn explicit_settings_beat_defaults() {
         let profiles = Profiles {
-            cpu: Some(CpuProfile { enabled: None, path: None, seconds: Some(10) }),
-            memory: Some(ProfileSettings { enabled: Some(false), ..Default::default() }),
-            mutex: Some(ProfileSettings { enabled: Some(true), path: Some("/m".into()), delta: Some(false) }),
-            goroutine: Some(ProfileSettings { delta: Some(true), ..Default::default() }),
+            cpu: Some(CpuProfile {
+                enabled: None,
+                path: None,
+                seconds: Some(10),
+            }),
+            memory: Some(ProfileSettings {
+                enabled: Some(false),
+                ..Default::default()
+            }),
+            mutex: Some(ProfileSettings {
+                enabled: Some(true),
+                path: Some("/m".into()),
+                delta: Some(false),
+            }),
+            goroutine: Some(ProfileSettings {
+                delta: Some(true),
+                ..Default::default()
+            }),
             custom: vec![CustomProfile {
                 name: "godeltaprof_memory".into(),
                 path: "/debug/pprof/delta_heap".into(),
@@ -268,8 +295,18 @@ mod tests {
             }],
             ..Default::default()
         };
-        let resolved = profiles.resolve(&[ProfileKind::Cpu, ProfileKind::Memory, ProfileKind::Goroutine], 15);
-        let names: Vec<_> = resolved.iter().map(|p| (p.name.as_str(), p.path.as_str(), p.delta, p.seconds)).collect();
+        let resolved = profiles.resolve(
+            &[
+                ProfileKind::Cpu,
+                ProfileKind::Memory,
+                ProfileKind::Goroutine,
+            ],
+            15,
+        );
+        let names: Vec<_> = resolved
+            .iter()
+            .map(|p| (p.name.as_str(), p.path.as_str(), p.delta, p.seconds))
+            .collect();
         assert_eq!(
             names,
             vec![

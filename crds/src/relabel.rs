@@ -66,7 +66,12 @@ impl RelabelAction {
     fn needs_target_label(self) -> bool {
         matches!(
             self,
-            Self::Replace | Self::HashMod | Self::Lowercase | Self::Uppercase | Self::KeepEqual | Self::DropEqual
+            Self::Replace
+                | Self::HashMod
+                | Self::Lowercase
+                | Self::Uppercase
+                | Self::KeepEqual
+                | Self::DropEqual
         )
     }
 }
@@ -104,7 +109,10 @@ pub struct RelabelConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_labels: Vec<String>,
     /// Joins the source values. Default `;`.
-    #[serde(default = "default_separator", skip_serializing_if = "is_default_separator")]
+    #[serde(
+        default = "default_separator",
+        skip_serializing_if = "is_default_separator"
+    )]
     pub separator: String,
     /// The label written by replace, hashmod, lowercase and uppercase, and compared by
     /// keepequal/dropequal. `$1`-style references are expanded for replace.
@@ -119,7 +127,10 @@ pub struct RelabelConfig {
     pub modulus: Option<u64>,
     /// Written by replace and labelmap; `$1`, `${1}` and `$name` refer to regex groups.
     /// Default `$1`.
-    #[serde(default = "default_replacement", skip_serializing_if = "is_default_replacement")]
+    #[serde(
+        default = "default_replacement",
+        skip_serializing_if = "is_default_replacement"
+    )]
     pub replacement: String,
     /// The action. Default `replace`.
     #[serde(default)]
@@ -184,7 +195,13 @@ pub fn is_valid_label_name(name: &str) -> bool {
 /// Kubernetes discovery does for pod labels).
 pub fn sanitize_label_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -254,7 +271,11 @@ impl RelabelConfig {
 
 /// Compiles a list of rules, naming the first bad one.
 pub fn compile_all(rules: &[RelabelConfig]) -> Result<Vec<CompiledRelabel>, RelabelError> {
-    rules.iter().enumerate().map(|(i, r)| r.compile(i)).collect()
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.compile(i))
+        .collect()
 }
 
 fn set(labels: &mut Labels, name: &str, value: String) {

@@ -3,7 +3,10 @@ use super::*;
 use pretty_assertions::assert_eq;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn rule(action: RelabelAction) -> RelabelConfig {
@@ -42,7 +45,12 @@ fn cases() -> Vec<Case> {
                 replacement: "ch${1}-ch${1}".into(),
                 ..Default::default()
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "choo-choo")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("d", "choo-choo"),
+            ])),
         },
         Case {
             name: "replace joins several sources with the separator",
@@ -100,7 +108,12 @@ fn cases() -> Vec<Case> {
                 replacement: "was-empty".into(),
                 ..Default::default()
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "was-empty")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("d", "was-empty"),
+            ])),
         },
         Case {
             name: "$1x names group 1x, which does not exist, so it expands to nothing",
@@ -112,7 +125,12 @@ fn cases() -> Vec<Case> {
                 replacement: "$1x-${1}x".into(),
                 ..Default::default()
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "-fx")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("d", "-fx"),
+            ])),
         },
         Case {
             name: "named groups and $$ escapes",
@@ -124,7 +142,12 @@ fn cases() -> Vec<Case> {
                 replacement: "$rest$$${first}".into(),
                 ..Default::default()
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "az$b")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("d", "az$b"),
+            ])),
         },
         Case {
             name: "target label built from a capture",
@@ -136,7 +159,12 @@ fn cases() -> Vec<Case> {
                 replacement: "set".into(),
                 ..Default::default()
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("label_f", "set")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("label_f", "set"),
+            ])),
         },
         Case {
             name: "an invalid expanded target name is skipped",
@@ -261,7 +289,12 @@ fn cases() -> Vec<Case> {
                 modulus: Some(1000),
                 ..rule(RelabelAction::HashMod)
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("d", "976")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("d", "976"),
+            ])),
         },
         Case {
             name: "hashmod of joined sources",
@@ -273,11 +306,20 @@ fn cases() -> Vec<Case> {
                 ..rule(RelabelAction::HashMod)
             }],
             // md5("foo;bar"), last 8 bytes big-endian, mod 7 (computed independently with Python's hashlib)
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("c", "baz"), ("shard", "6")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("c", "baz"),
+                ("shard", "6"),
+            ])),
         },
         Case {
             name: "labelmap copies matching names",
-            input: labels(&[("__meta_kubernetes_pod_label_app", "web"), ("__meta_kubernetes_pod_label_tier", "fe"), ("x", "y")]),
+            input: labels(&[
+                ("__meta_kubernetes_pod_label_app", "web"),
+                ("__meta_kubernetes_pod_label_tier", "fe"),
+                ("x", "y"),
+            ]),
             rules: vec![RelabelConfig {
                 regex: "__meta_kubernetes_pod_label_(.+)".into(),
                 ..rule(RelabelAction::LabelMap)
@@ -298,7 +340,12 @@ fn cases() -> Vec<Case> {
                 replacement: "${1}_copy".into(),
                 ..rule(RelabelAction::LabelMap)
             }],
-            output: Some(labels(&[("a", "foo"), ("b", "bar"), ("b_copy", "bar"), ("c", "baz")])),
+            output: Some(labels(&[
+                ("a", "foo"),
+                ("b", "bar"),
+                ("b_copy", "bar"),
+                ("c", "baz"),
+            ])),
         },
         Case {
             name: "labeldrop removes matching names (anchored)",
@@ -389,7 +436,9 @@ fn relabel_table() {
         RelabelAction::Uppercase,
     ] {
         assert!(
-            cases.iter().any(|c| c.rules.iter().any(|r| r.action == action)),
+            cases
+                .iter()
+                .any(|c| c.rules.iter().any(|r| r.action == action)),
             "no case covers {action:?}"
         );
     }
@@ -413,25 +462,43 @@ fn hashmod_spreads_evenly() {
         buckets[shard] += 1;
     }
     for (shard, n) in buckets.iter().enumerate() {
-        assert!((850..=1150).contains(n), "shard {shard} got {n} of 10000: {buckets:?}");
+        assert!(
+            (850..=1150).contains(n),
+            "shard {shard} got {n} of 10000: {buckets:?}"
+        );
     }
 }
 
 #[test]
 fn invalid_rules_are_refused_with_their_position() {
     let bad = [
-        (RelabelConfig { regex: "(".into(), ..rule(RelabelAction::Keep) }, "invalid regex"),
+        (
+            RelabelConfig {
+                regex: "(".into(),
+                ..rule(RelabelAction::Keep)
+            },
+            "invalid regex",
+        ),
         (rule(RelabelAction::Replace), "targetLabel is required"),
         (
-            RelabelConfig { target_label: Some("x".into()), ..rule(RelabelAction::HashMod) },
+            RelabelConfig {
+                target_label: Some("x".into()),
+                ..rule(RelabelAction::HashMod)
+            },
             "modulus",
         ),
         (
-            RelabelConfig { target_label: Some("bad-name".into()), ..rule(RelabelAction::Lowercase) },
+            RelabelConfig {
+                target_label: Some("bad-name".into()),
+                ..rule(RelabelAction::Lowercase)
+            },
             "not a valid label name",
         ),
         (
-            RelabelConfig { source_labels: vec!["a".into()], ..rule(RelabelAction::LabelDrop) },
+            RelabelConfig {
+                source_labels: vec!["a".into()],
+                ..rule(RelabelAction::LabelDrop)
+            },
             "takes only regex",
         ),
         (

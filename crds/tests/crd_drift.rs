@@ -1,4 +1,6 @@
 //! The committed CRD YAML must be what the Rust types generate.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use std::path::Path;
 
 #[test]

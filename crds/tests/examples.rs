@@ -2,6 +2,8 @@
 //! the Rust types and passes the CRDs' CEL rules; every invalid example is refused with the
 //! message its first line announces (`# expect:` by a CEL rule, `# expect-structural:` by the
 //! schema, which the Rust types mirror).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use std::path::{Path, PathBuf};
 
 use kube::core::cel::Validator;
@@ -64,7 +66,11 @@ fn valid_examples_pass_types_and_cel() {
     let mut custom_resources = 0;
     for path in files {
         for obj in documents(&path) {
-            if obj["apiVersion"].as_str().unwrap_or_default().starts_with("kubeprof.io/") {
+            if obj["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("kubeprof.io/")
+            {
                 custom_resources += 1;
             }
             if let Err(e) = check(&obj) {

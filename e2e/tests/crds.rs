@@ -2,6 +2,8 @@
 //! every example is accepted by `kubectl apply --dry-run=server`, and every invalid example is
 //! refused with the message its first line names (`# expect:` by CEL, where the server has it;
 //! `# expect-structural:` by the schema alone, on any server).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use std::path::{Path, PathBuf};
 
 use kubeprof_e2e::{TestEnv, say};

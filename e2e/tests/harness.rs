@@ -1,4 +1,6 @@
 //! The harness itself: a server answers, namespaces are per test, objects round-trip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     Api,

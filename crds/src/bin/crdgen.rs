@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         }
     }
     if drift {
-        eprintln!("crdgen: run `{}` and commit the result", kubeprof_crds::CRDGEN_COMMAND);
+        eprintln!(
+            "crdgen: run `{}` and commit the result",
+            kubeprof_crds::CRDGEN_COMMAND
+        );
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
