@@ -1,0 +1,48 @@
+//! The pprof layer: decode (gzip or raw, with a decompression limit), validate, turn cumulative
+//! profiles into deltas, and encode again.
+//!
+//! Profiles are forwarded as the bytes the target sent whenever nothing changed them; only a
+//! delta profile (or a raw, uncompressed body) is re-encoded.
+
+mod decode;
+mod delta;
+mod validate;
+
+pub use decode::{DecodeError, DecodeLimits, decode, decompress, is_gzip};
+pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
+pub use validate::{ValidateError, validate};
+
+pub use crate::proto::perftools::profiles::Profile;
+
+use std::io::Write as _;
+
+/// gzip level of re-encoded profiles: fast, since the scraper re-encodes on the hot path and the
+/// sinks' receivers decompress anyway.
+const GZIP_LEVEL: u32 = 1;
+
+/// Serializes `profile` as gzip-compressed protobuf (what `net/http/pprof` serves).
+pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
+    use prost::Message as _;
+    let raw = profile.encode_to_vec();
+    gzip(&raw)
+}
+
+/// gzip-compresses `raw`.
+pub fn gzip(raw: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4 + 64),
+        flate2::Compression::new(GZIP_LEVEL),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(raw);
+    encoder.finish().unwrap_or_default()
+}
+
+/// The string at `index` of the profile's string table, or "" when out of range.
+pub fn string(profile: &Profile, index: i64) -> &str {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| profile.string_table.get(i))
+        .map(String::as_str)
+        .unwrap_or("")
+}

@@ -1,0 +1,96 @@
+//! Bytes from a target to a `Profile`, bounded.
+
+use std::{borrow::Cow, io::Read as _};
+
+use prost::Message as _;
+
+use super::Profile;
+
+/// Bounds on what decoding may allocate.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest decompressed profile accepted (default 64 MiB); a gzip bomb stops here.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_decompressed_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a body is not a profile. [`DecodeError::reason`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Nothing was sent.
+    #[error("empty body")]
+    Empty,
+    /// The gzip stream ends early.
+    #[error("truncated gzip stream")]
+    TruncatedGzip,
+    /// The gzip stream is damaged.
+    #[error("corrupt gzip stream: {0}")]
+    CorruptGzip(std::io::Error),
+    /// Decompressing would exceed the limit.
+    #[error("profile exceeds {limit} bytes when decompressed")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Not a pprof protobuf message.
+    #[error("not a pprof profile: {0}")]
+    NotPprof(#[from] prost::DecodeError),
+}
+
+impl DecodeError {
+    /// A short, fixed label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TruncatedGzip => "truncated_gzip",
+            Self::CorruptGzip(_) => "corrupt_gzip",
+            Self::TooLarge { .. } => "too_large",
+            Self::NotPprof(_) => "not_pprof",
+        }
+    }
+}
+
+/// Whether `body` starts with the gzip magic.
+pub fn is_gzip(body: &[u8]) -> bool {
+    body.starts_with(&[0x1f, 0x8b])
+}
+
+/// The protobuf bytes of `body`: gunzipped (at most `limits.max_decompressed_bytes`) or as is.
+pub fn decompress<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<Cow<'a, [u8]>, DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if !is_gzip(body) {
+        if body.len() > limits.max_decompressed_bytes {
+            return Err(DecodeError::TooLarge {
+                limit: limits.max_decompressed_bytes,
+            });
+        }
+        return Ok(Cow::Borrowed(body));
+    }
+    let limit = limits.max_decompressed_bytes;
+    // Reading one byte past the limit tells "exactly at the limit" from "over it" without ever
+    // holding more than limit + 1 bytes.
+    let mut reader = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
+    match reader.read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(DecodeError::TooLarge { limit }),
+        Ok(_) => Ok(Cow::Owned(out)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(DecodeError::TruncatedGzip),
+        Err(e) => Err(DecodeError::CorruptGzip(e)),
+    }
+}
+
+/// Decodes a pprof profile from a gzip-compressed or raw body. Call [`super::validate`] next:
+/// decoding checks the wire format only.
+pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError> {
+    let raw = decompress(body, limits)?;
+    Ok(Profile::decode(raw.as_ref())?)
+}

@@ -1,0 +1,246 @@
+//! The pprof layer on real Go profiles: decoding, validation, deltas to the byte, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use kubeprof_scraper::pprof::{
+    self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile, cumulative_indices,
+};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pprof-go").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn load(name: &str) -> Profile {
+    let p = pprof::decode(&fixture(name), &DecodeLimits::default()).unwrap();
+    pprof::validate(&p).unwrap();
+    p
+}
+
+/// Reference: values per (stack of function names, labels), computed with plain strings.
+fn by_stack(p: &Profile) -> BTreeMap<String, Vec<i64>> {
+    let s = |i: i64| p.string_table[i as usize].clone();
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for sample in &p.sample {
+        let mut key = Vec::new();
+        for id in &sample.location_id {
+            let loc = p.location.iter().find(|l| l.id == *id).unwrap();
+            for line in &loc.line {
+                let f = p.function.iter().find(|f| f.id == line.function_id).unwrap();
+                key.push(s(f.name));
+            }
+        }
+        let mut labels: Vec<String> = sample
+            .label
+            .iter()
+            .map(|l| format!("{}={}/{}{}", s(l.key), s(l.str), l.num, s(l.num_unit)))
+            .collect();
+        labels.sort();
+        let key = format!("{} | {}", key.join(";"), labels.join(","));
+        let entry = out.entry(key).or_insert_with(|| vec![0; sample.value.len()]);
+        for (acc, v) in entry.iter_mut().zip(&sample.value) {
+            *acc += v;
+        }
+    }
+    out
+}
+
+fn delta_of(first: &str, second: &str) -> (Profile, Profile, Profile) {
+    let (a, b) = (load(first), load(second));
+    let mut tracker = DeltaTracker::new(DeltaLimits::default());
+    let _ = tracker.apply(a.clone());
+    match tracker.apply(b.clone()) {
+        DeltaOutcome::Delta(d) => (a, b, d),
+        other => panic!("expected a delta, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_fixture_decodes_and_validates() {
+    for name in [
+        "cpu.pb.gz", "heap.pb.gz", "allocs.pb.gz", "allocs-2.pb.gz", "goroutine.pb.gz", "mutex.pb.gz",
+        "mutex-2.pb.gz", "block.pb.gz", "block-2.pb.gz", "threadcreate.pb.gz",
+    ] {
+        let p = load(name);
+        assert!(!p.sample.is_empty(), "{name} has no samples");
+    }
+}
+
+#[test]
+fn cumulative_types_come_from_the_profile() {
+    let names = |p: &Profile| -> Vec<String> {
+        cumulative_indices(p)
+            .into_iter()
+            .map(|i| p.string_table[p.sample_type[i].r#type as usize].clone())
+            .collect()
+    };
+    assert_eq!(names(&load("allocs.pb.gz")), ["alloc_objects", "alloc_space"]);
+    assert_eq!(names(&load("mutex.pb.gz")), ["contentions", "delay"]);
+    assert_eq!(names(&load("block.pb.gz")), ["contentions", "delay"]);
+    assert!(names(&load("cpu.pb.gz")).is_empty());
+    assert!(names(&load("goroutine.pb.gz")).is_empty());
+}
+
+#[test]
+fn deltas_match_an_independent_per_stack_difference() {
+    for (first, second) in [
+        ("allocs.pb.gz", "allocs-2.pb.gz"),
+        ("mutex.pb.gz", "mutex-2.pb.gz"),
+        ("block.pb.gz", "block-2.pb.gz"),
+    ] {
+        let (a, b, d) = delta_of(first, second);
+        pprof::validate(&d).unwrap();
+        let cumulative = cumulative_indices(&b);
+        let (before, after, got) = (by_stack(&a), by_stack(&b), by_stack(&d));
+        let mut want = BTreeMap::new();
+        for (stack, values) in &after {
+            let mut v = values.clone();
+            for &i in &cumulative {
+                v[i] -= before.get(stack).map_or(0, |p| p[i]);
+            }
+            if v.iter().any(|&x| x != 0) {
+                want.insert(stack.clone(), v);
+            }
+        }
+        assert_eq!(got, want, "{first} -> {second}");
+        assert!(!got.is_empty(), "{first} -> {second}: the fixtures changed between captures");
+        assert!(got.values().flatten().all(|&v| v >= 0), "negative value in {second}");
+        // The delta survives encoding and decoding.
+        let round = pprof::decode(&pprof::encode_gzip(&d), &DecodeLimits::default()).unwrap();
+        assert_eq!(by_stack(&round), got);
+        assert_eq!(d.duration_nanos, b.time_nanos - a.time_nanos);
+    }
+}
+
+#[test]
+fn inuse_memory_passes_through_the_delta() {
+    let (_, b, d) = delta_of("allocs.pb.gz", "allocs-2.pb.gz");
+    let inuse = |p: &Profile| -> i64 {
+        let i = p.sample_type.iter().position(|vt| p.string_table[vt.r#type as usize] == "inuse_space").unwrap();
+        p.sample.iter().map(|s| s.value[i]).sum()
+    };
+    assert_eq!(inuse(&d), inuse(&b));
+}
+
+#[test]
+fn first_scrape_sends_no_history_and_a_restart_sends_nothing_negative() {
+    let mut mutex = DeltaTracker::new(DeltaLimits::default());
+    match mutex.apply(load("mutex.pb.gz")) {
+        DeltaOutcome::Baseline { send: None, reason: "first" } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(mutex.series() > 0 && mutex.state_bytes() > 0);
+    let _ = mutex.apply(load("mutex-2.pb.gz"));
+    // The process restarted: counters are lower than before.
+    match mutex.apply(load("mutex.pb.gz")) {
+        DeltaOutcome::Baseline { send: None, reason: "restart" } => {}
+        other => panic!("{other:?}"),
+    }
+
+    let mut memory = DeltaTracker::new(DeltaLimits::default());
+    match memory.apply(load("allocs.pb.gz")) {
+        DeltaOutcome::Baseline { send: Some(p), reason: "first" } => {
+            let cumulative = cumulative_indices(&p);
+            assert!(p.sample.iter().all(|s| cumulative.iter().all(|&i| s.value[i] == 0)));
+            assert!(!p.sample.is_empty(), "in-use memory was dropped");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn non_cumulative_profiles_pass_untouched() {
+    let cpu = load("cpu.pb.gz");
+    let mut tracker = DeltaTracker::new(DeltaLimits::default());
+    match tracker.apply(cpu.clone()) {
+        DeltaOutcome::Delta(p) => assert_eq!(p, cpu),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tracker.series(), 0);
+}
+
+#[test]
+fn state_is_bounded() {
+    let mut tracker = DeltaTracker::new(DeltaLimits { max_series: 2 });
+    match tracker.apply(load("block.pb.gz")) {
+        DeltaOutcome::Baseline { reason: "state_limit", .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tracker.series(), 0);
+}
+
+#[test]
+fn bad_bodies_fail_with_their_reason() {
+    let limits = DecodeLimits::default();
+    let reason = |body: &[u8]| -> &'static str {
+        match pprof::decode(body, &limits) {
+            Err(e) => e.reason(),
+            Ok(p) => match pprof::validate(&p) {
+                Err(e) => e.reason(),
+                Ok(()) => "accepted",
+            },
+        }
+    };
+    assert_eq!(reason(b""), "empty");
+    assert_eq!(reason(b"<html>502 Bad Gateway</html>"), "not_pprof");
+    let cpu = fixture("cpu.pb.gz");
+    assert_eq!(reason(&cpu[..cpu.len() / 2]), "truncated_gzip");
+    assert_eq!(reason(&pprof::gzip(b"this is text, not a protobuf message at all")), "not_pprof");
+    // A valid message of the wrong shape: no string table.
+    assert_eq!(reason(&pprof::gzip(&[0x48, 0x01])), "bad_string_table");
+
+    let mut dangling = load("cpu.pb.gz");
+    dangling.sample[0].location_id.push(999_999);
+    assert_eq!(reason(&pprof::encode_gzip(&dangling)), "dangling_location");
+    let mut dangling = load("cpu.pb.gz");
+    dangling.function[0].name = 1_000_000;
+    assert_eq!(reason(&pprof::encode_gzip(&dangling)), "dangling_string");
+    let mut short = load("cpu.pb.gz");
+    short.sample[0].value.pop();
+    assert_eq!(reason(&pprof::encode_gzip(&short)), "value_count_mismatch");
+}
+
+#[test]
+fn a_gzip_bomb_stops_at_the_limit() {
+    // 200 MiB of zeros compress to ~200 KiB.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..200 {
+        std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+    }
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 1 << 20);
+    let err = pprof::decode(&bomb, &DecodeLimits { max_decompressed_bytes: 64 << 20 }).unwrap_err();
+    assert_eq!(err.reason(), "too_large");
+    assert!(err.to_string().contains("67108864"), "{err}");
+}
+
+/// An independent pprof reader: `go tool pprof` must read the re-encoded delta and show the
+/// fixture's hot functions.
+#[test]
+fn go_tool_pprof_reads_deltas() {
+    if std::process::Command::new("go").arg("version").output().is_err() {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED go_tool_pprof_reads_deltas: no `go` on PATH (apt-get install golang-go)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (first, second, hot) in [
+        ("mutex.pb.gz", "mutex-2.pb.gz", "main.contendedMutex"),
+        ("allocs.pb.gz", "allocs-2.pb.gz", "main.leakyAllocator"),
+    ] {
+        let (_, _, d) = delta_of(first, second);
+        let path = dir.path().join(second);
+        std::fs::write(&path, pprof::encode_gzip(&d)).unwrap();
+        let out = std::process::Command::new("go")
+            .args(["tool", "pprof", "-top", "-sample_index=0"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(hot), "{hot} not in:\n{stdout}");
+    }
+}
