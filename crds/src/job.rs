@@ -129,6 +129,27 @@ pub struct CredentialRef {
     /// A file whose content is the value (trailing newline trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The value itself, for what is not secret (a user name in the standalone file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl CredentialRef {
+    /// A value read from `path`.
+    pub fn from_file(path: impl Into<String>) -> Self {
+        Self {
+            file: Some(path.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A value given inline.
+    pub fn literal(value: impl Into<String>) -> Self {
+        Self {
+            value: Some(value.into()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Authentication towards the target.

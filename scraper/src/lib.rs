@@ -1,5 +1,12 @@
 //! kubeprof-scraper: jobs -> scheduler -> fetch -> decode/validate -> delta -> labels -> sinks.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod credentials;
+pub mod fetch;
+pub mod labels;
+pub mod metrics;
 pub mod pprof;
 pub mod proto;
+pub mod sinks;
+pub mod tls;

@@ -9,3 +9,19 @@ pub mod perftools {
         include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
     }
 }
+
+/// Grafana Pyroscope's `push.v1` package.
+pub mod push {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/push.v1.rs"));
+    }
+}
+
+/// Grafana Pyroscope's `types.v1` package.
+pub mod types {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/types.v1.rs"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The scraper's own metrics, registered once. Label values are fixed strings or configured
+//! names (profile types, sink names): never pod names or URLs.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// `type` and `outcome` of a scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeLabels {
+    /// Profile type: a built-in name, or `custom`.
+    pub r#type: String,
+    /// success, timeout, connect, http_error, body_too_large, decode_error, invalid_profile, ...
+    pub outcome: String,
+}
+
+/// `type` alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// Profile type.
+    pub r#type: String,
+}
+
+/// `sink` alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// Sink name.
+    pub sink: String,
+}
+
+/// `sink` and `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    /// Sink name.
+    pub sink: String,
+    /// A fixed reason.
+    pub reason: String,
+}
+
+/// `outcome` alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// success or failure.
+    pub outcome: String,
+}
+
+/// Every metric of the scraper.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Scrapes by type and outcome.
+    pub scrapes: Family<ScrapeLabels, Counter>,
+    /// Scrape duration by type.
+    pub scrape_duration: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    /// Bytes fetched from targets.
+    pub scrape_bytes: Counter,
+    /// Ticks that found the previous scrape of the job still running or no free slot in time.
+    pub missed_scrapes: Counter,
+    /// Jobs scheduled.
+    pub jobs: Gauge,
+    /// Bytes held for delta computation.
+    pub delta_state_bytes: Gauge,
+    /// Delta baselines (first scrape, restart, ...), by reason in `outcome`.
+    pub delta_resets: Family<OutcomeLabels, Counter>,
+    /// Job-source reloads.
+    pub reloads: Family<OutcomeLabels, Counter>,
+    /// Profiles a sink delivered.
+    pub sink_sent: Family<SinkLabels, Counter>,
+    /// Bytes a sink delivered.
+    pub sink_sent_bytes: Family<SinkLabels, Counter>,
+    /// Failed send attempts by reason.
+    pub sink_failures: Family<SinkReasonLabels, Counter>,
+    /// Retried send attempts.
+    pub sink_retries: Family<SinkLabels, Counter>,
+    /// Profiles dropped by reason (queue_full, rejected, shutdown).
+    pub sink_dropped: Family<SinkReasonLabels, Counter>,
+    /// Profiles waiting in a sink's queue.
+    pub sink_queue_profiles: Family<SinkLabels, Gauge>,
+    /// Bytes waiting in a sink's queue.
+    pub sink_queue_bytes: Family<SinkLabels, Gauge>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 15.0, 30.0, 60.0])
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            scrapes: Family::default(),
+            scrape_duration: Family::new_with_constructor(duration_histogram),
+            scrape_bytes: Counter::default(),
+            missed_scrapes: Counter::default(),
+            jobs: Gauge::default(),
+            delta_state_bytes: Gauge::default(),
+            delta_resets: Family::default(),
+            reloads: Family::default(),
+            sink_sent: Family::default(),
+            sink_sent_bytes: Family::default(),
+            sink_failures: Family::default(),
+            sink_retries: Family::default(),
+            sink_dropped: Family::default(),
+            sink_queue_profiles: Family::default(),
+            sink_queue_bytes: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("kubeprof");
+        r.register("scrapes", "Scrapes by profile type and outcome", m.scrapes.clone());
+        r.register("scrape_duration_seconds", "Duration of scrapes", m.scrape_duration.clone());
+        r.register("scrape_bytes", "Bytes fetched from targets", m.scrape_bytes.clone());
+        r.register("missed_scrapes", "Scrapes not started on time", m.missed_scrapes.clone());
+        r.register("scrape_jobs", "Scrape jobs scheduled", m.jobs.clone());
+        r.register("delta_state_bytes", "Bytes held for delta profiles", m.delta_state_bytes.clone());
+        r.register("delta_baselines", "Delta profiles that restarted from a new baseline", m.delta_resets.clone());
+        r.register("job_reloads", "Reloads of the job source", m.reloads.clone());
+        r.register("sink_sent_profiles", "Profiles delivered", m.sink_sent.clone());
+        r.register("sink_sent_bytes", "Bytes delivered", m.sink_sent_bytes.clone());
+        r.register("sink_request_failures", "Failed send attempts", m.sink_failures.clone());
+        r.register("sink_retries", "Retried send attempts", m.sink_retries.clone());
+        r.register("sink_dropped_profiles", "Profiles dropped", m.sink_dropped.clone());
+        r.register("sink_queue_profiles", "Profiles queued", m.sink_queue_profiles.clone());
+        r.register("sink_queue_bytes", "Bytes queued", m.sink_queue_bytes.clone());
+        m
+    }
+
+    /// Metrics registered nowhere (for tests and tools).
+    pub fn unregistered() -> Self {
+        Self::register(&mut Registry::default())
+    }
+}
