@@ -221,15 +221,29 @@ impl Config {
         for (i, sink) in self.sinks.iter().enumerate() {
             let field = format!("sinks[{i}]");
             if !sink_names.insert(sink.name.as_str()) {
-                return Err(invalid(format!("{field}.name"), format!("duplicate sink name {:?}", sink.name)));
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("duplicate sink name {:?}", sink.name),
+                ));
             }
-            let backends = [sink.pyroscope.is_some(), sink.parca.is_some(), sink.otlp.is_some(), sink.file.is_some()];
+            let backends = [
+                sink.pyroscope.is_some(),
+                sink.parca.is_some(),
+                sink.otlp.is_some(),
+                sink.file.is_some(),
+            ];
             if backends.iter().filter(|b| **b).count() != 1 {
-                return Err(invalid(field, "a sink needs exactly one of pyroscope, parca, otlp or file"));
+                return Err(invalid(
+                    field,
+                    "a sink needs exactly one of pyroscope, parca, otlp or file",
+                ));
             }
         }
         if self.sinks.is_empty() {
-            return Err(invalid("sinks", "at least one sink is needed (e.g. `- name: local\\n  file: {directory: ./profiles}`)"));
+            return Err(invalid(
+                "sinks",
+                "at least one sink is needed (e.g. `- name: local\\n  file: {directory: ./profiles}`)",
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -238,15 +252,26 @@ impl Config {
                 return Err(invalid(field("name"), "must not be empty"));
             }
             if !names.insert(t.name.as_str()) {
-                return Err(invalid(field("name"), format!("duplicate target name {:?}", t.name)));
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate target name {:?}", t.name),
+                ));
             }
             if t.addresses.is_empty() {
-                return Err(invalid(field("addresses"), "at least one host:port is needed"));
+                return Err(invalid(
+                    field("addresses"),
+                    "at least one host:port is needed",
+                ));
             }
             for (j, a) in t.addresses.iter().enumerate() {
-                let ok = a.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
                 if !ok {
-                    return Err(invalid(format!("targets[{i}].addresses[{j}]"), format!("{a:?} is not host:port")));
+                    return Err(invalid(
+                        format!("targets[{i}].addresses[{j}]"),
+                        format!("{a:?} is not host:port"),
+                    ));
                 }
             }
             if t.interval.std().is_zero() {
@@ -255,7 +280,10 @@ impl Config {
             if t.scrape_timeout >= t.interval {
                 return Err(invalid(
                     field("scrapeTimeout"),
-                    format!("{} must be less than interval ({})", t.scrape_timeout, t.interval),
+                    format!(
+                        "{} must be less than interval ({})",
+                        t.scrape_timeout, t.interval
+                    ),
                 ));
             }
             if let Err(e) = compile_all(&t.relabelings) {
@@ -263,25 +291,44 @@ impl Config {
             }
             for (j, s) in t.sinks.iter().enumerate() {
                 if !sink_names.contains(s.as_str()) {
-                    return Err(invalid(format!("targets[{i}].sinks[{j}]"), format!("no sink is named {s:?}")));
+                    return Err(invalid(
+                        format!("targets[{i}].sinks[{j}]"),
+                        format!("no sink is named {s:?}"),
+                    ));
                 }
             }
             let mut custom = BTreeSet::new();
             for (j, c) in t.profiles.custom.iter().enumerate() {
-                if !custom.insert(c.name.as_str()) || kubeprof_crds::ProfileKind::ALL.iter().any(|k| k.metric_name() == c.name) {
-                    return Err(invalid(format!("targets[{i}].profiles.custom[{j}].name"), format!("{:?} is used twice", c.name)));
+                if !custom.insert(c.name.as_str())
+                    || kubeprof_crds::ProfileKind::ALL
+                        .iter()
+                        .any(|k| k.metric_name() == c.name)
+                {
+                    return Err(invalid(
+                        format!("targets[{i}].profiles.custom[{j}].name"),
+                        format!("{:?} is used twice", c.name),
+                    ));
                 }
                 if !c.path.starts_with('/') {
-                    return Err(invalid(format!("targets[{i}].profiles.custom[{j}].path"), "must start with /"));
+                    return Err(invalid(
+                        format!("targets[{i}].profiles.custom[{j}].path"),
+                        "must start with /",
+                    ));
                 }
             }
             if t.bearer_token_file.is_some() && t.basic_auth.is_some() {
-                return Err(invalid(field("bearerTokenFile"), "bearerTokenFile and basicAuth are mutually exclusive"));
+                return Err(invalid(
+                    field("bearerTokenFile"),
+                    "bearerTokenFile and basicAuth are mutually exclusive",
+                ));
             }
             if let Some(tls) = &t.tls_config
                 && tls.cert_file.is_some() != tls.key_file.is_some()
             {
-                return Err(invalid(field("tlsConfig"), "certFile and keyFile go together"));
+                return Err(invalid(
+                    field("tlsConfig"),
+                    "certFile and keyFile go together",
+                ));
             }
             if t.scheme == Scheme::Http && t.tls_config.is_some() {
                 return Err(invalid(field("tlsConfig"), "set scheme: https to use TLS"));
@@ -295,8 +342,12 @@ impl Config {
         let all_sinks: Vec<String> = self.sinks.iter().map(|s| s.name.clone()).collect();
         let mut jobs = Vec::new();
         for t in &self.targets {
-            let cpu_seconds = u32::try_from(t.interval.std().as_secs()).unwrap_or(u32::MAX).max(1);
-            let profiles = t.profiles.resolve(&kubeprof_crds::ProfileKind::ALL, cpu_seconds);
+            let cpu_seconds = u32::try_from(t.interval.std().as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1);
+            let profiles = t
+                .profiles
+                .resolve(&kubeprof_crds::ProfileKind::ALL, cpu_seconds);
             let file = |f: &Option<String>| f.as_ref().map(CredentialRef::from_file);
             let auth = match (&t.bearer_token_file, &t.basic_auth) {
                 (Some(f), _) => Some(ScrapeAuth::Bearer {
@@ -341,7 +392,11 @@ impl Config {
                         external_labels: self.external_labels.clone(),
                         auth: auth.clone(),
                         tls: tls.clone(),
-                        sinks: if t.sinks.is_empty() { all_sinks.clone() } else { t.sinks.clone() },
+                        sinks: if t.sinks.is_empty() {
+                            all_sinks.clone()
+                        } else {
+                            t.sinks.clone()
+                        },
                         max_profile_bytes: Some(self.scrape.max_profile_bytes),
                     });
                 }
@@ -354,4 +409,3 @@ impl Config {
         }
     }
 }
-

@@ -83,7 +83,12 @@ impl Fetcher {
 
     fn client(&self, tls: Option<&ScrapeTls>) -> Result<reqwest::Client, FetchError> {
         let key = tls.cloned();
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
         let mut builder = reqwest::Client::builder()
@@ -113,7 +118,9 @@ impl Fetcher {
                 builder = builder.tls_danger_accept_invalid_certs(true);
             }
         }
-        let client = builder.build().map_err(|e| FetchError::Tls(e.to_string()))?;
+        let client = builder
+            .build()
+            .map_err(|e| FetchError::Tls(e.to_string()))?;
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -123,7 +130,12 @@ impl Fetcher {
 
     /// The URL a job pulls.
     pub fn url(job: &ScrapeJob) -> String {
-        let mut url = format!("{}://{}{}", job.scheme.as_str(), job.address, job.profile.path);
+        let mut url = format!(
+            "{}://{}{}",
+            job.scheme.as_str(),
+            job.address,
+            job.profile.path
+        );
         let mut query: Vec<(String, String)> = job
             .params
             .iter()
@@ -172,7 +184,9 @@ impl Fetcher {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            let text = String::from_utf8_lossy(&body[..body.len().min(256)]).trim().to_owned();
+            let text = String::from_utf8_lossy(&body[..body.len().min(256)])
+                .trim()
+                .to_owned();
             return Err(FetchError::Status {
                 status: status.as_u16(),
                 body: text,

@@ -22,12 +22,18 @@ pub fn finalize(
     if !relabel(&mut l, rules) {
         return None;
     }
-    let default_service = match (l.get(labels::META_NAMESPACE), l.get(labels::META_CONTAINER_NAME)) {
+    let default_service = match (
+        l.get(labels::META_NAMESPACE),
+        l.get(labels::META_CONTAINER_NAME),
+    ) {
         (Some(ns), Some(container)) => Some(format!("{ns}/{container}")),
         _ => l.get(labels::JOB).cloned(),
     };
     // A relabel rule may have set __name__; a profile type must survive it.
-    let name = l.get(labels::NAME).cloned().unwrap_or_else(|| profile_name.to_owned());
+    let name = l
+        .get(labels::NAME)
+        .cloned()
+        .unwrap_or_else(|| profile_name.to_owned());
     l.retain(|k, _| !k.starts_with(labels::RESERVED_PREFIX));
     for (k, v) in external {
         l.entry(k.clone()).or_insert_with(|| v.clone());
@@ -49,7 +55,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -60,7 +69,13 @@ mod tests {
             ("__meta_kubernetes_pod_container_name", "checkout"),
             ("pod", "checkout-1"),
         ]);
-        let out = finalize(&discovery, "process_cpu", &[], &labels(&[("cluster", "eu"), ("pod", "ignored")])).unwrap();
+        let out = finalize(
+            &discovery,
+            "process_cpu",
+            &[],
+            &labels(&[("cluster", "eu"), ("pod", "ignored")]),
+        )
+        .unwrap();
         assert_eq!(
             out,
             labels(&[
@@ -90,7 +105,10 @@ mod tests {
         ])
         .unwrap();
         let discovery = labels(&[("job", "demo")]);
-        assert_eq!(finalize(&discovery, "goroutine", &rules, &Labels::new()), None);
+        assert_eq!(
+            finalize(&discovery, "goroutine", &rules, &Labels::new()),
+            None
+        );
         let out = finalize(&discovery, "memory", &rules, &Labels::new()).unwrap();
         assert_eq!(out["service_name"], "svc-demo");
         assert_eq!(out["__name__"], "memory");

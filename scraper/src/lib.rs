@@ -3,10 +3,14 @@
 
 pub mod config;
 pub mod credentials;
+pub mod discovery;
 pub mod fetch;
+pub mod flamegraph;
 pub mod labels;
 pub mod metrics;
 pub mod pprof;
 pub mod proto;
+pub mod scrape;
 pub mod sinks;
+pub mod telemetry;
 pub mod tls;

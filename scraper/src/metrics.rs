@@ -82,7 +82,9 @@ pub struct Metrics {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 15.0, 30.0, 60.0])
+    Histogram::new([
+        0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 15.0, 30.0, 60.0,
+    ])
 }
 
 impl Metrics {
@@ -106,21 +108,77 @@ impl Metrics {
             sink_queue_bytes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("kubeprof");
-        r.register("scrapes", "Scrapes by profile type and outcome", m.scrapes.clone());
-        r.register("scrape_duration_seconds", "Duration of scrapes", m.scrape_duration.clone());
-        r.register("scrape_bytes", "Bytes fetched from targets", m.scrape_bytes.clone());
-        r.register("missed_scrapes", "Scrapes not started on time", m.missed_scrapes.clone());
+        r.register(
+            "scrapes",
+            "Scrapes by profile type and outcome",
+            m.scrapes.clone(),
+        );
+        r.register(
+            "scrape_duration_seconds",
+            "Duration of scrapes",
+            m.scrape_duration.clone(),
+        );
+        r.register(
+            "scrape_bytes",
+            "Bytes fetched from targets",
+            m.scrape_bytes.clone(),
+        );
+        r.register(
+            "missed_scrapes",
+            "Scrapes not started on time",
+            m.missed_scrapes.clone(),
+        );
         r.register("scrape_jobs", "Scrape jobs scheduled", m.jobs.clone());
-        r.register("delta_state_bytes", "Bytes held for delta profiles", m.delta_state_bytes.clone());
-        r.register("delta_baselines", "Delta profiles that restarted from a new baseline", m.delta_resets.clone());
-        r.register("job_reloads", "Reloads of the job source", m.reloads.clone());
-        r.register("sink_sent_profiles", "Profiles delivered", m.sink_sent.clone());
-        r.register("sink_sent_bytes", "Bytes delivered", m.sink_sent_bytes.clone());
-        r.register("sink_request_failures", "Failed send attempts", m.sink_failures.clone());
-        r.register("sink_retries", "Retried send attempts", m.sink_retries.clone());
-        r.register("sink_dropped_profiles", "Profiles dropped", m.sink_dropped.clone());
-        r.register("sink_queue_profiles", "Profiles queued", m.sink_queue_profiles.clone());
-        r.register("sink_queue_bytes", "Bytes queued", m.sink_queue_bytes.clone());
+        r.register(
+            "delta_state_bytes",
+            "Bytes held for delta profiles",
+            m.delta_state_bytes.clone(),
+        );
+        r.register(
+            "delta_baselines",
+            "Delta profiles that restarted from a new baseline",
+            m.delta_resets.clone(),
+        );
+        r.register(
+            "job_reloads",
+            "Reloads of the job source",
+            m.reloads.clone(),
+        );
+        r.register(
+            "sink_sent_profiles",
+            "Profiles delivered",
+            m.sink_sent.clone(),
+        );
+        r.register(
+            "sink_sent_bytes",
+            "Bytes delivered",
+            m.sink_sent_bytes.clone(),
+        );
+        r.register(
+            "sink_request_failures",
+            "Failed send attempts",
+            m.sink_failures.clone(),
+        );
+        r.register(
+            "sink_retries",
+            "Retried send attempts",
+            m.sink_retries.clone(),
+        );
+        r.register(
+            "sink_dropped_profiles",
+            "Profiles dropped",
+            m.sink_dropped.clone(),
+        );
+        r.register(
+            "sink_queue_profiles",
+            "Profiles queued",
+            m.sink_queue_profiles.clone(),
+        );
+        r.register(
+            "sink_queue_bytes",
+            "Bytes queued",
+            m.sink_queue_bytes.clone(),
+        );
         m
     }
 

@@ -46,7 +46,12 @@ pub struct Envelope {
 
 impl Envelope {
     fn size(&self) -> usize {
-        self.profile.len() + self.labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        self.profile.len()
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -95,7 +100,10 @@ impl SendError {
         Self {
             retryable,
             reason,
-            message: format!("HTTP {status}: {}", body.chars().take(256).collect::<String>()),
+            message: format!(
+                "HTTP {status}: {}",
+                body.chars().take(256).collect::<String>()
+            ),
             retry_after,
         }
     }
@@ -211,13 +219,18 @@ impl Default for RetryConfig {
 }
 
 /// Builds the backend a [`SinkSpec`] describes, resolving its credentials.
-pub fn build_backend(spec: &SinkSpec, secrets: &dyn SecretSource) -> Result<Backend, SinkBuildError> {
+pub fn build_backend(
+    spec: &SinkSpec,
+    secrets: &dyn SecretSource,
+) -> Result<Backend, SinkBuildError> {
     let name = spec.name.clone();
     let cred = |r: &kubeprof_crds::NamespacedSecretKeyRef| {
-        secrets.read(r).map_err(|source| SinkBuildError::Credential {
-            name: name.clone(),
-            source,
-        })
+        secrets
+            .read(r)
+            .map_err(|source| SinkBuildError::Credential {
+                name: name.clone(),
+                source,
+            })
     };
     if let Some(f) = &spec.file {
         return Ok(Backend::File(file::FileSink::new(file::FileConfig {
@@ -246,10 +259,16 @@ pub fn build_backend(spec: &SinkSpec, secrets: &dyn SecretSource) -> Result<Back
         .map_err(|message| SinkBuildError::Invalid { name, message });
     }
     if spec.parca.is_some() {
-        return Err(SinkBuildError::Unsupported { name, backend: "parca" });
+        return Err(SinkBuildError::Unsupported {
+            name,
+            backend: "parca",
+        });
     }
     if spec.otlp.is_some() {
-        return Err(SinkBuildError::Unsupported { name, backend: "otlp" });
+        return Err(SinkBuildError::Unsupported {
+            name,
+            backend: "otlp",
+        });
     }
     Err(SinkBuildError::NoBackend(name))
 }
@@ -290,8 +309,14 @@ impl SinkHandle {
 
     fn gauges(&self, q: &QueueState) {
         let l = self.labels();
-        self.metrics.sink_queue_profiles.get_or_create(&l).set(q.items.len() as i64);
-        self.metrics.sink_queue_bytes.get_or_create(&l).set(q.bytes as i64);
+        self.metrics
+            .sink_queue_profiles
+            .get_or_create(&l)
+            .set(q.items.len() as i64);
+        self.metrics
+            .sink_queue_bytes
+            .get_or_create(&l)
+            .set(q.bytes as i64);
     }
 
     fn push(&self, envelope: Envelope) {
@@ -302,7 +327,9 @@ impl SinkHandle {
             self.drop_count("shutdown", 1);
             return;
         }
-        let full = |q: &QueueState| q.items.len() >= self.config.max_profiles || q.bytes + size > self.config.max_bytes;
+        let full = |q: &QueueState| {
+            q.items.len() >= self.config.max_profiles || q.bytes + size > self.config.max_bytes
+        };
         match self.config.when_full {
             WhenFull::DropNewest if full(&q) => {
                 drop(q);
@@ -342,7 +369,11 @@ impl SinkHandle {
     }
 
     fn pending(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).items.len()
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .items
+            .len()
     }
 }
 
@@ -368,9 +399,17 @@ async fn worker(handle: Arc<SinkHandle>, backend: Backend, retry: RetryConfig) {
         loop {
             match backend.send(&batch).await {
                 Ok(()) => {
-                    handle.metrics.sink_sent.get_or_create(&labels).inc_by(batch.len() as u64);
+                    handle
+                        .metrics
+                        .sink_sent
+                        .get_or_create(&labels)
+                        .inc_by(batch.len() as u64);
                     let bytes: usize = batch.iter().map(|e| e.profile.len()).sum();
-                    handle.metrics.sink_sent_bytes.get_or_create(&labels).inc_by(bytes as u64);
+                    handle
+                        .metrics
+                        .sink_sent_bytes
+                        .get_or_create(&labels)
+                        .inc_by(bytes as u64);
                     break;
                 }
                 Err(e) => {
@@ -391,7 +430,10 @@ async fn worker(handle: Arc<SinkHandle>, backend: Backend, retry: RetryConfig) {
                         handle.drop_count("shutdown", batch.len() as u64);
                         break;
                     }
-                    let wait = e.retry_after.unwrap_or_else(|| backoff(&retry, attempt)).min(retry.max);
+                    let wait = e
+                        .retry_after
+                        .unwrap_or_else(|| backoff(&retry, attempt))
+                        .min(retry.max);
                     tracing::debug!(sink = %handle.name, error = %e, ?wait, "send failed; retrying");
                     handle.metrics.sink_retries.get_or_create(&labels).inc();
                     attempt = attempt.saturating_add(1);
@@ -498,7 +540,8 @@ impl Fanout {
             s.notify.notify_waiters();
             s.notify.notify_one();
         }
-        let workers: Vec<_> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let workers: Vec<_> =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = tokio::time::timeout(deadline, futures::future::join_all(workers)).await;
         for s in self.sinks.iter() {
             let left = s.take_batch(usize::MAX).len();

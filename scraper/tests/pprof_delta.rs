@@ -8,7 +8,9 @@ use kubeprof_scraper::pprof::{
 };
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pprof-go").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pprof-go")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -27,7 +29,11 @@ fn by_stack(p: &Profile) -> BTreeMap<String, Vec<i64>> {
         for id in &sample.location_id {
             let loc = p.location.iter().find(|l| l.id == *id).unwrap();
             for line in &loc.line {
-                let f = p.function.iter().find(|f| f.id == line.function_id).unwrap();
+                let f = p
+                    .function
+                    .iter()
+                    .find(|f| f.id == line.function_id)
+                    .unwrap();
                 key.push(s(f.name));
             }
         }
@@ -38,7 +44,9 @@ fn by_stack(p: &Profile) -> BTreeMap<String, Vec<i64>> {
             .collect();
         labels.sort();
         let key = format!("{} | {}", key.join(";"), labels.join(","));
-        let entry = out.entry(key).or_insert_with(|| vec![0; sample.value.len()]);
+        let entry = out
+            .entry(key)
+            .or_insert_with(|| vec![0; sample.value.len()]);
         for (acc, v) in entry.iter_mut().zip(&sample.value) {
             *acc += v;
         }
@@ -59,8 +67,16 @@ fn delta_of(first: &str, second: &str) -> (Profile, Profile, Profile) {
 #[test]
 fn every_fixture_decodes_and_validates() {
     for name in [
-        "cpu.pb.gz", "heap.pb.gz", "allocs.pb.gz", "allocs-2.pb.gz", "goroutine.pb.gz", "mutex.pb.gz",
-        "mutex-2.pb.gz", "block.pb.gz", "block-2.pb.gz", "threadcreate.pb.gz",
+        "cpu.pb.gz",
+        "heap.pb.gz",
+        "allocs.pb.gz",
+        "allocs-2.pb.gz",
+        "goroutine.pb.gz",
+        "mutex.pb.gz",
+        "mutex-2.pb.gz",
+        "block.pb.gz",
+        "block-2.pb.gz",
+        "threadcreate.pb.gz",
     ] {
         let p = load(name);
         assert!(!p.sample.is_empty(), "{name} has no samples");
@@ -75,7 +91,10 @@ fn cumulative_types_come_from_the_profile() {
             .map(|i| p.string_table[p.sample_type[i].r#type as usize].clone())
             .collect()
     };
-    assert_eq!(names(&load("allocs.pb.gz")), ["alloc_objects", "alloc_space"]);
+    assert_eq!(
+        names(&load("allocs.pb.gz")),
+        ["alloc_objects", "alloc_space"]
+    );
     assert_eq!(names(&load("mutex.pb.gz")), ["contentions", "delay"]);
     assert_eq!(names(&load("block.pb.gz")), ["contentions", "delay"]);
     assert!(names(&load("cpu.pb.gz")).is_empty());
@@ -104,8 +123,14 @@ fn deltas_match_an_independent_per_stack_difference() {
             }
         }
         assert_eq!(got, want, "{first} -> {second}");
-        assert!(!got.is_empty(), "{first} -> {second}: the fixtures changed between captures");
-        assert!(got.values().flatten().all(|&v| v >= 0), "negative value in {second}");
+        assert!(
+            !got.is_empty(),
+            "{first} -> {second}: the fixtures changed between captures"
+        );
+        assert!(
+            got.values().flatten().all(|&v| v >= 0),
+            "negative value in {second}"
+        );
         // The delta survives encoding and decoding.
         let round = pprof::decode(&pprof::encode_gzip(&d), &DecodeLimits::default()).unwrap();
         assert_eq!(by_stack(&round), got);
@@ -117,7 +142,11 @@ fn deltas_match_an_independent_per_stack_difference() {
 fn inuse_memory_passes_through_the_delta() {
     let (_, b, d) = delta_of("allocs.pb.gz", "allocs-2.pb.gz");
     let inuse = |p: &Profile| -> i64 {
-        let i = p.sample_type.iter().position(|vt| p.string_table[vt.r#type as usize] == "inuse_space").unwrap();
+        let i = p
+            .sample_type
+            .iter()
+            .position(|vt| p.string_table[vt.r#type as usize] == "inuse_space")
+            .unwrap();
         p.sample.iter().map(|s| s.value[i]).sum()
     };
     assert_eq!(inuse(&d), inuse(&b));
@@ -127,22 +156,35 @@ fn inuse_memory_passes_through_the_delta() {
 fn first_scrape_sends_no_history_and_a_restart_sends_nothing_negative() {
     let mut mutex = DeltaTracker::new(DeltaLimits::default());
     match mutex.apply(load("mutex.pb.gz")) {
-        DeltaOutcome::Baseline { send: None, reason: "first" } => {}
+        DeltaOutcome::Baseline {
+            send: None,
+            reason: "first",
+        } => {}
         other => panic!("{other:?}"),
     }
     assert!(mutex.series() > 0 && mutex.state_bytes() > 0);
     let _ = mutex.apply(load("mutex-2.pb.gz"));
     // The process restarted: counters are lower than before.
     match mutex.apply(load("mutex.pb.gz")) {
-        DeltaOutcome::Baseline { send: None, reason: "restart" } => {}
+        DeltaOutcome::Baseline {
+            send: None,
+            reason: "restart",
+        } => {}
         other => panic!("{other:?}"),
     }
 
     let mut memory = DeltaTracker::new(DeltaLimits::default());
     match memory.apply(load("allocs.pb.gz")) {
-        DeltaOutcome::Baseline { send: Some(p), reason: "first" } => {
+        DeltaOutcome::Baseline {
+            send: Some(p),
+            reason: "first",
+        } => {
             let cumulative = cumulative_indices(&p);
-            assert!(p.sample.iter().all(|s| cumulative.iter().all(|&i| s.value[i] == 0)));
+            assert!(
+                p.sample
+                    .iter()
+                    .all(|s| cumulative.iter().all(|&i| s.value[i] == 0))
+            );
             assert!(!p.sample.is_empty(), "in-use memory was dropped");
         }
         other => panic!("{other:?}"),
@@ -164,7 +206,10 @@ fn non_cumulative_profiles_pass_untouched() {
 fn state_is_bounded() {
     let mut tracker = DeltaTracker::new(DeltaLimits { max_series: 2 });
     match tracker.apply(load("block.pb.gz")) {
-        DeltaOutcome::Baseline { reason: "state_limit", .. } => {}
+        DeltaOutcome::Baseline {
+            reason: "state_limit",
+            ..
+        } => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(tracker.series(), 0);
@@ -186,7 +231,10 @@ fn bad_bodies_fail_with_their_reason() {
     assert_eq!(reason(b"<html>502 Bad Gateway</html>"), "not_pprof");
     let cpu = fixture("cpu.pb.gz");
     assert_eq!(reason(&cpu[..cpu.len() / 2]), "truncated_gzip");
-    assert_eq!(reason(&pprof::gzip(b"this is text, not a protobuf message at all")), "not_pprof");
+    assert_eq!(
+        reason(&pprof::gzip(b"this is text, not a protobuf message at all")),
+        "not_pprof"
+    );
     // A valid message of the wrong shape: no string table.
     assert_eq!(reason(&pprof::gzip(&[0x48, 0x01])), "bad_string_table");
 
@@ -211,7 +259,13 @@ fn a_gzip_bomb_stops_at_the_limit() {
     }
     let bomb = encoder.finish().unwrap();
     assert!(bomb.len() < 1 << 20);
-    let err = pprof::decode(&bomb, &DecodeLimits { max_decompressed_bytes: 64 << 20 }).unwrap_err();
+    let err = pprof::decode(
+        &bomb,
+        &DecodeLimits {
+            max_decompressed_bytes: 64 << 20,
+        },
+    )
+    .unwrap_err();
     assert_eq!(err.reason(), "too_large");
     assert!(err.to_string().contains("67108864"), "{err}");
 }
@@ -220,9 +274,16 @@ fn a_gzip_bomb_stops_at_the_limit() {
 /// fixture's hot functions.
 #[test]
 fn go_tool_pprof_reads_deltas() {
-    if std::process::Command::new("go").arg("version").output().is_err() {
+    if std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "SKIPPED go_tool_pprof_reads_deltas: no `go` on PATH (apt-get install golang-go)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED go_tool_pprof_reads_deltas: no `go` on PATH (apt-get install golang-go)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +301,11 @@ fn go_tool_pprof_reads_deltas() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "go tool pprof failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains(hot), "{hot} not in:\n{stdout}");
     }
 }

@@ -99,7 +99,11 @@ impl DeltaTracker {
     pub fn state_bytes(&self) -> usize {
         // key + boxed slice header + values + the map's per-entry overhead.
         self.previous.len() * (8 + 16 + 8 * self.cumulative.len() + 16)
-            + self.shape.iter().map(|(a, b)| a.len() + b.len() + 48).sum::<usize>()
+            + self
+                .shape
+                .iter()
+                .map(|(a, b)| a.len() + b.len() + 48)
+                .sum::<usize>()
     }
 
     /// Series remembered.
@@ -112,13 +116,22 @@ impl DeltaTracker {
         let shape: Vec<(String, String)> = profile
             .sample_type
             .iter()
-            .map(|vt| (string(&profile, vt.r#type).to_owned(), string(&profile, vt.unit).to_owned()))
+            .map(|vt| {
+                (
+                    string(&profile, vt.r#type).to_owned(),
+                    string(&profile, vt.unit).to_owned(),
+                )
+            })
             .collect();
         let mut reason = None;
         if shape != self.shape {
             self.shape = shape;
             self.cumulative = cumulative_indices(&profile);
-            reason = Some(if self.has_baseline { "shape_changed" } else { "first" });
+            reason = Some(if self.has_baseline {
+                "shape_changed"
+            } else {
+                "first"
+            });
         } else if !self.has_baseline {
             reason = Some("first");
         }
@@ -133,7 +146,10 @@ impl DeltaTracker {
         let samples = aggregate(&mut profile);
         let mut current: HashMap<u64, Box<[i64]>> = HashMap::with_capacity(samples.len());
         for (key, sample) in &samples {
-            current.insert(*key, self.cumulative.iter().map(|&i| sample.value[i]).collect());
+            current.insert(
+                *key,
+                self.cumulative.iter().map(|&i| sample.value[i]).collect(),
+            );
         }
         if reason.is_none() {
             let went_down = current.iter().any(|(key, values)| {
@@ -205,7 +221,13 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
         .map(|l| {
             let mut h = Xxh3::new();
             for line in &l.line {
-                h.update(function_names.get(&line.function_id).copied().unwrap_or("").as_bytes());
+                h.update(
+                    function_names
+                        .get(&line.function_id)
+                        .copied()
+                        .unwrap_or("")
+                        .as_bytes(),
+                );
                 h.update(&[0]);
             }
             if l.line.is_empty() {
@@ -226,7 +248,14 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
         let mut labels: Vec<(&str, &str, i64, &str)> = sample
             .label
             .iter()
-            .map(|l| (string(profile, l.key), string(profile, l.str), l.num, string(profile, l.num_unit)))
+            .map(|l| {
+                (
+                    string(profile, l.key),
+                    string(profile, l.str),
+                    l.num,
+                    string(profile, l.num_unit),
+                )
+            })
             .collect();
         labels.sort_unstable();
         for (k, v, n, u) in labels {

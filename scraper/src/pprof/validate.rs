@@ -84,7 +84,10 @@ impl ValidateError {
     }
 }
 
-fn ids<'a>(what: &'static str, ids: impl Iterator<Item = u64> + 'a) -> Result<HashSet<u64>, ValidateError> {
+fn ids<'a>(
+    what: &'static str,
+    ids: impl Iterator<Item = u64> + 'a,
+) -> Result<HashSet<u64>, ValidateError> {
     let mut set = HashSet::new();
     for id in ids {
         if id == 0 || !set.insert(id) {

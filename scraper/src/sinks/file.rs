@@ -35,7 +35,13 @@ pub struct FileSink {
 fn component(s: &str) -> String {
     let c: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     match c.as_str() {
         "" | "." | ".." => "_".repeat(c.len().max(1)),
@@ -59,7 +65,11 @@ impl FileSink {
             .get(labels::SERVICE_NAME)
             .map(String::as_str)
             .unwrap_or("unknown_service");
-        let kind = envelope.labels.get(labels::NAME).map(String::as_str).unwrap_or("unknown");
+        let kind = envelope
+            .labels
+            .get(labels::NAME)
+            .map(String::as_str)
+            .unwrap_or("unknown");
         let mut dir = self.config.directory.clone();
         for part in service.split('/') {
             dir.push(component(part));
@@ -75,7 +85,10 @@ impl FileSink {
 
     /// Writes every profile of the batch.
     pub async fn send(&self, batch: &[Envelope]) -> Result<(), SendError> {
-        let work: Vec<(PathBuf, Envelope)> = batch.iter().map(|e| (self.path_for(e), e.clone())).collect();
+        let work: Vec<(PathBuf, Envelope)> = batch
+            .iter()
+            .map(|e| (self.path_for(e), e.clone()))
+            .collect();
         let root = self.config.directory.clone();
         let retention = self.config.retention_bytes;
         let _guard = self.lock.lock().await;
@@ -106,7 +119,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     {
@@ -124,7 +139,9 @@ fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<()> {
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let meta = entry.metadata()?;
             if meta.is_dir() {
@@ -132,7 +149,10 @@ fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<()> {
             } else {
                 total += meta.len();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(ms) = name.strip_suffix(".pb.gz").and_then(|n| n.parse::<u128>().ok()) {
+                if let Some(ms) = name
+                    .strip_suffix(".pb.gz")
+                    .and_then(|n| n.parse::<u128>().ok())
+                {
                     files.push((ms, entry.path(), meta.len()));
                 }
             }

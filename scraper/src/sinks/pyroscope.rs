@@ -64,7 +64,10 @@ impl PyroscopeSink {
     /// A sink for `config`.
     pub fn new(config: PyroscopeConfig) -> Result<Self, String> {
         crate::tls::install_default_provider();
-        let endpoint = format!("{}/push.v1.PusherService/Push", config.url.trim_end_matches('/'));
+        let endpoint = format!(
+            "{}/push.v1.PusherService/Push",
+            config.url.trim_end_matches('/')
+        );
         reqwest::Url::parse(&endpoint).map_err(|e| format!("url {:?}: {e}", config.url))?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -125,14 +128,19 @@ impl PyroscopeSink {
             request = request.header("X-Scope-OrgID", tenant);
         }
         match &self.config.auth {
-            Some(HttpAuth::Basic { username, password }) => request = request.basic_auth(username, Some(password)),
+            Some(HttpAuth::Basic { username, password }) => {
+                request = request.basic_auth(username, Some(password))
+            }
             Some(HttpAuth::Bearer(token)) => request = request.bearer_auth(token),
             None => {}
         }
         for (k, v) in &self.config.headers {
             request = request.header(k, v);
         }
-        let response = request.send().await.map_err(|e| SendError::from_reqwest(&e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| SendError::from_reqwest(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -1,0 +1,107 @@
+//! Where jobs come from. Every source publishes complete job sets through a `watch` channel,
+//! so the scrape loop always sees the latest one and a slow consumer never queues stale sets.
+//!
+//! Standalone mode reads the YAML file ([`StaticFileSource`]); cluster mode (the operator's
+//! per-node objects) implements the same trait.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, JobSet},
+    metrics::{Metrics, OutcomeLabels},
+};
+
+/// A source of job sets.
+pub trait JobSource {
+    /// The latest job set, and every later one.
+    fn subscribe(&self) -> watch::Receiver<Arc<JobSet>>;
+}
+
+/// The standalone file, re-read when it changes (checked every `poll`) or on SIGHUP. An invalid
+/// new version is logged and counted, and the previous jobs keep running.
+#[derive(Debug)]
+pub struct StaticFileSource {
+    rx: watch::Receiver<Arc<JobSet>>,
+    // Held for fixed sources, whose set never changes.
+    _fixed: Option<watch::Sender<Arc<JobSet>>>,
+}
+
+impl JobSource for StaticFileSource {
+    fn subscribe(&self) -> watch::Receiver<Arc<JobSet>> {
+        self.rx.clone()
+    }
+}
+
+fn fingerprint(path: &PathBuf) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| xxhash_rust::xxh3::xxh3_64(&b))
+}
+
+impl StaticFileSource {
+    /// Watches `path`, whose current content is `initial`.
+    pub fn start(
+        path: PathBuf,
+        initial: JobSet,
+        poll: Duration,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        tokio::spawn(async move {
+            let mut seen = fingerprint(&path);
+            let mut hangup = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                    None
+                }
+            };
+            loop {
+                let forced = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(poll) => false,
+                    _ = async { match hangup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => true,
+                };
+                let now = fingerprint(&path);
+                if !forced && now == seen {
+                    continue;
+                }
+                seen = now;
+                let outcome = match Config::load(&path.to_string_lossy()) {
+                    Ok(config) => {
+                        let set = config.job_set();
+                        tracing::info!(path = %path.display(), jobs = set.jobs.len(), "configuration reloaded");
+                        let _ = tx.send(Arc::new(set));
+                        "success"
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "invalid configuration; keeping the previous jobs");
+                        "failure"
+                    }
+                };
+                metrics
+                    .reloads
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+            }
+        });
+        Self { rx, _fixed: None }
+    }
+
+    /// A source that never changes (the embedded default).
+    pub fn fixed(set: JobSet) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(set));
+        Self {
+            rx,
+            _fixed: Some(tx),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The scraper's own HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and
+//! `/debug/pprof/profile` — kubeprof profiles itself, in the same format it collects.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of the endpoints.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    cpu_profile_running: Arc<AtomicBool>,
+}
+
+impl Telemetry {
+    /// Endpoints serving `registry`; not ready until [`Telemetry::set_ready`].
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            ready: Arc::default(),
+            cpu_profile_running: Arc::default(),
+        }
+    }
+
+    /// Marks the process ready (jobs loaded).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The router, for tests or embedding.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/debug/pprof/profile", get(cpu_profile))
+            .route("/debug/pprof/heap", get(heap_profile))
+            .with_state(self.clone())
+    }
+
+    /// Binds `addr` and serves until `shutdown`; returns the bound address.
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let router = self.router();
+        tokio::spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "telemetry server stopped");
+            }
+        });
+        Ok(bound)
+    }
+}
+
+async fn metrics(State(t): State<Telemetry>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &t.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn readyz(State(t): State<Telemetry>) -> Response {
+    if t.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "jobs not loaded yet\n").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct ProfileParams {
+    seconds: Option<u64>,
+}
+
+/// Longest self-profile served.
+const MAX_PROFILE_SECONDS: u64 = 60;
+
+async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfileParams>) -> Response {
+    let seconds = params.seconds.unwrap_or(30);
+    if seconds == 0 || seconds > MAX_PROFILE_SECONDS {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("seconds must be 1..={MAX_PROFILE_SECONDS}\n"),
+        )
+            .into_response();
+    }
+    // One CPU profile at a time, as Go answers a second concurrent request with an error.
+    if t.cpu_profile_running.swap(true, Ordering::AcqRel) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a CPU profile is already running\n",
+        )
+            .into_response();
+    }
+    let result = collect_cpu_profile(Duration::from_secs(seconds)).await;
+    t.cpu_profile_running.store(false, Ordering::Release);
+    match result {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"profile\"",
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn collect_cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(100)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| format!("cannot start the CPU profiler: {e}"))?;
+    tokio::time::sleep(duration).await;
+    let report = guard
+        .report()
+        .build()
+        .map_err(|e| format!("cannot build the profile: {e}"))?;
+    drop(guard);
+    let profile = report
+        .pprof()
+        .map_err(|e| format!("cannot encode the profile: {e}"))?;
+    use pprof::protos::Message as _;
+    let raw = profile.encode_to_vec();
+    Ok(crate::pprof::gzip(&raw))
+}
+
+async fn heap_profile() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "heap profiles of the scraper itself are not available: it runs on the system allocator, which records no allocation samples\n",
+    )
+        .into_response()
+}
+
+/// Sets up `tracing`: `json` or `text`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pprof=warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
