@@ -1,0 +1,159 @@
+//! The `kubeprof-scraper` binary as a user runs it: a config file, profiles in a folder,
+//! clean exit on SIGTERM, exit code 2 with the field named on a bad config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubeprof-scraper");
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("scraper.yaml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn invalid_configs_exit_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = "sinks:\n  - name: local\n    file: {directory: ./p}\n";
+    for (body, field) in [
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 10s\n    scrapeTimeout: 10s\n{sinks}"), "targets[0].scrapeTimeout"),
+        (format!("targets:\n  - name: a\n    addresses: [\"nohost\"]\n{sinks}"), "targets[0].addresses[0]"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 15sec\n{sinks}"), "15sec"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    intervall: 15s\n{sinks}"), "unknown field `intervall`"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    sinks: [nope]\n{sinks}"), "targets[0].sinks[0]"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    relabelings:\n      - action: hashmod\n        targetLabel: x\n{sinks}"), "targets[0].relabelings"),
+        ("targets: []\nsinks:\n  - name: x\n    file: {directory: a}\n    pyroscope: {url: \"http://p\"}\n".to_string(), "sinks[0]"),
+    ] {
+        let path = write_config(dir.path(), &body);
+        for args in [vec!["run", "--config"], vec!["check-config"]] {
+            let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} on {body}: {stderr}");
+            assert!(stderr.contains(field), "{field:?} not named in: {stderr}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
+}
+
+#[test]
+fn the_embedded_default_is_valid() {
+    let config =
+        kubeprof_scraper::config::Config::parse(kubeprof_scraper::config::EMBEDDED_DEFAULT)
+            .unwrap();
+    let set = config.job_set();
+    assert!(
+        set.jobs
+            .iter()
+            .any(|j| j.address == "127.0.0.1:9464" && j.profile.name == "process_cpu")
+    );
+    assert!(set.jobs.iter().any(|j| j.address == "127.0.0.1:6060"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_profiles_and_stops_cleanly_on_sigterm() {
+    let target = common::FakeTarget::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "targets:\n  - name: demo\n    addresses: [\"{}\"]\n    interval: 1s\n    scrapeTimeout: 500ms\n    profiles:\n      cpu: {{seconds: 1}}\nsinks:\n  - name: local\n    file: {{directory: {}}}\n",
+            target.addr,
+            profiles.display()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--listen", &listen.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cpu_dir = profiles.join("demo/process_cpu");
+    while std::fs::read_dir(&cpu_dir).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "no CPU profile within 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its own endpoints answer, and /metrics counts the scrapes.
+    kubeprof_scraper::tls::install_default_provider();
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kubeprof_scrapes_total{type=\"process_cpu\",outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{listen}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGTERM: a clean exit.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    for kind in ["process_cpu", "memory", "goroutine"] {
+        assert!(
+            profiles.join("demo").join(kind).is_dir(),
+            "no {kind} folder"
+        );
+    }
+}
+
+#[test]
+fn flamegraph_renders_a_stored_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cpu.pb.gz");
+    std::fs::write(&input, common::fixture("cpu.pb.gz")).unwrap();
+    let out = Command::new(BIN)
+        .arg("flamegraph")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(dir.path().join("cpu.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("main.hotCPULeaf"));
+
+    let garbage = dir.path().join("garbage.pb.gz");
+    std::fs::write(&garbage, b"not a profile").unwrap();
+    let out = Command::new(BIN)
+        .arg("flamegraph")
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pprof profile"));
+}
