@@ -25,3 +25,14 @@ pub mod types {
         include!(concat!(env!("OUT_DIR"), "/types.v1.rs"));
     }
 }
+
+/// Parca's packages.
+pub mod parca {
+    /// The profile store.
+    pub mod profilestore {
+        /// Version v1alpha1.
+        pub mod v1alpha1 {
+            include!(concat!(env!("OUT_DIR"), "/parca.profilestore.v1alpha1.rs"));
+        }
+    }
+}

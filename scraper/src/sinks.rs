@@ -5,6 +5,7 @@
 //! it in batches with capped, jittered exponential backoff.
 
 pub mod file;
+pub mod parca;
 pub mod pyroscope;
 
 use std::{
@@ -128,6 +129,8 @@ pub enum Backend {
     File(file::FileSink),
     /// Grafana Pyroscope.
     Pyroscope(pyroscope::PyroscopeSink),
+    /// Parca.
+    Parca(parca::ParcaSink),
 }
 
 impl Backend {
@@ -136,6 +139,7 @@ impl Backend {
         match self {
             Self::File(s) => s.send(batch).await,
             Self::Pyroscope(s) => s.send(batch).await,
+            Self::Parca(s) => s.send(batch).await,
         }
     }
 
@@ -143,6 +147,7 @@ impl Backend {
         match self {
             Self::File(_) => 64,
             Self::Pyroscope(s) => s.max_batch(),
+            Self::Parca(_) => 16,
         }
     }
 }

@@ -1,0 +1,233 @@
+//! The Parca sink against a gRPC server implementing ProfileStoreService.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use kubeprof_scraper::{
+    metrics::{Metrics, SinkLabels, SinkReasonLabels},
+    pprof::{self, DecodeLimits},
+    proto::parca::profilestore::v1alpha1::{
+        WriteRawRequest, WriteRawResponse,
+        profile_store_service_server::{ProfileStoreService, ProfileStoreServiceServer},
+    },
+    sinks::{
+        Backend, Envelope, Fanout, QueueConfig, RetryConfig,
+        parca::{ParcaConfig, ParcaSink},
+    },
+};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Default)]
+struct Store {
+    writes: Arc<Mutex<Vec<(Option<String>, WriteRawRequest)>>>,
+    refuse: Arc<Mutex<Option<tonic::Code>>>,
+}
+
+#[tonic::async_trait]
+impl ProfileStoreService for Store {
+    async fn write_raw(
+        &self,
+        request: Request<WriteRawRequest>,
+    ) -> Result<Response<WriteRawResponse>, Status> {
+        if let Some(code) = *self.refuse.lock().unwrap() {
+            return Err(Status::new(code, "refused by the test"));
+        }
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        self.writes
+            .lock()
+            .unwrap()
+            .push((auth, request.into_inner()));
+        Ok(Response::new(WriteRawResponse {}))
+    }
+}
+
+async fn server() -> (Store, String) {
+    let store = Store::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = ProfileStoreServiceServer::new(store.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (store, addr)
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        labels: [
+            ("__name__", "mutex"),
+            ("service_name", "shop/checkout"),
+            ("namespace", "shop"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        profile: common::fixture("mutex-2.pb.gz").into(),
+        start: SystemTime::now(),
+        end: SystemTime::now(),
+        job_id: "j".into(),
+    }
+}
+
+fn sink(addr: &str) -> Backend {
+    Backend::Parca(
+        ParcaSink::new(ParcaConfig {
+            address: addr.into(),
+            insecure: true,
+            bearer_token: Some("s3cret".into()),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap(),
+    )
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn parca_receives_labels_token_and_the_profile() {
+    let (store, addr) = server().await;
+    let metrics = Metrics::unregistered();
+    let fanout = Fanout::start(
+        vec![("parca".into(), sink(&addr), QueueConfig::default())],
+        RetryConfig::default(),
+        &metrics,
+    );
+    fanout.send(envelope(), &[]);
+    fanout.shutdown(Duration::from_secs(5)).await;
+    let writes = store.writes.lock().unwrap();
+    assert_eq!(writes.len(), 1);
+    let (auth, request) = &writes[0];
+    assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
+    let series = &request.series[0];
+    let labels: Vec<(&str, &str)> = series
+        .labels
+        .as_ref()
+        .unwrap()
+        .labels
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .collect();
+    assert!(
+        labels.contains(&("__name__", "mutex"))
+            && labels.contains(&("service_name", "shop/checkout")),
+        "{labels:?}"
+    );
+    let p = pprof::decode(&series.samples[0].raw_profile, &DecodeLimits::default()).unwrap();
+    assert!(
+        p.function
+            .iter()
+            .any(|f| p.string_table[f.name as usize] == "main.contendedMutex")
+    );
+    assert_eq!(
+        metrics
+            .sink_sent
+            .get_or_create(&SinkLabels {
+                sink: "parca".into()
+            })
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_and_invalid_argument_is_not() {
+    let (store, addr) = server().await;
+    *store.refuse.lock().unwrap() = Some(tonic::Code::Unavailable);
+    let metrics = Metrics::unregistered();
+    let retry = RetryConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    };
+    let fanout = Fanout::start(
+        vec![("parca".into(), sink(&addr), QueueConfig::default())],
+        retry,
+        &metrics,
+    );
+    fanout.send(envelope(), &[]);
+    eventually("retries", || {
+        metrics
+            .sink_retries
+            .get_or_create(&SinkLabels {
+                sink: "parca".into(),
+            })
+            .get()
+            >= 2
+    })
+    .await;
+    *store.refuse.lock().unwrap() = None;
+    eventually("delivery", || store.writes.lock().unwrap().len() == 1).await;
+
+    *store.refuse.lock().unwrap() = Some(tonic::Code::InvalidArgument);
+    fanout.send(envelope(), &[]);
+    let rejected = || {
+        metrics
+            .sink_dropped
+            .get_or_create(&SinkReasonLabels {
+                sink: "parca".into(),
+                reason: "rejected".into(),
+            })
+            .get()
+    };
+    eventually("the rejection", || rejected() == 1).await;
+    fanout.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_parca_that_is_not_there_is_retried_without_crashing() {
+    // Nothing listens on this port.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let metrics = Metrics::unregistered();
+    let retry = RetryConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    };
+    let fanout = Fanout::start(
+        vec![("parca".into(), sink(&addr), QueueConfig::default())],
+        retry,
+        &metrics,
+    );
+    fanout.send(envelope(), &[]);
+    eventually("retries", || {
+        metrics
+            .sink_retries
+            .get_or_create(&SinkLabels {
+                sink: "parca".into(),
+            })
+            .get()
+            >= 2
+    })
+    .await;
+    fanout.shutdown(Duration::from_millis(200)).await;
+    let dropped = metrics
+        .sink_dropped
+        .get_or_create(&SinkReasonLabels {
+            sink: "parca".into(),
+            reason: "shutdown".into(),
+        })
+        .get();
+    assert_eq!(dropped, 1);
+}
