@@ -22,9 +22,12 @@ use kubeprof_scraper::{
 };
 use tonic::{Request, Response, Status};
 
+/// A write as received: the authorization metadata and the request.
+type Write = (Option<String>, WriteRawRequest);
+
 #[derive(Clone, Default)]
 struct Store {
-    writes: Arc<Mutex<Vec<(Option<String>, WriteRawRequest)>>>,
+    writes: Arc<Mutex<Vec<Write>>>,
     refuse: Arc<Mutex<Option<tonic::Code>>>,
 }
 
