@@ -15,7 +15,10 @@
 //! A process restart shows as a counter going down (or the profile's time going backwards):
 //! the baseline starts over and nothing negative is ever sent.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -42,6 +45,56 @@ pub fn cumulative_indices(profile: &Profile) -> Vec<usize> {
         })
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Keys are already xxh3 digests: hashing them again would only cost time.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type DigestMap<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+
+/// Per-id lookup for profile tables: a vector when ids are dense (Go numbers them 1..=n),
+/// a map otherwise.
+fn by_id<T: Copy + Default>(entries: impl Iterator<Item = (u64, T)> + Clone) -> impl Fn(u64) -> T {
+    let (count, max) = entries
+        .clone()
+        .fold((0usize, 0u64), |(n, m), (id, _)| (n + 1, m.max(id)));
+    let dense = max as usize <= count.saturating_mul(2) + 64;
+    let mut vec = Vec::new();
+    let mut map = HashMap::new();
+    if dense {
+        vec = vec![T::default(); max as usize + 1];
+        for (id, v) in entries {
+            vec[id as usize] = v;
+        }
+    } else {
+        map = entries.collect();
+    }
+    move |id| {
+        if dense {
+            usize::try_from(id)
+                .ok()
+                .and_then(|i| vec.get(i))
+                .copied()
+                .unwrap_or_default()
+        } else {
+            map.get(&id).copied().unwrap_or_default()
+        }
+    }
 }
 
 /// Bounds on a tracker's memory.
@@ -82,7 +135,9 @@ pub struct DeltaTracker {
     shape: Vec<(String, String)>,
     cumulative: Vec<usize>,
     time_nanos: i64,
-    previous: HashMap<u64, Box<[i64]>>,
+    /// Series digest -> index into `values` (one row of `cumulative.len()` values per series).
+    previous: DigestMap<u32>,
+    values: Vec<i64>,
     has_baseline: bool,
 }
 
@@ -98,7 +153,8 @@ impl DeltaTracker {
     /// Approximate bytes held (for the `delta state` metric).
     pub fn state_bytes(&self) -> usize {
         // key + boxed slice header + values + the map's per-entry overhead.
-        self.previous.len() * (8 + 16 + 8 * self.cumulative.len() + 16)
+        self.previous.capacity() * (8 + 4 + 4)
+            + self.values.capacity() * 8
             + self
                 .shape
                 .iter()
@@ -144,52 +200,61 @@ impl DeltaTracker {
         }
 
         let samples = aggregate(&mut profile);
-        let mut current: HashMap<u64, Box<[i64]>> = HashMap::with_capacity(samples.len());
-        for (key, sample) in &samples {
-            current.insert(
-                *key,
-                self.cumulative.iter().map(|&i| sample.value[i]).collect(),
-            );
-        }
-        if reason.is_none() {
-            let went_down = current.iter().any(|(key, values)| {
-                self.previous
-                    .get(key)
-                    .is_some_and(|prev| prev.iter().zip(values.iter()).any(|(p, c)| c < p))
-            });
-            if went_down {
-                reason = Some("restart");
-            }
-        }
+        let width = self.cumulative.len();
         let previous_time = self.time_nanos;
         self.time_nanos = profile.time_nanos;
-        if current.len() > self.limits.max_series {
+        if samples.len() > self.limits.max_series {
             self.previous.clear();
+            self.values.clear();
             self.has_baseline = false;
             return DeltaOutcome::Baseline {
                 send: None,
                 reason: "state_limit",
             };
         }
-        let previous = std::mem::replace(&mut self.previous, current);
-        self.has_baseline = true;
-
+        let (previous, values) = (&self.previous, &self.values);
+        let prev_row = |key: &u64| -> Option<&[i64]> {
+            let row = *previous.get(key)? as usize * width;
+            values.get(row..row + width)
+        };
+        if reason.is_none() {
+            let went_down = samples.iter().any(|(key, sample)| {
+                prev_row(key).is_some_and(|prev| {
+                    self.cumulative
+                        .iter()
+                        .zip(prev)
+                        .any(|(&i, p)| sample.value[i] < *p)
+                })
+            });
+            if went_down {
+                reason = Some("restart");
+            }
+        }
         let baseline = reason.is_some();
+        let mut next_index: DigestMap<u32> =
+            DigestMap::with_capacity_and_hasher(samples.len(), Default::default());
+        let mut next_values = Vec::with_capacity(samples.len() * width);
         let mut out = Vec::with_capacity(samples.len());
         for (key, mut sample) in samples {
+            next_index.insert(key, (next_values.len() / width.max(1)) as u32);
+            let prev = if baseline { None } else { prev_row(&key) };
             for (j, &i) in self.cumulative.iter().enumerate() {
-                let prev = if baseline {
-                    // No baseline: the whole cumulative value is unknown history.
-                    sample.value[i]
+                let current = sample.value[i];
+                next_values.push(current);
+                // Without a baseline the whole cumulative value is unknown history.
+                sample.value[i] -= if baseline {
+                    current
                 } else {
-                    previous.get(&key).map_or(0, |p| p[j])
+                    prev.map_or(0, |p| p[j])
                 };
-                sample.value[i] -= prev;
             }
             if sample.value.iter().any(|&v| v != 0) {
                 out.push(sample);
             }
         }
+        self.previous = next_index;
+        self.values = next_values;
+        self.has_baseline = true;
         profile.sample = out;
         if let Some(reason) = reason {
             let only_cumulative = self.cumulative.len() == profile.sample_type.len();
@@ -210,40 +275,46 @@ impl DeltaTracker {
 fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
     let samples = std::mem::take(&mut profile.sample);
     let profile = &*profile;
-    let function_names: HashMap<u64, &str> = profile
-        .function
+    let function_name = by_id(profile.function.iter().map(|f| (f.id, f.name)));
+    let string_hash: Vec<u64> = profile
+        .string_table
         .iter()
-        .map(|f| (f.id, string(profile, f.name)))
+        .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
         .collect();
-    let location_hash: HashMap<u64, u64> = profile
-        .location
-        .iter()
-        .map(|l| {
-            let mut h = Xxh3::new();
-            for line in &l.line {
-                h.update(
-                    function_names
-                        .get(&line.function_id)
-                        .copied()
-                        .unwrap_or("")
-                        .as_bytes(),
-                );
-                h.update(&[0]);
-            }
-            if l.line.is_empty() {
-                // Unsymbolized: the address is all there is.
-                h.update(&l.address.to_le_bytes());
-            }
-            (l.id, h.digest())
-        })
-        .collect();
-    let mut index: HashMap<u64, usize> = HashMap::with_capacity(samples.len());
+    let location_hash = by_id(profile.location.iter().map(|l| {
+        let mut h: u64 = 0x517c_c1b7_2722_0a95;
+        for line in &l.line {
+            let name = function_name(line.function_id);
+            let nh = usize::try_from(name)
+                .ok()
+                .and_then(|i| string_hash.get(i))
+                .copied()
+                .unwrap_or(0);
+            h = (h ^ nh).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        }
+        if l.line.is_empty() {
+            // Unsymbolized: the address is all there is.
+            h = (h ^ l.address).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        (l.id, h)
+    }));
+    let mut index: DigestMap<usize> =
+        DigestMap::with_capacity_and_hasher(samples.len(), Default::default());
     let mut out: Vec<(u64, Sample)> = Vec::with_capacity(samples.len());
     for sample in samples {
-        let mut h = Xxh3::new();
+        let mut stack: u64 = 0xcbf2_9ce4_8422_2325;
         for id in &sample.location_id {
-            h.update(&location_hash.get(id).copied().unwrap_or(0).to_le_bytes());
+            stack = (stack ^ location_hash(*id))
+                .wrapping_mul(0x0100_0000_01b3)
+                .rotate_left(31);
         }
+        if sample.label.is_empty() {
+            let key = xxhash_rust::xxh3::xxh3_64(&stack.to_le_bytes());
+            merge(&mut index, &mut out, key, sample);
+            continue;
+        }
+        let mut h = Xxh3::new();
+        h.update(&stack.to_le_bytes());
         h.update(&[0xff]);
         let mut labels: Vec<(&str, &str, i64, &str)> = sample
             .label
@@ -268,17 +339,21 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
             h.update(&[0]);
         }
         let key = h.digest();
-        match index.get(&key) {
-            Some(&i) => {
-                for (acc, v) in out[i].1.value.iter_mut().zip(&sample.value) {
-                    *acc += v;
-                }
-            }
-            None => {
-                index.insert(key, out.len());
-                out.push((key, sample));
-            }
-        }
+        merge(&mut index, &mut out, key, sample);
     }
     out
+}
+
+fn merge(index: &mut DigestMap<usize>, out: &mut Vec<(u64, Sample)>, key: u64, sample: Sample) {
+    match index.get(&key) {
+        Some(&i) => {
+            for (acc, v) in out[i].1.value.iter_mut().zip(&sample.value) {
+                *acc += v;
+            }
+        }
+        None => {
+            index.insert(key, out.len());
+            out.push((key, sample));
+        }
+    }
 }

@@ -84,17 +84,46 @@ impl ValidateError {
     }
 }
 
-fn ids<'a>(
-    what: &'static str,
-    ids: impl Iterator<Item = u64> + 'a,
-) -> Result<HashSet<u64>, ValidateError> {
-    let mut set = HashSet::new();
+/// The ids of one table. Go numbers them 1..=n, so a bitmap indexed by id is the usual case;
+/// sparse ids fall back to a hash set.
+enum IdSet {
+    Dense(Vec<bool>),
+    Sparse(HashSet<u64>),
+}
+
+impl IdSet {
+    fn contains(&self, id: &u64) -> bool {
+        match self {
+            Self::Dense(v) => usize::try_from(*id)
+                .ok()
+                .and_then(|i| v.get(i))
+                .copied()
+                .unwrap_or(false),
+            Self::Sparse(s) => s.contains(id),
+        }
+    }
+}
+
+fn ids(what: &'static str, ids: impl Iterator<Item = u64> + Clone) -> Result<IdSet, ValidateError> {
+    let (count, max) = ids
+        .clone()
+        .fold((0usize, 0u64), |(n, m), id| (n + 1, m.max(id)));
+    if max <= count as u64 * 2 + 64 {
+        let mut seen = vec![false; max as usize + 1];
+        for id in ids {
+            if id == 0 || std::mem::replace(&mut seen[id as usize], true) {
+                return Err(ValidateError::BadId { what, id });
+            }
+        }
+        return Ok(IdSet::Dense(seen));
+    }
+    let mut set = HashSet::with_capacity(count);
     for id in ids {
         if id == 0 || !set.insert(id) {
             return Err(ValidateError::BadId { what, id });
         }
     }
-    Ok(set)
+    Ok(IdSet::Sparse(set))
 }
 
 /// Checks that every reference in `p` resolves.

@@ -1,0 +1,202 @@
+//! The per-profile pipeline cost against the cost of merely gunzipping the profile.
+//!
+//! A synthetic heap profile of ~1 MiB uncompressed (many distinct stacks, alloc_* and inuse_*
+//! sample types, like Go's allocs endpoint) goes through decode + validate + delta + relabel +
+//! encode; the figure to watch is the printed `pipeline/gunzip` ratio (target: under 3).
+//! Run: `cargo bench -p kubeprof-scraper --bench pipeline`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, criterion_group};
+use kubeprof_crds::{RelabelConfig, relabel::compile_all};
+use kubeprof_scraper::{
+    labels,
+    pprof::{self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile},
+    proto::perftools::profiles::{Function, Line, Location, Sample, ValueType},
+};
+
+/// A Go-like allocs profile: `functions` functions, one location each, `samples` stacks of
+/// depth 12..28; `bump` grows the cumulative values (a later capture).
+fn synthetic(functions: u64, samples: u64, bump: i64) -> Profile {
+    let mut strings = vec![String::new()];
+    let mut s = |v: &str| {
+        strings.push(v.to_owned());
+        (strings.len() - 1) as i64
+    };
+    let sample_type = [
+        "alloc_objects/count",
+        "alloc_space/bytes",
+        "inuse_objects/count",
+        "inuse_space/bytes",
+    ]
+    .iter()
+    .map(|t| {
+        let (ty, unit) = t.split_once('/').unwrap();
+        ValueType {
+            r#type: s(ty),
+            unit: s(unit),
+        }
+    })
+    .collect();
+    let file = s("/src/github.com/example/service/internal/handler.go");
+    let function: Vec<Function> = (1..=functions)
+        .map(|id| Function {
+            id,
+            name: s(&format!(
+                "github.com/example/service/internal/pkg{}.(*Handler).Method{id}",
+                id % 97
+            )),
+            system_name: 0,
+            filename: file,
+            start_line: id as i64,
+        })
+        .collect();
+    let location = (1..=functions)
+        .map(|id| Location {
+            id,
+            mapping_id: 0,
+            address: 0x400000 + id * 16,
+            line: vec![Line {
+                function_id: id,
+                line: 10 + id as i64,
+                column: 0,
+            }],
+            is_folded: false,
+        })
+        .collect();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let sample = (0..samples)
+        .map(|i| {
+            let depth = 12 + next() % 16;
+            Sample {
+                location_id: (0..depth).map(|_| 1 + next() % functions).collect(),
+                value: vec![
+                    100 + i as i64 + bump,
+                    4096 * (100 + i as i64 + bump),
+                    3,
+                    4096 * 3,
+                ],
+                label: vec![],
+            }
+        })
+        .collect();
+    Profile {
+        sample_type,
+        sample,
+        location,
+        function,
+        string_table: strings,
+        time_nanos: 1_700_000_000_000_000_000 + bump,
+        period: 524_288,
+        ..Default::default()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    use prost::Message as _;
+    let before = synthetic(4000, 11_000, 0);
+    let after = synthetic(4000, 11_000, 7);
+    let raw_len = after.encode_to_vec().len();
+    let gz = pprof::encode_gzip(&after);
+    let limits = DecodeLimits::default();
+    let rules = compile_all(&[
+        RelabelConfig {
+            source_labels: vec!["__meta_kubernetes_pod_label_app".into()],
+            target_label: Some("app".into()),
+            ..Default::default()
+        },
+        RelabelConfig {
+            regex: "__meta_kubernetes_pod_label_(.+)".into(),
+            action: kubeprof_crds::RelabelAction::LabelMap,
+            ..Default::default()
+        },
+    ])
+    .unwrap();
+    let discovery: kubeprof_crds::relabel::Labels = [
+        ("__address__", "10.1.2.3:6060"),
+        ("__meta_kubernetes_namespace", "shop"),
+        ("__meta_kubernetes_pod_name", "checkout-7d9f8-abcde"),
+        ("__meta_kubernetes_pod_container_name", "checkout"),
+        ("__meta_kubernetes_pod_label_app", "checkout"),
+        ("__meta_kubernetes_pod_label_team", "payments"),
+        ("job", "shop/checkout"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+
+    let gunzip = || black_box(pprof::decompress(black_box(&gz), &limits).unwrap().len());
+    let pipeline = |tracker: &mut DeltaTracker| {
+        let p = pprof::decode(black_box(&gz), &limits).unwrap();
+        pprof::validate(&p).unwrap();
+        let l = labels::finalize(&discovery, "memory", &rules, &Default::default()).unwrap();
+        let out = match tracker.apply(p) {
+            DeltaOutcome::Delta(d) => pprof::encode_gzip(&d),
+            DeltaOutcome::Baseline { .. } => panic!("no baseline expected"),
+        };
+        black_box((out.len(), l.len()))
+    };
+    let primed = || {
+        let mut t = DeltaTracker::new(DeltaLimits::default());
+        let _ = t.apply(before.clone());
+        t
+    };
+
+    c.bench_function("gunzip 1 MiB profile", |b| b.iter(gunzip));
+    c.bench_function("pipeline: decode+validate+delta+relabel+encode", |b| {
+        b.iter_batched(
+            primed,
+            |mut t| pipeline(&mut t),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
+    // The ratio, from our own timing in the same run (criterion prints times, not ratios).
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_secs(2) {
+            f();
+            n += 1;
+        }
+        start.elapsed() / n
+    };
+    let t_gunzip = time(&mut || {
+        gunzip();
+    });
+    let mut trackers: Vec<DeltaTracker> = (0..64).map(|_| primed()).collect();
+    let t_pipeline = time(&mut || {
+        let mut t = trackers.pop().unwrap_or_else(primed);
+        pipeline(&mut t);
+    });
+    println!(
+        "profile: {raw_len} bytes uncompressed, {} gzipped, {} samples",
+        gz.len(),
+        after.sample.len()
+    );
+    println!("gunzip: {t_gunzip:?}  pipeline: {t_pipeline:?}");
+    println!(
+        "pipeline/gunzip ratio: {:.2}",
+        t_pipeline.as_secs_f64() / t_gunzip.as_secs_f64()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
+    targets = bench
+}
+
+fn main() {
+    benches();
+}
