@@ -1,0 +1,292 @@
+//! Load harness: serves N fake Go services on 127.0.0.0/8 (one loopback address each, like
+//! pods) from real captured Go profiles, runs the real `kubeprof-scraper` binary against them
+//! with a file sink, and prints the scraper's CPU use, memory and scrape counts.
+//!
+//! ```sh
+//! cargo build --release -p kubeprof-scraper
+//! target/release/kubeprof-loadtest --targets 1000 --interval 15s --duration 120s
+//! ```
+//! Everything listens on loopback and the run stops by itself after `--duration`.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use axum::{
+    Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::Parser;
+
+/// Load harness for kubeprof-scraper.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Fake targets (one loopback address each: 127.1.0.1, 127.1.0.2, ...).
+    #[arg(long, default_value_t = 1000)]
+    targets: u32,
+    /// Scrape interval.
+    #[arg(long, default_value = "15s")]
+    interval: String,
+    /// How long to measure, after a warm-up of one interval.
+    #[arg(long, default_value = "120s")]
+    duration: String,
+    /// The scraper binary (default: next to this one).
+    #[arg(long)]
+    scraper: Option<PathBuf>,
+    /// Port every fake target listens on.
+    #[arg(long, default_value_t = 6060)]
+    port: u16,
+}
+
+const CPU: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/cpu.pb.gz");
+const ALLOCS: [&[u8]; 2] = [
+    include_bytes!("../../tests/fixtures/pprof-go/allocs.pb.gz"),
+    include_bytes!("../../tests/fixtures/pprof-go/allocs-2.pb.gz"),
+];
+const MUTEX: [&[u8]; 2] = [
+    include_bytes!("../../tests/fixtures/pprof-go/mutex.pb.gz"),
+    include_bytes!("../../tests/fixtures/pprof-go/mutex-2.pb.gz"),
+];
+const BLOCK: [&[u8]; 2] = [
+    include_bytes!("../../tests/fixtures/pprof-go/block.pb.gz"),
+    include_bytes!("../../tests/fixtures/pprof-go/block-2.pb.gz"),
+];
+const GOROUTINE: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/goroutine.pb.gz");
+
+#[derive(Default)]
+struct Served {
+    requests: AtomicU64,
+}
+
+/// One fake service: counts its own requests per type, so each starts with its first capture.
+#[derive(Default)]
+struct Target {
+    served: Arc<Served>,
+    cumulative: [AtomicU64; 3],
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    seconds: Option<u64>,
+}
+
+async fn profile(
+    State(t): State<Arc<Target>>,
+    Path(name): Path<String>,
+    Query(p): Query<Params>,
+) -> Response {
+    t.served.requests.fetch_add(1, Ordering::Relaxed);
+    let nth = |i: usize| usize::from(t.cumulative[i].fetch_add(1, Ordering::Relaxed) > 0);
+    let body: &'static [u8] = match name.as_str() {
+        "profile" => {
+            // Like Go: the answer comes after the sampling period.
+            tokio::time::sleep(Duration::from_secs(p.seconds.unwrap_or(30).min(60))).await;
+            CPU
+        }
+        // The first capture, then the later one: a real delta, then zero deltas.
+        "allocs" => ALLOCS[nth(0)],
+        "mutex" => MUTEX[nth(1)],
+        "block" => BLOCK[nth(2)],
+        "goroutine" => GOROUTINE,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    body.into_response()
+}
+
+fn target_ip(i: u32) -> Ipv4Addr {
+    let n = i + 1;
+    Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/pid/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    let ticks = 100.0; // USER_HZ on Linux
+    Ok((utime + stime) / ticks)
+}
+
+/// (VmRSS, VmHWM) of `pid`, in MiB.
+fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Kills the scraper when the harness ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kubeprof_scraper::tls::install_default_provider();
+    let args = Args::parse();
+    let interval: kubeprof_crds::Duration = args.interval.parse()?;
+    let duration: kubeprof_crds::Duration = args.duration.parse()?;
+    let scraper = match args.scraper {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("kubeprof-scraper"),
+    };
+    if !scraper.exists() {
+        bail!(
+            "{} not found: cargo build --release -p kubeprof-scraper",
+            scraper.display()
+        );
+    }
+
+    let served = Arc::new(Served::default());
+    let mut addresses = Vec::new();
+    for i in 0..args.targets {
+        let addr = SocketAddr::new(IpAddr::V4(target_ip(i)), args.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding {addr} (loopback addresses beyond 127.0.0.1 need Linux)")
+        })?;
+        let app = Router::new()
+            .route("/debug/pprof/{name}", get(profile))
+            .with_state(Arc::new(Target {
+                served: served.clone(),
+                ..Default::default()
+            }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addresses.push(addr.to_string());
+    }
+
+    let dir = tempfile::tempdir()?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let config = dir.path().join("scraper.yaml");
+    let profiles = dir.path().join("profiles");
+    std::fs::write(
+        &config,
+        format!(
+            "targets:\n  - name: load\n    addresses: {addresses:?}\n    interval: {interval}\n    scrapeTimeout: 10s\nsinks:\n  - name: local\n    file: {{directory: {}, retentionBytes: 268435456}}\n",
+            profiles.display()
+        ),
+    )?;
+    let expected_per_interval = u64::from(args.targets) * 5;
+    println!(
+        "loadtest: {} targets x 5 types every {interval} ({:.0} scrapes/s), measuring {duration} after one interval of warm-up",
+        args.targets,
+        expected_per_interval as f64 / interval.std().as_secs_f64()
+    );
+    let child = Command::new(&scraper)
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--listen", &listen.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", scraper.display()))?;
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+
+    tokio::time::sleep(interval.std() + Duration::from_secs(2)).await;
+    let client = reqwest::Client::new();
+    let scrape_metrics = || async {
+        let text = client
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok(text)
+    };
+    let before = scrape_metrics().await?;
+    let cpu0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let mut peak_rss: f64 = 0.0;
+    while t0.elapsed() < duration.std() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok((rss, _)) = memory_mib(pid) {
+            peak_rss = peak_rss.max(rss);
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            bail!("the scraper exited early: {status}");
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu0;
+    let (rss, hwm) = memory_mib(pid)?;
+    let after = scrape_metrics().await?;
+    let delta = |prefix: &str| metric(&after, prefix) - metric(&before, prefix);
+    let done = delta("kubeprof_scrapes_total{");
+    let ok = delta("kubeprof_scrapes_total{type=\"process_cpu\",outcome=\"success\"}")
+        + delta("kubeprof_scrapes_total{type=\"memory\",outcome=\"success\"}")
+        + delta("kubeprof_scrapes_total{type=\"goroutine\",outcome=\"success\"}")
+        + delta("kubeprof_scrapes_total{type=\"mutex\",outcome=\"success\"}")
+        + delta("kubeprof_scrapes_total{type=\"block\",outcome=\"success\"}");
+    let missed = metric(&after, "kubeprof_missed_scrapes_total");
+    let expected = expected_per_interval as f64 * wall / interval.std().as_secs_f64();
+    let dropped = metric(&after, "kubeprof_sink_dropped_profiles_total");
+    let sent = delta("kubeprof_sink_sent_profiles_total");
+
+    drop(child);
+
+    println!("---------------------------------------------------------------");
+    println!(
+        "targets                 {} x 5 profile types, interval {interval}",
+        args.targets
+    );
+    println!("measured                {wall:.0} s");
+    println!(
+        "scraper CPU             {:.3} cores ({cpu:.1} s CPU in {wall:.0} s)",
+        cpu / wall
+    );
+    println!(
+        "scraper RSS             {rss:.1} MiB now, {peak_rss:.1} MiB peak while measured, {hwm:.1} MiB high-water mark"
+    );
+    println!(
+        "scrapes                 {done:.0} done, ~{expected:.0} due, {ok:.0} successful or baseline-free"
+    );
+    println!("missed scrapes          {missed:.0} (whole run)");
+    println!("profiles written        {sent:.0}; dropped {dropped:.0} (whole run)");
+    println!(
+        "fake target requests    {}",
+        served.requests.load(Ordering::Relaxed)
+    );
+    println!("---------------------------------------------------------------");
+    Ok(())
+}
