@@ -238,6 +238,20 @@ async fn main() -> anyhow::Result<()> {
     let cpu0 = cpu_seconds(pid)?;
     let t0 = Instant::now();
     let mut peak_rss: f64 = 0.0;
+    // The scraper profiles itself: a 10 s CPU profile from the middle of the run says where
+    // its time goes.
+    let self_profile = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            client
+                .get(format!("http://{listen}/debug/pprof/profile?seconds=10"))
+                .send()
+                .await?
+                .bytes()
+                .await
+        })
+    };
     while t0.elapsed() < duration.std() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Ok((rss, _)) = memory_mib(pid) {
@@ -287,6 +301,37 @@ async fn main() -> anyhow::Result<()> {
         "fake target requests    {}",
         served.requests.load(Ordering::Relaxed)
     );
+    if let Ok(Ok(body)) = self_profile.await {
+        let out = PathBuf::from("loadtest-scraper-cpu.pb.gz");
+        if std::fs::write(&out, &body).is_ok() {
+            println!(
+                "scraper self-profile    {} (go tool pprof -top, or kubeprof-scraper flamegraph)",
+                out.display()
+            );
+        }
+        if let Ok(profile) = kubeprof_scraper::pprof::decode(&body, &Default::default())
+            && let Ok((_, folded)) = kubeprof_scraper::flamegraph::fold(&profile, None)
+        {
+            let mut leaf: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+            let mut total = 0;
+            for line in &folded {
+                if let Some((stack, v)) = line.rsplit_once(' ') {
+                    let v: i64 = v.parse().unwrap_or(0);
+                    total += v;
+                    *leaf
+                        .entry(stack.rsplit(';').next().unwrap_or("").to_owned())
+                        .or_default() += v;
+                }
+            }
+            let mut top: Vec<_> = leaf.into_iter().collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1));
+            println!("hottest leaf functions of the scraper (self time):");
+            for (f, v) in top.iter().take(10) {
+                let name: String = f.chars().take(100).collect();
+                println!("  {:5.1}%  {name}", 100.0 * *v as f64 / total.max(1) as f64);
+            }
+        }
+    }
     println!("---------------------------------------------------------------");
     Ok(())
 }

@@ -8,6 +8,7 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::UNIX_EPOCH,
 };
 
@@ -28,8 +29,10 @@ pub struct FileConfig {
 #[derive(Debug)]
 pub struct FileSink {
     config: FileConfig,
-    // Serializes writers so retention sees a consistent tree.
-    lock: tokio::sync::Mutex<()>,
+    // Serializes writers so retention sees a consistent tree; holds the bytes stored so far
+    // (None until the first write scans the directory), so the tree is only walked again when
+    // the limit is passed.
+    lock: Arc<tokio::sync::Mutex<Option<u64>>>,
 }
 
 fn component(s: &str) -> String {
@@ -54,7 +57,7 @@ impl FileSink {
     pub fn new(config: FileConfig) -> Self {
         Self {
             config,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::default(),
         }
     }
 
@@ -91,16 +94,35 @@ impl FileSink {
             .collect();
         let root = self.config.directory.clone();
         let retention = self.config.retention_bytes;
-        let _guard = self.lock.lock().await;
+        let mut stored = self.lock.clone().lock_owned().await;
         // File system calls block: run them off the runtime's workers.
         let written = tokio::task::spawn_blocking(move || {
+            let mut total = match *stored {
+                Some(total) => total,
+                None => tree_size(&root),
+            };
+            let mut dirs = std::collections::BTreeSet::new();
             for (path, envelope) in &work {
                 write_atomic(path, &envelope.profile).map_err(|e| io_error(path, e))?;
                 let labels_path = path.with_extension("").with_extension("labels.json");
                 let json = serde_json::to_vec_pretty(&envelope.labels).unwrap_or_default();
                 write_atomic(&labels_path, &json).map_err(|e| io_error(&labels_path, e))?;
+                total += (envelope.profile.len() + json.len()) as u64;
+                if let Some(dir) = path.parent() {
+                    dirs.insert(dir.to_path_buf());
+                }
             }
-            enforce_retention(&root, retention).map_err(|e| io_error(&root, e))
+            // One directory fsync per batch makes the renames durable.
+            for dir in dirs {
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_error(&dir, e))?;
+            }
+            if total > retention {
+                total = enforce_retention(&root, retention).map_err(|e| io_error(&root, e))?;
+            }
+            *stored = Some(total);
+            Ok(())
         })
         .await;
         written.unwrap_or_else(|e| Err(SendError::retryable("io", e.to_string())))
@@ -113,7 +135,8 @@ fn io_error(path: &Path, e: std::io::Error) -> SendError {
     SendError::retryable("io", format!("{}: {e}", path.display()))
 }
 
-/// Writes to a temporary name in the same directory, fsyncs, renames, fsyncs the directory.
+/// Writes to a temporary name in the same directory, fsyncs and renames (the caller fsyncs the
+/// directory once per batch).
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -129,12 +152,28 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
 
-/// Deletes the oldest profiles (and their labels) until the tree holds at most `limit` bytes.
-fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<()> {
+/// Bytes of all files below `root`.
+fn tree_size(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Deletes the oldest profiles (and their labels) until the tree holds at most `limit` bytes;
+/// returns the bytes left.
+fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<u64> {
     let mut files = Vec::new();
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
@@ -159,7 +198,7 @@ fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<()> {
         }
     }
     if total <= limit {
-        return Ok(());
+        return Ok(total);
     }
     files.sort();
     for (_, path, len) in files {
@@ -172,5 +211,5 @@ fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&labels);
         total = total.saturating_sub(len + labels_len);
     }
-    Ok(())
+    Ok(total)
 }
