@@ -43,6 +43,11 @@ struct Args {
     /// The scraper binary (default: next to this one).
     #[arg(long)]
     scraper: Option<PathBuf>,
+    /// Also take a 10 s CPU profile of the scraper mid-run and print its hottest functions.
+    /// Symbolizing it costs the scraper a few hundred MiB of RSS, so the memory figure of such
+    /// a run is not representative.
+    #[arg(long)]
+    self_profile: bool,
     /// Port every fake target listens on.
     #[arg(long, default_value_t = 6060)]
     port: u16,
@@ -240,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     let mut peak_rss: f64 = 0.0;
     // The scraper profiles itself: a 10 s CPU profile from the middle of the run says where
     // its time goes.
-    let self_profile = {
+    let self_profile = args.self_profile.then(|| {
         let client = client.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -251,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
                 .bytes()
                 .await
         })
-    };
+    });
     while t0.elapsed() < duration.std() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Ok((rss, _)) = memory_mib(pid) {
@@ -274,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         + delta("kubeprof_scrapes_total{type=\"block\",outcome=\"success\"}");
     let missed = metric(&after, "kubeprof_missed_scrapes_total");
     let expected = expected_per_interval as f64 * wall / interval.std().as_secs_f64();
-    let dropped = metric(&after, "kubeprof_sink_dropped_profiles_total");
+    let dropped = metric(&after, "kubeprof_sink_dropped_profiles_total").max(0.0);
     let sent = delta("kubeprof_sink_sent_profiles_total");
 
     drop(child);
@@ -301,7 +306,11 @@ async fn main() -> anyhow::Result<()> {
         "fake target requests    {}",
         served.requests.load(Ordering::Relaxed)
     );
-    if let Ok(Ok(body)) = self_profile.await {
+    let body = match self_profile {
+        Some(task) => task.await.ok().and_then(Result::ok),
+        None => None,
+    };
+    if let Some(body) = body {
         let out = PathBuf::from("loadtest-scraper-cpu.pb.gz");
         if std::fs::write(&out, &body).is_ok() {
             println!(
