@@ -21,4 +21,10 @@ if python3 -c 'import helm_python, kubernetes_validate, pytest, yaml' 2>/dev/nul
 else
   echo "SKIPPED chart tests: pip install -r charts/tests/requirements.txt (Helm's engine and the Kubernetes schemas)"
 fi
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole workspace (cargo prints one per test binary, the last often
+# being an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log"

@@ -333,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let mut top: Vec<_> = leaf.into_iter().collect();
-            top.sort_by(|a, b| b.1.cmp(&a.1));
+            top.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
             println!("hottest leaf functions of the scraper (self time):");
             for (f, v) in top.iter().take(10) {
                 let name: String = f.chars().take(100).collect();
