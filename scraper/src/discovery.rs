@@ -51,8 +51,9 @@ impl StaticFileSource {
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(initial));
+        // Taken now, not in the task: an edit made before the task first runs must count.
+        let mut seen = fingerprint(&path);
         tokio::spawn(async move {
-            let mut seen = fingerprint(&path);
             let mut hangup = match tokio::signal::unix::signal(
                 tokio::signal::unix::SignalKind::hangup(),
             ) {
