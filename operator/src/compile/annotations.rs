@@ -1,0 +1,222 @@
+//! Pods that opt in through annotations, as Grafana Alloy and the Pyroscope agent users write
+//! them.
+//!
+//! Grafana: `profiles.grafana.com/<type>.scrape: "true"` turns `<type>` on (cpu, memory,
+//! goroutine, mutex, block, or any other name, scraped at `/debug/pprof/<name>` unless `.path`
+//! says otherwise); `.port` (number) or `.port_name` picks the port — without either, a pod that
+//! declares exactly one port uses it; `.path` and `.scheme` override.
+//!
+//! Pyroscope (legacy): `pyroscope.io/scrape: "true"` with `pyroscope.io/port`; the policy's
+//! default types, switched by `pyroscope.io/profile-{cpu,mem,goroutines,mutex,block}-enabled`;
+//! `pyroscope.io/application-name` becomes `service_name`. When both conventions are present,
+//! the Grafana keys win for the types they name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kubeprof_crds::{
+    ProfileKind, ResolvedProfile, Scheme, conditions,
+    constants::{GRAFANA_PREFIX, pyroscope},
+    job::{JobOrigin, OriginKind, ScrapeJob},
+    policy::AnnotationSettings,
+};
+
+use super::{
+    EndpointSettings, PodInfo, Problem, Rules, build_jobs, discovery_labels, resolve_port,
+};
+
+/// One profile type requested by annotations.
+#[derive(Debug, Default, Clone)]
+struct Request {
+    port: Option<i32>,
+    port_name: Option<String>,
+    path: Option<String>,
+    scheme: Option<Scheme>,
+}
+
+fn truthy(v: Option<&String>) -> Option<bool> {
+    v.map(|v| matches!(v.trim(), "true" | "True" | "TRUE" | "1" | "yes"))
+}
+
+fn kind_of(name: &str) -> Option<ProfileKind> {
+    ProfileKind::ALL
+        .into_iter()
+        .find(|k| k.api_name() == name || k.metric_name() == name)
+}
+
+fn grafana(pod: &PodInfo, problems: &mut BTreeSet<Problem>) -> BTreeMap<String, Request> {
+    let mut types: BTreeMap<String, (bool, Request)> = BTreeMap::new();
+    for (key, value) in &pod.annotations {
+        let Some(rest) = key.strip_prefix(GRAFANA_PREFIX) else {
+            continue;
+        };
+        let Some((kind, field)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        let entry = types.entry(kind.to_owned()).or_default();
+        match field {
+            "scrape" => entry.0 = truthy(Some(value)).unwrap_or(false),
+            "port" => match value.trim().parse::<i32>() {
+                Ok(n) if (1..=65535).contains(&n) => entry.1.port = Some(n),
+                _ => {
+                    problems.insert(Problem {
+                        reason: conditions::REASON_INVALID_SPEC,
+                        message: format!("{key}: {value:?} is not a port number"),
+                    });
+                }
+            },
+            "port_name" => entry.1.port_name = Some(value.clone()),
+            "path" if value.starts_with('/') => entry.1.path = Some(value.clone()),
+            "scheme" => match value.parse() {
+                Ok(s) => entry.1.scheme = Some(s),
+                Err(e) => {
+                    problems.insert(Problem {
+                        reason: conditions::REASON_INVALID_SPEC,
+                        message: format!("{key}: {e}"),
+                    });
+                }
+            },
+            _ => {}
+        }
+    }
+    types
+        .into_iter()
+        .filter(|(_, (on, _))| *on)
+        .map(|(k, (_, r))| (k, r))
+        .collect()
+}
+
+fn pyroscope_types(pod: &PodInfo, defaults: &[ProfileKind]) -> BTreeMap<String, Request> {
+    if truthy(pod.annotations.get(pyroscope::SCRAPE)) != Some(true) {
+        return BTreeMap::new();
+    }
+    let port = pod
+        .annotations
+        .get(pyroscope::PORT)
+        .and_then(|p| p.trim().parse().ok());
+    let scheme = pod
+        .annotations
+        .get(pyroscope::SCHEME)
+        .and_then(|s| s.parse().ok());
+    let switches = [
+        (ProfileKind::Cpu, pyroscope::PROFILE_CPU_ENABLED),
+        (ProfileKind::Memory, pyroscope::PROFILE_MEM_ENABLED),
+        (
+            ProfileKind::Goroutine,
+            pyroscope::PROFILE_GOROUTINES_ENABLED,
+        ),
+        (ProfileKind::Mutex, pyroscope::PROFILE_MUTEX_ENABLED),
+        (ProfileKind::Block, pyroscope::PROFILE_BLOCK_ENABLED),
+    ];
+    switches
+        .into_iter()
+        .filter(|(kind, key)| {
+            truthy(pod.annotations.get(*key)).unwrap_or_else(|| defaults.contains(kind))
+        })
+        .map(|(kind, _)| {
+            (
+                kind.api_name().to_owned(),
+                Request {
+                    port,
+                    scheme,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// The jobs a pod's annotations ask for, skipping (pod, type) pairs a target already covers.
+pub(super) fn jobs(
+    pod: &PodInfo,
+    settings: &AnnotationSettings,
+    rules: &Rules<'_>,
+    covered: &BTreeSet<(String, String)>,
+    problems: &mut BTreeSet<Problem>,
+) -> Vec<ScrapeJob> {
+    let mut requests = BTreeMap::new();
+    if settings.pyroscope {
+        requests = pyroscope_types(pod, &rules.defaults.profile_types);
+    }
+    if settings.grafana {
+        requests.extend(grafana(pod, problems));
+    }
+    let Some(ip) = &pod.ip else { return Vec::new() };
+    let service_name = pod
+        .annotations
+        .get(pyroscope::APPLICATION_NAME)
+        .filter(|_| settings.pyroscope)
+        .cloned();
+    let origin = JobOrigin {
+        kind: OriginKind::Annotations,
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+    };
+    let interval = rules.interval(None, problems);
+    let timeout = rules
+        .defaults
+        .scrape_timeout
+        .min(kubeprof_crds::Duration::from(interval.std().mul_f64(0.8)));
+    let cpu_seconds = rules.defaults.cpu_seconds.unwrap_or_else(|| {
+        u32::try_from(interval.std().as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1)
+    });
+    let mut out = Vec::new();
+    for (name, req) in requests {
+        let kind = kind_of(&name);
+        let profile = ResolvedProfile {
+            name: kind.map_or(name.clone(), |k| k.metric_name().to_owned()),
+            kind,
+            path: req.path.clone().unwrap_or_else(|| {
+                kind.map_or(format!("/debug/pprof/{name}"), |k| {
+                    k.default_path().to_owned()
+                })
+            }),
+            delta: kind.is_some_and(ProfileKind::cumulative),
+            seconds: (kind == Some(ProfileKind::Cpu)).then_some(cpu_seconds),
+        };
+        if covered.contains(&(pod.uid.clone(), profile.name.clone())) {
+            continue;
+        }
+        let profiles = rules.allowed(vec![profile], problems);
+        if profiles.is_empty() {
+            continue;
+        }
+        let single = pod.containers.iter().flat_map(|c| &c.ports).count() == 1;
+        let port = match (&req.port_name, req.port) {
+            (Some(n), _) => resolve_port(pod, Some(n), None),
+            (None, Some(n)) => resolve_port(pod, None, Some(n)),
+            (None, None) if single => pod
+                .containers
+                .iter()
+                .find_map(|c| c.ports.first().map(|p| (c.name.clone(), p.clone()))),
+            (None, None) => None,
+        };
+        let Some((container, port)) = port else {
+            problems.insert(Problem {
+                reason: conditions::REASON_PORT_NOT_FOUND,
+                message: format!("annotations for {name} name no port the pod declares"),
+            });
+            continue;
+        };
+        let scheme = req.scheme.unwrap_or_default();
+        let address = format!("{ip}:{}", port.number);
+        let labels = discovery_labels(pod, &container, &port, &address, scheme);
+        let settings = EndpointSettings {
+            scheme,
+            interval,
+            timeout,
+            params: BTreeMap::new(),
+            relabelings: Vec::new(),
+            auth: None,
+            tls: None,
+            sinks: rules.sinks(&[], problems),
+            service_name: service_name.clone(),
+            static_labels: Default::default(),
+        };
+        out.extend(build_jobs(
+            &origin, labels, &profiles, &settings, rules, problems,
+        ));
+    }
+    out
+}

@@ -1,0 +1,490 @@
+//! The compile step, with small builders and no cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kubeprof_crds::{
+    Duration, RelabelAction, RelabelConfig, SecretKeyRef,
+    job::{OriginKind, ScrapeAuth},
+    policy::{FileSink, ProfilingPolicySpec, SinkSpec},
+    target::{Endpoint, ProfilingTargetSpec},
+};
+use pretty_assertions::assert_eq;
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str) -> PodInfo {
+    PodInfo {
+        namespace: ns.into(),
+        name: name.into(),
+        uid: format!("uid-{ns}-{name}"),
+        labels: map(labels),
+        annotations: BTreeMap::new(),
+        node: Some(node.into()),
+        ip: Some(ip.into()),
+        running: true,
+        containers: vec![ContainerInfo {
+            name: "app".into(),
+            ports: vec![
+                PortInfo {
+                    name: Some("pprof".into()),
+                    number: 6060,
+                },
+                PortInfo {
+                    name: Some("http".into()),
+                    number: 8080,
+                },
+            ],
+        }],
+    }
+}
+
+fn mk_ns(name: &str, labels: &[(&str, &str)]) -> NamespaceInfo {
+    NamespaceInfo {
+        name: name.into(),
+        labels: map(labels),
+    }
+}
+
+fn mk_target(ns: &str, name: &str, app: &str, endpoint: Endpoint) -> TargetInput {
+    TargetInput {
+        namespace: ns.into(),
+        name: name.into(),
+        spec: ProfilingTargetSpec {
+            selector: LabelSelector {
+                match_labels: Some(map(&[("app", app)])),
+                match_expressions: None,
+            },
+            endpoints: vec![endpoint],
+            ..Default::default()
+        },
+    }
+}
+
+fn port(name: &str) -> Endpoint {
+    Endpoint {
+        port: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn mk_policy(name: &str, priority: i32, f: impl FnOnce(&mut ProfilingPolicySpec)) -> PolicyInput {
+    let mut spec = ProfilingPolicySpec {
+        priority,
+        sinks: vec![SinkSpec {
+            name: format!("{name}-files"),
+            file: Some(FileSink {
+                directory: "/p".into(),
+                retention_bytes: None,
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    f(&mut spec);
+    PolicyInput {
+        name: name.into(),
+        spec,
+    }
+}
+
+fn jobs(c: &Compiled) -> Vec<&ScrapeJob> {
+    c.shards.values().flat_map(|s| s.jobs.iter()).collect()
+}
+
+fn names(c: &Compiled) -> Vec<String> {
+    let mut n: Vec<String> = jobs(c)
+        .iter()
+        .map(|j| format!("{}@{}", j.profile.name, j.address))
+        .collect();
+    n.sort();
+    n
+}
+
+fn facts<'a>(c: &'a Compiled, ns: &str, name: &str) -> &'a TargetFacts {
+    &c.targets[&(ns.to_string(), name.to_string())]
+}
+
+fn reasons(f: &TargetFacts) -> Vec<&'static str> {
+    f.problems.iter().map(|p| p.reason).collect()
+}
+
+#[test]
+fn a_target_selects_running_pods_and_publishes_per_node() {
+    let mut stopped = mk_pod("shop", "web-2", &[("app", "web")], "node-b", "127.0.0.3");
+    stopped.running = false;
+    let inputs = Inputs {
+        policies: vec![mk_policy("default", 0, |_| {})],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        pods: vec![
+            mk_pod("shop", "web-1", &[("app", "web")], "node-a", "127.0.0.2"),
+            stopped,
+            mk_pod("shop", "db-1", &[("app", "db")], "node-a", "127.0.0.4"),
+            mk_pod("other", "web-9", &[("app", "web")], "node-a", "127.0.0.5"),
+        ],
+        namespaces: vec![mk_ns("shop", &[]), mk_ns("other", &[])],
+    };
+    let c = compile(&inputs);
+    assert_eq!(
+        c.shards.keys().cloned().collect::<Vec<_>>(),
+        vec![Some("node-a".to_string())]
+    );
+    assert_eq!(
+        names(&c),
+        [
+            "block@127.0.0.2:6060",
+            "goroutine@127.0.0.2:6060",
+            "memory@127.0.0.2:6060",
+            "mutex@127.0.0.2:6060",
+            "process_cpu@127.0.0.2:6060"
+        ]
+    );
+    let f = facts(&c, "shop", "web");
+    assert_eq!((f.matched_pods, f.active_jobs), (1, 5));
+    assert!(f.problems.is_empty(), "{:?}", f.problems);
+    let job = jobs(&c)
+        .into_iter()
+        .find(|j| j.profile.name == "process_cpu")
+        .unwrap();
+    assert_eq!(job.origin.kind, OriginKind::ProfilingTarget);
+    assert_eq!(job.profile.seconds, Some(15));
+    for (k, v) in [
+        ("namespace", "shop"),
+        ("pod", "web-1"),
+        ("container", "app"),
+        ("node", "node-a"),
+        ("__meta_kubernetes_pod_label_app", "web"),
+    ] {
+        assert_eq!(job.labels.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(job.sinks, ["default-files"]);
+    assert_eq!(c.shards[&Some("node-a".into())].sinks.len(), 1);
+    assert_eq!(c.policies["default"].matched_namespaces, 2);
+}
+
+#[test]
+fn missing_ports_and_pods_are_reported() {
+    let inputs = Inputs {
+        targets: vec![
+            mk_target("shop", "web", "web", port("nope")),
+            mk_target("shop", "ghost", "ghost", port("pprof")),
+        ],
+        pods: vec![mk_pod("shop", "web-1", &[("app", "web")], "n", "127.0.0.2")],
+        namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
+    };
+    let c = compile(&inputs);
+    assert!(jobs(&c).is_empty());
+    assert_eq!(reasons(facts(&c, "shop", "web")), ["PortNotFound"]);
+    assert_eq!(reasons(facts(&c, "shop", "ghost")), ["NoMatchingPods"]);
+}
+
+#[test]
+fn the_highest_priority_policy_governs_and_ties_go_to_the_first_name() {
+    let prod = |spec: &mut ProfilingPolicySpec| {
+        spec.namespace_selector = Some(LabelSelector {
+            match_labels: Some(map(&[("env", "prod")])),
+            match_expressions: None,
+        });
+    };
+    let inputs = Inputs {
+        policies: vec![
+            mk_policy("b-prod", 10, prod),
+            mk_policy("a-prod", 10, prod),
+            mk_policy("catch-all", 0, |s| {
+                s.defaults.interval = Duration::from_secs(60)
+            }),
+        ],
+        targets: vec![
+            mk_target("shop", "web", "web", port("pprof")),
+            mk_target("dev", "web", "web", port("pprof")),
+        ],
+        pods: vec![
+            mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2"),
+            mk_pod("dev", "w", &[("app", "web")], "n", "127.0.0.3"),
+        ],
+        namespaces: vec![mk_ns("shop", &[("env", "prod")]), mk_ns("dev", &[])],
+    };
+    let c = compile(&inputs);
+    let by_ns = |ns: &str| {
+        jobs(&c)
+            .into_iter()
+            .find(|j| j.origin.namespace == ns)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_ns("shop").sinks, ["a-prod-files"]);
+    assert_eq!(by_ns("shop").interval, Duration::from_secs(15));
+    assert_eq!(by_ns("dev").sinks, ["catch-all-files"]);
+    assert_eq!(by_ns("dev").interval, Duration::from_secs(60));
+    assert_eq!(c.policies["b-prod"].matched_namespaces, 0);
+}
+
+#[test]
+fn limits_cap_targets_and_are_reported() {
+    let inputs = Inputs {
+        policies: vec![mk_policy("strict", 0, |s| {
+            s.limits.min_interval = Some(Duration::from_secs(30));
+            s.limits.allowed_profile_types = vec!["cpu".into(), "memory".into()];
+        })],
+        targets: vec![mk_target(
+            "shop",
+            "web",
+            "web",
+            Endpoint {
+                interval: Some(Duration::from_secs(5)),
+                scrape_timeout: Some(Duration::from_secs(2)),
+                ..port("pprof")
+            },
+        )],
+        pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    assert_eq!(
+        names(&c),
+        ["memory@127.0.0.2:6060", "process_cpu@127.0.0.2:6060"]
+    );
+    assert!(
+        jobs(&c)
+            .iter()
+            .all(|j| j.interval == Duration::from_secs(30))
+    );
+    assert_eq!(reasons(facts(&c, "shop", "web")), ["LimitExceeded"; 4]);
+}
+
+#[test]
+fn annotated_pods_are_scraped_and_a_target_wins_per_type() {
+    let mut grafana = mk_pod("shop", "g", &[("app", "g")], "n", "127.0.0.2");
+    grafana.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("profiles.grafana.com/cpu.port_name", "pprof"),
+        ("profiles.grafana.com/fgprof.scrape", "true"),
+        ("profiles.grafana.com/fgprof.port", "6060"),
+        ("profiles.grafana.com/fgprof.path", "/debug/fgprof"),
+        ("profiles.grafana.com/memory.scrape", "false"),
+    ]);
+    let mut legacy = mk_pod("shop", "p", &[("app", "p")], "n", "127.0.0.3");
+    legacy.annotations = map(&[
+        ("pyroscope.io/scrape", "true"),
+        ("pyroscope.io/port", "8080"),
+        ("pyroscope.io/application-name", "payments"),
+        ("pyroscope.io/profile-block-enabled", "false"),
+        ("pyroscope.io/profile-mutex-enabled", "false"),
+    ]);
+    let mut both = mk_pod("shop", "b", &[("app", "b")], "n", "127.0.0.4");
+    both.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("profiles.grafana.com/cpu.port", "6060"),
+    ]);
+    let inputs = Inputs {
+        targets: vec![mk_target(
+            "shop",
+            "b",
+            "b",
+            Endpoint {
+                profiles: kubeprof_crds::Profiles {
+                    cpu: Some(Default::default()),
+                    ..Default::default()
+                },
+                ..port("pprof")
+            },
+        )],
+        pods: vec![grafana, legacy, both],
+        namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
+    };
+    let c = compile(&inputs);
+    let from = |pod: &str| -> Vec<String> {
+        let mut v: Vec<String> = jobs(&c)
+            .iter()
+            .filter(|j| j.labels["pod"] == pod)
+            .map(|j| format!("{}:{:?}:{}", j.profile.name, j.origin.kind, j.profile.path))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        from("g"),
+        [
+            "fgprof:Annotations:/debug/fgprof",
+            "process_cpu:Annotations:/debug/pprof/profile"
+        ]
+    );
+    assert_eq!(
+        from("p"),
+        [
+            "goroutine:Annotations:/debug/pprof/goroutine",
+            "memory:Annotations:/debug/pprof/allocs",
+            "process_cpu:Annotations:/debug/pprof/profile"
+        ]
+    );
+    assert!(
+        jobs(&c)
+            .iter()
+            .filter(|j| j.labels["pod"] == "p")
+            .all(|j| j.labels["service_name"] == "payments" && j.address == "127.0.0.3:8080")
+    );
+    // The target scrapes all five types of pod b; the annotation adds no second CPU job.
+    let b = from("b");
+    assert_eq!(b.iter().filter(|j| j.starts_with("process_cpu")).count(), 1);
+    assert!(b.iter().all(|j| j.contains("ProfilingTarget")), "{b:?}");
+}
+
+#[test]
+fn policies_can_turn_annotations_off() {
+    let mut pod = mk_pod("shop", "g", &[], "n", "127.0.0.2");
+    pod.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("pyroscope.io/scrape", "true"),
+        ("pyroscope.io/port", "6060"),
+    ]);
+    let mut inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |s| s.annotations.grafana = false)],
+        pods: vec![pod],
+        namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
+    };
+    let c = compile(&inputs);
+    // Only the Pyroscope keys count: all five default types from pyroscope.io/scrape, none
+    // from the Grafana key alone.
+    assert_eq!(jobs(&c).len(), 5);
+    assert!(
+        jobs(&c)
+            .iter()
+            .all(|j| j.origin.kind == OriginKind::Annotations)
+    );
+    inputs.policies[0].spec.annotations.enabled = false;
+    assert!(jobs(&compile(&inputs)).is_empty());
+}
+
+#[test]
+fn relabelling_runs_here_and_can_drop_a_target() {
+    let mut endpoint = port("pprof");
+    endpoint.relabelings = vec![
+        RelabelConfig {
+            source_labels: vec!["__name__".into()],
+            regex: "process_cpu|memory".into(),
+            action: RelabelAction::Keep,
+            ..Default::default()
+        },
+        RelabelConfig {
+            source_labels: vec!["__meta_kubernetes_pod_label_team".into()],
+            target_label: Some("team".into()),
+            ..Default::default()
+        },
+    ];
+    let inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |s| {
+            s.relabelings = vec![RelabelConfig {
+                source_labels: vec!["pod".into()],
+                regex: "canary-.*".into(),
+                action: RelabelAction::Drop,
+                ..Default::default()
+            }];
+            s.external_labels = map(&[("cluster", "eu")]);
+        })],
+        targets: vec![mk_target("shop", "web", "web", endpoint)],
+        pods: vec![
+            mk_pod(
+                "shop",
+                "web-1",
+                &[("app", "web"), ("team", "core")],
+                "n",
+                "127.0.0.2",
+            ),
+            mk_pod("shop", "canary-1", &[("app", "web")], "n", "127.0.0.3"),
+        ],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    assert_eq!(
+        names(&c),
+        ["memory@127.0.0.2:6060", "process_cpu@127.0.0.2:6060"]
+    );
+    assert!(jobs(&c).iter().all(|j| j.labels["team"] == "core"
+        && j.external_labels["cluster"] == "eu"
+        && j.relabelings.is_empty()));
+}
+
+#[test]
+fn credentials_stay_references_and_output_is_deterministic() {
+    let endpoint = Endpoint {
+        bearer_token_secret: Some(SecretKeyRef {
+            name: "pprof-token".into(),
+            key: "token".into(),
+        }),
+        ..port("pprof")
+    };
+    let mut inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |_| {})],
+        targets: vec![mk_target("shop", "web", "web", endpoint)],
+        pods: (0..20)
+            .map(|i| {
+                mk_pod(
+                    "shop",
+                    &format!("w{i}"),
+                    &[("app", "web")],
+                    &format!("node-{}", i % 3),
+                    &format!("127.0.1.{i}"),
+                )
+            })
+            .collect(),
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let a = compile(&inputs);
+    let job = jobs(&a)[0].clone();
+    match &job.auth {
+        Some(ScrapeAuth::Bearer { token }) => {
+            let s = token.secret.as_ref().unwrap();
+            assert_eq!(
+                (s.namespace.as_str(), s.name.as_str(), s.key.as_str()),
+                ("shop", "pprof-token", "token")
+            );
+            assert!(token.value.is_none() && token.file.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    inputs.pods.reverse();
+    let b = compile(&inputs);
+    assert_eq!(a.shards.len(), 3);
+    for (node, shard) in &a.shards {
+        assert_eq!(
+            shard.to_json(),
+            b.shards[node].to_json(),
+            "shard of {node:?} depends on input order"
+        );
+    }
+}
+
+#[test]
+fn max_targets_per_namespace_is_enforced() {
+    let inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |s| {
+            s.limits.max_targets_per_namespace = Some(2)
+        })],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        pods: (0..5)
+            .map(|i| {
+                mk_pod(
+                    "shop",
+                    &format!("w{i}"),
+                    &[("app", "web")],
+                    "n",
+                    &format!("127.0.1.{i}"),
+                )
+            })
+            .collect(),
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    assert_eq!(jobs(&c).len(), 2 * 5);
+    assert_eq!(reasons(facts(&c, "shop", "web")), ["LimitExceeded"]);
+}
