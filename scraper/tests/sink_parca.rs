@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{eventually, fast_retry};
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -96,16 +98,6 @@ fn sink(addr: &str) -> Backend {
     )
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn parca_receives_labels_token_and_the_profile() {
     let (store, addr) = server().await;
@@ -157,10 +149,7 @@ async fn unavailable_is_retried_and_invalid_argument_is_not() {
     let (store, addr) = server().await;
     *store.refuse.lock().unwrap() = Some(tonic::Code::Unavailable);
     let metrics = Metrics::unregistered();
-    let retry = RetryConfig {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(100),
-    };
+    let retry = fast_retry();
     let fanout = Fanout::start(
         vec![("parca".into(), sink(&addr), QueueConfig::default())],
         retry,
@@ -204,10 +193,7 @@ async fn a_parca_that_is_not_there_is_retried_without_crashing() {
         .unwrap()
         .to_string();
     let metrics = Metrics::unregistered();
-    let retry = RetryConfig {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(100),
-    };
+    let retry = fast_retry();
     let fanout = Fanout::start(
         vec![("parca".into(), sink(&addr), QueueConfig::default())],
         retry,

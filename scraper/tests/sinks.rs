@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{eventually, fast_retry};
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -18,7 +20,7 @@ use kubeprof_scraper::{
     pprof::{self, DecodeLimits},
     proto::push::v1::PushRequest,
     sinks::{
-        Backend, Envelope, Fanout, QueueConfig, RetryConfig,
+        Backend, Envelope, Fanout, QueueConfig,
         file::{FileConfig, FileSink},
         pyroscope::{HttpAuth, PyroscopeConfig, PyroscopeSink},
     },
@@ -106,23 +108,6 @@ fn pyroscope(url: &str) -> Backend {
         })
         .unwrap(),
     )
-}
-
-fn fast_retry() -> RetryConfig {
-    RetryConfig {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-    }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

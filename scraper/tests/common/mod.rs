@@ -209,3 +209,22 @@ async fn handler(
     };
     ([("content-type", "application/octet-stream")], body).into_response()
 }
+
+/// Waits (up to 5 s) until `check` holds; panics naming `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Retries fast enough for tests.
+pub fn fast_retry() -> kubeprof_scraper::sinks::RetryConfig {
+    kubeprof_scraper::sinks::RetryConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    }
+}
