@@ -429,6 +429,18 @@ pub(crate) fn build_jobs(
         let Some(address) = l.get(labels::ADDRESS).cloned() else {
             continue;
         };
+        // Relabelling is done: the discovery labels have served their purpose. Publishing only
+        // the final labels keeps shards small (a pod's annotations alone can be kilobytes).
+        if !l.contains_key(labels::SERVICE_NAME)
+            && let (Some(ns), Some(c)) = (
+                l.get(labels::META_NAMESPACE),
+                l.get(labels::META_CONTAINER_NAME),
+            )
+        {
+            let service = format!("{ns}/{c}");
+            l.insert(labels::SERVICE_NAME.into(), service);
+        }
+        l.retain(|k, _| !k.starts_with(labels::RESERVED_PREFIX) || k == labels::NAME);
         jobs.push(ScrapeJob {
             id: ScrapeJob::identity(origin, &address, &profile.name, &profile.path),
             origin: origin.clone(),
@@ -574,7 +586,8 @@ pub fn compile(inputs: &Inputs) -> Compiled {
     }
     let governing = governing(&inputs.policies, &inputs.namespaces, &mut out.policies);
     let rules_for = |ns: &str| Rules::of(governing.get(ns).copied());
-    let mut jobs: Vec<ScrapeJob> = Vec::new();
+    // Jobs with the node of their pod.
+    let mut jobs: Vec<(Option<String>, ScrapeJob)> = Vec::new();
     // (pod uid, profile name) already scraped by a target.
     let mut covered: BTreeSet<(String, String)> = BTreeSet::new();
     let mut per_namespace_targets: BTreeMap<String, i32> = BTreeMap::new();
@@ -661,7 +674,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
                 ) {
                     covered.insert((pod.uid.clone(), job.profile.name.clone()));
                     facts.job_ids.push(job.id.clone());
-                    jobs.push(job);
+                    jobs.push((pod.node.clone(), job));
                 }
             }
         }
@@ -710,7 +723,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
                     });
             }
         }
-        jobs.extend(pod_jobs);
+        jobs.extend(pod_jobs.into_iter().map(|j| (pod.node.clone(), j)));
     }
 
     // Shards: jobs per node, with the sinks their jobs name.
@@ -720,8 +733,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
         .flat_map(|p| p.spec.sinks.iter().map(|s| (s.name.as_str(), s)))
         .collect();
     let mut by_node: BTreeMap<Option<String>, Vec<ScrapeJob>> = BTreeMap::new();
-    for job in jobs {
-        let node = job.labels.get(labels::META_NODE_NAME).cloned();
+    for (node, job) in jobs {
         by_node.entry(node).or_default().push(job);
     }
     for (node, jobs) in by_node {

@@ -160,10 +160,17 @@ fn a_target_selects_running_pods_and_publishes_per_node() {
         ("pod", "web-1"),
         ("container", "app"),
         ("node", "node-a"),
-        ("__meta_kubernetes_pod_label_app", "web"),
+        ("service_name", "shop/app"),
+        ("__name__", "process_cpu"),
     ] {
         assert_eq!(job.labels.get(k).map(String::as_str), Some(v), "{k}");
     }
+    // Discovery labels are not published once relabelling has run.
+    assert!(
+        !job.labels.keys().any(|k| k.starts_with("__meta_")),
+        "{:?}",
+        job.labels
+    );
     assert_eq!(job.sinks, ["default-files"]);
     assert_eq!(c.shards[&Some("node-a".into())].sinks.len(), 1);
     assert_eq!(c.policies["default"].matched_namespaces, 2);
