@@ -8,10 +8,21 @@ pub const FIELD_MANAGER: &str = "kubeprof.io/operator";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "kubeprof";
-/// Label on published job shards naming the node whose scraper reads the shard.
+/// Label on published job shards and health reports naming the node (absent: the jobs without
+/// a node, read by the cluster-wide scraper).
 pub const SHARD_NODE_LABEL: &str = "kubeprof.io/node";
-/// Shard name used for jobs that have no node (the cluster-wide scraper reads it).
-pub const CLUSTER_SHARD: &str = "_cluster";
+/// Label telling the kind of object kubeprof publishes in its namespace.
+pub const COMPONENT_LABEL: &str = "kubeprof.io/component";
+/// [`COMPONENT_LABEL`] of job shards (written by the operator).
+pub const COMPONENT_JOBS: &str = "job-shard";
+/// [`COMPONENT_LABEL`] of scrape-health reports (written by each scraper).
+pub const COMPONENT_HEALTH: &str = "scrape-health";
+/// Name prefix of job-shard ConfigMaps: `kubeprof-jobs` (no node) or `kubeprof-jobs.<node>`.
+pub const JOBS_OBJECT_PREFIX: &str = "kubeprof-jobs";
+/// Name prefix of health ConfigMaps: `kubeprof-health` (no node) or `kubeprof-health.<node>`.
+pub const HEALTH_OBJECT_PREFIX: &str = "kubeprof-health";
+/// The Lease the operator replicas elect their leader with.
+pub const LEADER_LEASE: &str = "kubeprof-operator";
 
 /// Grafana Alloy / Pyroscope annotation prefix: `profiles.grafana.com/<type>.<field>`.
 pub const GRAFANA_PREFIX: &str = "profiles.grafana.com/";

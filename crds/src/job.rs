@@ -118,6 +118,17 @@ pub enum OriginKind {
     Static,
 }
 
+impl OriginKind {
+    /// The name used in keys and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProfilingTarget => "ProfilingTarget",
+            Self::Annotations => "Annotations",
+            Self::Static => "Static",
+        }
+    }
+}
+
 /// A secret value: from a Kubernetes Secret (cluster mode; the scraper reads it under RBAC, so
 /// no credential is ever written into a published shard) or a file (standalone mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -8,6 +8,7 @@
 pub mod common;
 pub mod constants;
 pub mod duration;
+pub mod health;
 pub mod job;
 pub mod policy;
 pub mod profiles;

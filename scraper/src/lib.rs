@@ -12,5 +12,6 @@ pub mod pprof;
 pub mod proto;
 pub mod scrape;
 pub mod sinks;
-pub mod telemetry;
+/// The endpoints shared by every kubeprof binary.
+pub use kubeprof_telemetry as telemetry;
 pub mod tls;

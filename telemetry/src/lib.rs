@@ -1,5 +1,6 @@
-//! The scraper's own HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and
-//! `/debug/pprof/profile` — kubeprof profiles itself, in the same format it collects.
+//! The HTTP endpoints every kubeprof binary serves: `/metrics` (Prometheus text), `/healthz`,
+//! `/readyz`, and `/debug/pprof/profile` — kubeprof profiles itself, in the format it collects.
+#![forbid(unsafe_code)]
 
 use std::{
     net::SocketAddr,
@@ -95,7 +96,7 @@ async fn readyz(State(t): State<Telemetry>) -> Response {
     if t.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "jobs not loaded yet\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 
@@ -159,13 +160,17 @@ async fn collect_cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot encode the profile: {e}"))?;
     use pprof::protos::Message as _;
     let raw = profile.encode_to_vec();
-    Ok(crate::pprof::gzip(&raw))
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw)
+        .and_then(|()| gz.finish())
+        .map_err(|e| format!("cannot compress the profile: {e}"))
 }
 
 async fn heap_profile() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
-        "heap profiles of the scraper itself are not available: it runs on the system allocator, which records no allocation samples\n",
+        "heap profiles of kubeprof itself are not available: it runs on the system allocator, which records no allocation samples\n",
     )
         .into_response()
 }

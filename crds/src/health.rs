@@ -1,0 +1,176 @@
+//! The scrape-health contract: what each scraper reports back (one ConfigMap per node, next to
+//! its job shard) so that the operator can show ACTIVE and FAILING on the objects.
+//!
+//! Names of the published objects are defined here too, as both sides must agree on them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::constants::{HEALTH_OBJECT_PREFIX, JOBS_OBJECT_PREFIX};
+
+/// The format this crate writes and reads.
+pub const HEALTH_FORMAT_VERSION: u32 = 1;
+/// Key of the report's JSON inside the ConfigMap's data.
+pub const HEALTH_DATA_KEY: &str = "health.json";
+/// Key of a gzip-compressed shard in `binaryData`, used when the JSON would come near the
+/// ConfigMap size limit.
+pub const JOB_SHARD_GZIP_KEY: &str = "jobs.json.gz";
+
+/// Longest ConfigMap name the API accepts (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+fn object_name(prefix: &str, node: Option<&str>) -> String {
+    match node {
+        None => prefix.to_string(),
+        // A node name is a DNS subdomain, so `<prefix>.<node>` is one too, unless too long:
+        // then the tail is replaced by a hash, which keeps names unique.
+        Some(node) => {
+            let name = format!("{prefix}.{node}");
+            if name.len() <= MAX_NAME {
+                return name;
+            }
+            let hash = format!("{:016x}", fnv1a(node.as_bytes()));
+            let keep = MAX_NAME - hash.len() - 1;
+            let mut head = name[..keep].trim_end_matches(['.', '-']).to_string();
+            head.push('.');
+            head.push_str(&hash);
+            head
+        }
+    }
+}
+
+// FNV-1a: enough to keep over-long names distinct; no dependency for a rare case.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Name of the ConfigMap holding the job shard of `node` (`None`: jobs without a node).
+pub fn jobs_object_name(node: Option<&str>) -> String {
+    object_name(JOBS_OBJECT_PREFIX, node)
+}
+
+/// Name of the ConfigMap holding the scrape health reported by `node`'s scraper.
+pub fn health_object_name(node: Option<&str>) -> String {
+    object_name(HEALTH_OBJECT_PREFIX, node)
+}
+
+/// `node` as a label value, when it is one (63 characters at most); long names go without.
+pub fn node_label_value(node: &str) -> Option<&str> {
+    (node.len() <= 63).then_some(node)
+}
+
+/// What one scraper reports. Only failing jobs are listed one by one, so the report stays small
+/// and changes only when something breaks or recovers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    /// [`HEALTH_FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// The reporting scraper's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Jobs the scraper runs.
+    pub jobs: u32,
+    /// Jobs whose last scrape failed, by job id.
+    #[serde(default)]
+    pub failing: BTreeMap<String, FailingJob>,
+    /// Per origin (`<kind>/<namespace>/<name>`), the last successful scrape of any of its jobs,
+    /// in Unix seconds rounded down to the report interval.
+    #[serde(default)]
+    pub last_success: BTreeMap<String, i64>,
+}
+
+/// A job whose last scrape failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingJob {
+    /// Short reason (`connect`, `timeout`, `status`, `decode`, `credentials`, ...).
+    pub reason: String,
+    /// The error, for the user.
+    pub message: String,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+}
+
+/// Why a health report could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthReportError {
+    /// Not JSON of the expected shape.
+    #[error("health report is not valid JSON of the expected shape: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer scraper.
+    #[error(
+        "health report has format version {found}, this operator reads version {HEALTH_FORMAT_VERSION}"
+    )]
+    UnsupportedVersion {
+        /// The version found.
+        found: u32,
+    },
+}
+
+impl HealthReport {
+    /// Stable JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks the format version.
+    pub fn from_json(json: &str) -> Result<Self, HealthReportError> {
+        let report: Self = serde_json::from_str(json)?;
+        if report.format_version != HEALTH_FORMAT_VERSION {
+            return Err(HealthReportError::UnsupportedVersion {
+                found: report.format_version,
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// Key of an origin in [`HealthReport::last_success`].
+pub fn origin_key(origin: &crate::job::JobOrigin) -> String {
+    format!(
+        "{}/{}/{}",
+        origin.kind.as_str(),
+        origin.namespace,
+        origin.name
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_valid_and_distinct() {
+        assert_eq!(jobs_object_name(None), "kubeprof-jobs");
+        assert_eq!(jobs_object_name(Some("node-a")), "kubeprof-jobs.node-a");
+        assert_eq!(health_object_name(Some("node-a")), "kubeprof-health.node-a");
+        let long_a = format!("{}a", "n".repeat(250));
+        let long_b = format!("{}b", "n".repeat(250));
+        let (a, b) = (
+            jobs_object_name(Some(&long_a)),
+            jobs_object_name(Some(&long_b)),
+        );
+        assert!(a.len() <= 253 && b.len() <= 253);
+        assert_ne!(a, b);
+        assert!(node_label_value(&long_a).is_none());
+    }
+
+    #[test]
+    fn newer_reports_are_refused() {
+        let mut r = HealthReport {
+            format_version: HEALTH_FORMAT_VERSION,
+            jobs: 3,
+            ..Default::default()
+        };
+        assert_eq!(HealthReport::from_json(&r.to_json()).ok(), Some(r.clone()));
+        r.format_version = 2;
+        let e = HealthReport::from_json(&r.to_json())
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("format version 2"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Publishing job shards: one ConfigMap per node (plus one for jobs without a node), written by
+//! server-side apply only when its content changes, and deleted by label when no longer wanted.
+//!
+//! ConfigMaps, not Secrets: shards never hold credentials (jobs carry Secret *references*, which
+//! each scraper resolves under its own RBAC), so anyone allowed to read the operator's namespace
+//! may see them, and `kubectl get cm kubeprof-jobs.<node> -o yaml` is a useful debugging aid.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::StreamExt;
+use k8s_openapi::{ByteString, api::core::v1::ConfigMap};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
+};
+use kubeprof_crds::{
+    constants::{
+        COMPONENT_JOBS, COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+        SHARD_NODE_LABEL,
+    },
+    health::{JOB_SHARD_GZIP_KEY, jobs_object_name, node_label_value},
+    job::{JOB_SHARD_DATA_KEY, JobShard},
+};
+
+use crate::metrics::Metrics;
+
+/// Shards larger than this are stored gzip-compressed: the API refuses objects over 1 MiB.
+pub const GZIP_ABOVE_BYTES: usize = 512 * 1024;
+/// Writes in flight at once.
+const CONCURRENT_WRITES: usize = 8;
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A shard could not be written.
+    #[error("cannot write job shard {name}: {source}")]
+    Write {
+        /// ConfigMap name.
+        name: String,
+        /// Why.
+        source: kube::Error,
+    },
+    /// An orphan could not be deleted.
+    #[error("cannot delete job shard {name}: {source}")]
+    Delete {
+        /// ConfigMap name.
+        name: String,
+        /// Why.
+        source: kube::Error,
+    },
+}
+
+/// The ConfigMap holding `shard`.
+pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
+    let name = jobs_object_name(shard.node.as_deref());
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (COMPONENT_LABEL.to_string(), COMPONENT_JOBS.to_string()),
+    ]);
+    if let Some(node) = shard.node.as_deref().and_then(node_label_value) {
+        labels.insert(SHARD_NODE_LABEL.into(), node.into());
+    }
+    let json = shard.to_json();
+    let (data, binary_data) = if json.len() > GZIP_ABOVE_BYTES {
+        (
+            None,
+            Some(BTreeMap::from([(
+                JOB_SHARD_GZIP_KEY.to_string(),
+                ByteString(gzip(json.as_bytes())),
+            )])),
+        )
+    } else {
+        (
+            Some(BTreeMap::from([(JOB_SHARD_DATA_KEY.to_string(), json)])),
+            None,
+        )
+    };
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data,
+        binary_data,
+        ..Default::default()
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = gz.write_all(bytes);
+    gz.finish().unwrap_or_default()
+}
+
+/// A fingerprint of what a shard ConfigMap carries (data and labels).
+fn fingerprint(cm: &ConfigMap) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, v) in cm.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update(v.as_bytes());
+    }
+    for (k, v) in cm.binary_data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update(&v.0);
+    }
+    for (k, v) in cm.labels() {
+        h.update(k.as_bytes());
+        h.update(v.as_bytes());
+    }
+    h.digest()
+}
+
+/// What one publish did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishStats {
+    /// Shards created or changed.
+    pub written: usize,
+    /// Shards deleted.
+    pub deleted: usize,
+    /// Shards already up to date.
+    pub unchanged: usize,
+}
+
+/// Writes shards into one namespace, remembering what it wrote so that an unchanged shard is
+/// never rewritten, even before the watch has delivered the previous write.
+#[derive(Debug)]
+pub struct Publisher {
+    api: Api<ConfigMap>,
+    namespace: String,
+    written: HashMap<String, u64>,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    /// A publisher into `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, metrics: Metrics) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+            written: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Forgets what was written (after losing and regaining leadership, another replica may
+    /// have written in between).
+    pub fn reset(&mut self) {
+        self.written.clear();
+    }
+
+    /// Makes the published shards equal `shards`: writes the changed ones, deletes the objects
+    /// of shards that no longer exist. `existing` is the watched set of shard ConfigMaps.
+    /// Every write is attempted; the first error is returned after all were tried.
+    pub async fn publish(
+        &mut self,
+        shards: &BTreeMap<Option<String>, JobShard>,
+        existing: &[std::sync::Arc<ConfigMap>],
+    ) -> Result<PublishStats, PublishError> {
+        let mut stats = PublishStats::default();
+        let on_server: HashMap<String, u64> = existing
+            .iter()
+            .map(|cm| (cm.name_any(), fingerprint(cm)))
+            .collect();
+        let mut writes = Vec::new();
+        for shard in shards.values() {
+            let cm = shard_config_map(&self.namespace, shard);
+            let name = cm.name_any();
+            let fp = fingerprint(&cm);
+            if on_server.get(&name) == Some(&fp) {
+                self.written.insert(name, fp);
+                stats.unchanged += 1;
+                continue;
+            }
+            if self.written.get(&name) == Some(&fp) && on_server.contains_key(&name) {
+                stats.unchanged += 1;
+                continue;
+            }
+            writes.push((name, fp, cm));
+        }
+        let wanted: std::collections::HashSet<String> = shards
+            .keys()
+            .map(|node| jobs_object_name(node.as_deref()))
+            .collect();
+        let orphans: Vec<String> = on_server
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+
+        let api = &self.api;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let results: Vec<(String, u64, Result<(), kube::Error>)> =
+            futures::stream::iter(writes.into_iter().map(|(name, fp, cm)| {
+                let params = params.clone();
+                async move {
+                    let r = api
+                        .patch(&name, &params, &Patch::Apply(&cm))
+                        .await
+                        .map(|_| ());
+                    (name, fp, r)
+                }
+            }))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for (name, fp, r) in results {
+            match r {
+                Ok(()) => {
+                    self.written.insert(name, fp);
+                    self.metrics.shard_writes.inc();
+                    stats.written += 1;
+                }
+                Err(source) => {
+                    self.written.remove(&name);
+                    self.metrics.error("publish");
+                    first_error.get_or_insert(PublishError::Write { name, source });
+                }
+            }
+        }
+        let deletes: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(orphans.into_iter().map(|name| async move {
+                let r = match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                };
+                (name, r)
+            }))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for (name, r) in deletes {
+            match r {
+                Ok(()) => {
+                    self.written.remove(&name);
+                    self.metrics.shard_deletes.inc();
+                    stats.deleted += 1;
+                }
+                Err(source) => {
+                    self.metrics.error("delete");
+                    first_error.get_or_insert(PublishError::Delete { name, source });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+}
+
+/// Reads the shard a ConfigMap carries (plain or gzip-compressed).
+pub fn read_shard(cm: &ConfigMap) -> Option<Result<JobShard, String>> {
+    if let Some(json) = cm.data.as_ref().and_then(|d| d.get(JOB_SHARD_DATA_KEY)) {
+        return Some(JobShard::from_json(json).map_err(|e| e.to_string()));
+    }
+    let gz = cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(JOB_SHARD_GZIP_KEY))?;
+    use std::io::Read as _;
+    let mut json = String::new();
+    let limit = 64 * 1024 * 1024;
+    if let Err(e) = flate2::read::GzDecoder::new(gz.0.as_slice())
+        .take(limit)
+        .read_to_string(&mut json)
+    {
+        return Some(Err(format!("cannot decompress {JOB_SHARD_GZIP_KEY}: {e}")));
+    }
+    Some(JobShard::from_json(&json).map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_shards_are_compressed_and_read_back() {
+        let small = JobShard::new(Some("node-a".into()), Vec::new(), Vec::new());
+        let cm = shard_config_map("kubeprof", &small);
+        assert_eq!(cm.name_any(), "kubeprof-jobs.node-a");
+        assert!(cm.data.is_some());
+        assert_eq!(
+            cm.labels().get(SHARD_NODE_LABEL).map(String::as_str),
+            Some("node-a")
+        );
+        assert_eq!(read_shard(&cm).and_then(Result::ok), Some(small));
+
+        let mut big = JobShard::new(Some("node-b".into()), Vec::new(), Vec::new());
+        big.node = Some(format!("node-b{}", "x".repeat(GZIP_ABOVE_BYTES)));
+        let cm = shard_config_map("kubeprof", &big);
+        assert!(cm.data.is_none());
+        let stored = cm
+            .binary_data
+            .as_ref()
+            .map_or(0, |d| d[JOB_SHARD_GZIP_KEY].0.len());
+        assert!(
+            stored < GZIP_ABOVE_BYTES / 10,
+            "compressed to {stored} bytes"
+        );
+        assert_eq!(read_shard(&cm).and_then(Result::ok), Some(big));
+    }
+}

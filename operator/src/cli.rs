@@ -1,0 +1,134 @@
+//! The `kubeprof-operator` command line (main.rs only calls [`main`], so tests can run the same
+//! binary from another crate).
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use kubeprof_telemetry::{Telemetry, init_logging};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    controller::{self, Settings},
+    metrics::Metrics,
+};
+
+/// Reconciles ProfilingPolicies, ProfilingTargets and annotated pods into per-node scrape jobs.
+#[derive(Debug, Parser)]
+#[command(name = "kubeprof-operator", version, about)]
+pub struct Args {
+    /// Namespace the operator publishes job shards in (and holds its Lease in).
+    #[arg(long, env = "KUBEPROF_NAMESPACE", default_value = "kubeprof")]
+    pub namespace: String,
+    /// Address of /metrics, /healthz, /readyz and /debug/pprof/profile.
+    #[arg(long, env = "KUBEPROF_LISTEN", default_value = "127.0.0.1:9465")]
+    pub listen: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "KUBEPROF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Identity in the leader Lease and in Events (the pod name; default: host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a leader that stopped renewing keeps the Lease.
+    #[arg(long, env = "KUBEPROF_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews the Lease (and standbys try to take it).
+    #[arg(long, env = "KUBEPROF_LEASE_RENEW", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub renew_every: Duration,
+    /// Wait after a change before reconciling, to coalesce bursts.
+    #[arg(long, env = "KUBEPROF_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// Reconcile everything at least this often.
+    #[arg(long, env = "KUBEPROF_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+}
+
+/// Runs the operator; the process's exit code.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    if args.renew_every >= args.lease_duration {
+        eprintln!("kubeprof-operator: --renew-every must be shorter than --lease-duration");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubeprof-operator: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "operator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn serve(args: Args) -> ExitCode {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let telemetry = Telemetry::new(registry);
+    let shutdown = CancellationToken::new();
+    match telemetry.serve(args.listen, shutdown.clone()).await {
+        Ok(addr) => {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /debug/pprof/profile")
+        }
+        Err(e) => {
+            eprintln!("kubeprof-operator: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubeprof-operator: cannot configure the Kubernetes client: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        lease_duration: args.lease_duration,
+        renew_every: args.renew_every,
+        debounce: args.debounce,
+        resync: args.resync,
+    };
+    tracing::info!(namespace = %settings.namespace, identity = %settings.identity, "starting");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let Ok(mut term) = term else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    let t = telemetry.clone();
+    let result = controller::run(
+        client,
+        settings,
+        metrics,
+        move |r| t.set_ready(r),
+        shutdown.clone(),
+    )
+    .await;
+    telemetry.set_ready(false);
+    shutdown.cancel();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubeprof-operator: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Status of the custom resources: what compile found, joined with the scrape health the
+//! scrapers report. Pure functions; the controller writes the result only when it differs.
+
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kubeprof_crds::{
+    ProfilingPolicyStatus, ProfilingTargetStatus, conditions,
+    health::{FailingJob, HealthReport},
+};
+
+use crate::compile::{PolicyFacts, Problem, TargetFacts};
+
+/// Longest condition message written (the API allows 32 KiB; a status should stay readable).
+const MAX_MESSAGE: usize = 1024;
+
+/// Scrape health from every scraper, joined.
+#[derive(Clone, Debug, Default)]
+pub struct HealthIndex {
+    failing: HashMap<String, FailingJob>,
+    last_success: HashMap<String, i64>,
+}
+
+impl HealthIndex {
+    /// Joins the reports of all nodes.
+    pub fn new<'a>(reports: impl IntoIterator<Item = &'a HealthReport>) -> Self {
+        let mut index = Self::default();
+        for r in reports {
+            for (id, f) in &r.failing {
+                index.failing.insert(id.clone(), f.clone());
+            }
+            for (origin, t) in &r.last_success {
+                let e = index.last_success.entry(origin.clone()).or_default();
+                *e = (*e).max(*t);
+            }
+        }
+        index
+    }
+}
+
+/// Degradation reasons, most important first: the first one present names the condition.
+const REASON_ORDER: [&str; 6] = [
+    conditions::REASON_INVALID_SPEC,
+    conditions::REASON_PORT_NOT_FOUND,
+    conditions::REASON_SECRET_NOT_FOUND,
+    conditions::REASON_SCRAPE_FAILING,
+    conditions::REASON_LIMIT_EXCEEDED,
+    conditions::REASON_NO_MATCHING_PODS,
+];
+
+fn summarize(problems: &BTreeSet<Problem>) -> Option<(&'static str, String)> {
+    let reason = REASON_ORDER
+        .iter()
+        .find(|r| problems.iter().any(|p| p.reason == **r))
+        .copied()
+        .or_else(|| problems.iter().next().map(|p| p.reason))?;
+    let mut message = String::new();
+    for p in problems
+        .iter()
+        .filter(|p| p.reason == reason)
+        .chain(problems.iter().filter(|p| p.reason != reason))
+    {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&p.message);
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" ...");
+            break;
+        }
+    }
+    Some((reason, message))
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Ready and Degraded from a set of problems. Ready needs `working` (something is scraped).
+fn conditions_for(
+    problems: &BTreeSet<Problem>,
+    working: bool,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
+    let summary = summarize(problems);
+    let (ready, ready_reason, ready_message) = match (&summary, working) {
+        (None, true) => (true, conditions::REASON_RECONCILED, String::new()),
+        // Limits applied (e.g. a raised interval) do not stop the target from working.
+        (Some((reason, _)), true) if *reason == conditions::REASON_LIMIT_EXCEEDED => {
+            (true, conditions::REASON_RECONCILED, String::new())
+        }
+        (Some((reason, message)), _) => (false, *reason, message.clone()),
+        (None, false) => (
+            false,
+            conditions::REASON_NO_MATCHING_PODS,
+            "no scrape jobs".to_string(),
+        ),
+    };
+    let degraded = match summary {
+        Some((reason, message)) => condition(
+            conditions::DEGRADED,
+            true,
+            reason,
+            message,
+            generation,
+            previous,
+            now,
+        ),
+        None => condition(
+            conditions::DEGRADED,
+            false,
+            conditions::REASON_RECONCILED,
+            String::new(),
+            generation,
+            previous,
+            now,
+        ),
+    };
+    vec![
+        condition(
+            conditions::READY,
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+            previous,
+            now,
+        ),
+        degraded,
+    ]
+}
+
+/// The status a ProfilingTarget should have.
+pub fn target_status(
+    facts: &TargetFacts,
+    origin_key: &str,
+    health: &HealthIndex,
+    generation: Option<i64>,
+    previous: Option<&ProfilingTargetStatus>,
+    now: Timestamp,
+) -> ProfilingTargetStatus {
+    let now = Time(now);
+    let mut problems = facts.problems.clone();
+    let mut failing = 0;
+    let mut first: Option<&FailingJob> = None;
+    let mut credential = false;
+    for id in &facts.job_ids {
+        if let Some(f) = health.failing.get(id) {
+            failing += 1;
+            first.get_or_insert(f);
+            credential |= f.reason == "credential";
+        }
+    }
+    if let Some(f) = first {
+        problems.insert(Problem {
+            reason: if credential {
+                conditions::REASON_SECRET_NOT_FOUND
+            } else {
+                conditions::REASON_SCRAPE_FAILING
+            },
+            message: format!(
+                "{failing} of {} jobs failing: {}",
+                facts.job_ids.len(),
+                f.message
+            ),
+        });
+    }
+    let last_error = first.map(|f| f.message.clone());
+    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    ProfilingTargetStatus {
+        observed_generation: generation,
+        conditions: conditions_for(
+            &problems,
+            facts.active_jobs > 0 && failing == 0,
+            generation,
+            previous_conditions,
+            &now,
+        ),
+        matched_pods: facts.matched_pods,
+        active_jobs: facts.active_jobs,
+        failing_jobs: failing,
+        last_scrape_time: health
+            .last_success
+            .get(origin_key)
+            .and_then(|t| Timestamp::from_second(*t).ok())
+            .map(Time),
+        last_error,
+    }
+}
+
+/// The status a ProfilingPolicy should have.
+pub fn policy_status(
+    facts: &PolicyFacts,
+    generation: Option<i64>,
+    previous: Option<&ProfilingPolicyStatus>,
+    now: Timestamp,
+) -> ProfilingPolicyStatus {
+    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let mut conds = conditions_for(
+        &facts.problems,
+        true,
+        generation,
+        previous_conditions,
+        &Time(now),
+    );
+    // A policy is Ready when it is valid; governing no namespace yet is not an error.
+    if let Some(ready) = conds.iter_mut().find(|c| c.type_ == conditions::READY)
+        && facts
+            .problems
+            .iter()
+            .all(|p| p.reason != conditions::REASON_INVALID_SPEC)
+        && ready.status == "False"
+    {
+        *ready = condition(
+            conditions::READY,
+            true,
+            conditions::REASON_RECONCILED,
+            String::new(),
+            generation,
+            previous_conditions,
+            &Time(now),
+        );
+    }
+    ProfilingPolicyStatus {
+        observed_generation: generation,
+        conditions: conds,
+        matched_namespaces: facts.matched_namespaces,
+        targets: facts.targets,
+    }
+}
+
+/// Whether two statuses differ in anything but transition times (which are carried over).
+pub fn differs<T: serde::Serialize>(a: Option<&T>, b: &T) -> bool {
+    match a {
+        None => true,
+        Some(a) => serde_json::to_value(a).ok() != serde_json::to_value(b).ok(),
+    }
+}
+
+/// The status of an object that could not be read at all (a `DeserializeGuard` error).
+pub fn invalid_conditions(
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let problems = BTreeSet::from([Problem {
+        reason: conditions::REASON_INVALID_SPEC,
+        message: format!("the object cannot be read: {message}"),
+    }]);
+    conditions_for(&problems, false, generation, &[], &Time(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn facts(jobs: &[&str]) -> TargetFacts {
+        TargetFacts {
+            matched_pods: 1,
+            active_jobs: i32::try_from(jobs.len()).unwrap_or(0),
+            problems: BTreeSet::new(),
+            job_ids: jobs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn cond<'a>(s: &'a ProfilingTargetStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t}"))
+    }
+
+    #[test]
+    fn healthy_target_is_ready_and_keeps_its_transition_time() {
+        let t0 = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let t1 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let f = facts(&["a", "b"]);
+        let s0 = target_status(&f, "k", &HealthIndex::default(), Some(3), None, t0);
+        assert_eq!(cond(&s0, "Ready").status, "True");
+        assert_eq!(cond(&s0, "Degraded").status, "False");
+        assert_eq!(
+            (s0.matched_pods, s0.active_jobs, s0.failing_jobs),
+            (1, 2, 0)
+        );
+        let s1 = target_status(&f, "k", &HealthIndex::default(), Some(3), Some(&s0), t1);
+        assert!(
+            !differs(Some(&s0), &s1),
+            "nothing changed, nothing to write"
+        );
+    }
+
+    #[test]
+    fn failing_jobs_degrade_the_target_and_count() {
+        let report = HealthReport {
+            format_version: 1,
+            failing: BTreeMap::from([(
+                "b".to_string(),
+                FailingJob {
+                    reason: "connect".into(),
+                    message: "connection refused".into(),
+                    consecutive_failures: 2,
+                },
+            )]),
+            last_success: BTreeMap::from([("k".to_string(), 1_700_000_000)]),
+            ..Default::default()
+        };
+        let index = HealthIndex::new([&report]);
+        let s = target_status(
+            &facts(&["a", "b"]),
+            "k",
+            &index,
+            Some(1),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(s.failing_jobs, 1);
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(
+            cond(&s, "Degraded").reason,
+            conditions::REASON_SCRAPE_FAILING
+        );
+        assert!(
+            cond(&s, "Degraded")
+                .message
+                .contains("1 of 2 jobs failing: connection refused")
+        );
+        assert_eq!(s.last_error.as_deref(), Some("connection refused"));
+        assert!(s.last_scrape_time.is_some());
+    }
+
+    #[test]
+    fn port_not_found_wins_over_no_matching_pods() {
+        let mut f = facts(&[]);
+        f.problems.insert(Problem {
+            reason: conditions::REASON_NO_MATCHING_PODS,
+            message: "none".into(),
+        });
+        f.problems.insert(Problem {
+            reason: conditions::REASON_PORT_NOT_FOUND,
+            message: "port pprof not declared by pod shop/web-1".into(),
+        });
+        let s = target_status(
+            &f,
+            "k",
+            &HealthIndex::default(),
+            None,
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(
+            cond(&s, "Degraded").reason,
+            conditions::REASON_PORT_NOT_FOUND
+        );
+        assert_eq!(cond(&s, "Ready").reason, conditions::REASON_PORT_NOT_FOUND);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let mut f = facts(&[]);
+        for i in 0..500 {
+            f.problems.insert(Problem {
+                reason: conditions::REASON_PORT_NOT_FOUND,
+                message: format!("pod shop/web-{i} declares no port pprof"),
+            });
+        }
+        let s = target_status(
+            &f,
+            "k",
+            &HealthIndex::default(),
+            None,
+            None,
+            Timestamp::now(),
+        );
+        assert!(cond(&s, "Degraded").message.len() <= MAX_MESSAGE + 4);
+    }
+}
