@@ -17,6 +17,67 @@ pub const HEALTH_DATA_KEY: &str = "health.json";
 /// ConfigMap size limit.
 pub const JOB_SHARD_GZIP_KEY: &str = "jobs.json.gz";
 
+/// Shards larger than this are stored gzip-compressed: the API refuses objects over 1 MiB.
+pub const GZIP_ABOVE_BYTES: usize = 512 * 1024;
+
+/// Largest decompressed shard a scraper accepts.
+const MAX_SHARD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The `data` / `binaryData` of a shard's ConfigMap: plain JSON, or gzip above
+/// [`GZIP_ABOVE_BYTES`].
+pub fn shard_to_data(shard: &crate::job::JobShard) -> (Option<TextData>, Option<BinaryData>) {
+    let json = shard.to_json();
+    if json.len() <= GZIP_ABOVE_BYTES {
+        return (
+            Some(BTreeMap::from([(
+                crate::job::JOB_SHARD_DATA_KEY.to_string(),
+                json,
+            )])),
+            None,
+        );
+    }
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(json.as_bytes());
+    let bytes = gz.finish().unwrap_or_default();
+    (
+        None,
+        Some(BTreeMap::from([(
+            JOB_SHARD_GZIP_KEY.to_string(),
+            k8s_openapi::ByteString(bytes),
+        )])),
+    )
+}
+
+/// A ConfigMap's `data`.
+pub type TextData = BTreeMap<String, String>;
+/// A ConfigMap's `binaryData`.
+pub type BinaryData = BTreeMap<String, k8s_openapi::ByteString>;
+
+/// Reads the shard a ConfigMap carries (plain or gzip-compressed); `None` when it holds none.
+pub fn shard_from_config_map(
+    cm: &k8s_openapi::api::core::v1::ConfigMap,
+) -> Option<Result<crate::job::JobShard, crate::job::JobShardError>> {
+    use crate::job::{JOB_SHARD_DATA_KEY, JobShard, JobShardError};
+    if let Some(json) = cm.data.as_ref().and_then(|d| d.get(JOB_SHARD_DATA_KEY)) {
+        return Some(JobShard::from_json(json));
+    }
+    let gz = cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(JOB_SHARD_GZIP_KEY))?;
+    use std::io::Read as _;
+    let mut json = String::new();
+    if let Err(e) = flate2::read::GzDecoder::new(gz.0.as_slice())
+        .take(MAX_SHARD_BYTES)
+        .read_to_string(&mut json)
+    {
+        return Some(Err(JobShardError::Compressed(e.to_string())));
+    }
+    Some(JobShard::from_json(&json))
+}
+
 /// Longest ConfigMap name the API accepts (a DNS subdomain).
 const MAX_NAME: usize = 253;
 

@@ -43,6 +43,9 @@ pub enum JobShardError {
     /// Not JSON of the expected shape.
     #[error("job shard is not valid JSON of the expected shape: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The compressed form could not be decompressed.
+    #[error("job shard cannot be decompressed: {0}")]
+    Compressed(String),
     /// Written by a newer operator.
     #[error(
         "job shard has format version {found}, this scraper reads version {JOB_SHARD_FORMAT_VERSION}: upgrade the scraper to match the operator"

@@ -15,6 +15,8 @@
 //! gone, because Rust never runs destructors of statics.
 #![forbid(unsafe_code)]
 
+pub mod procs;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

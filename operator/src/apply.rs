@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
-use k8s_openapi::{ByteString, api::core::v1::ConfigMap};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams},
@@ -18,14 +18,12 @@ use kubeprof_crds::{
         COMPONENT_JOBS, COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         SHARD_NODE_LABEL,
     },
-    health::{JOB_SHARD_GZIP_KEY, jobs_object_name, node_label_value},
-    job::{JOB_SHARD_DATA_KEY, JobShard},
+    health::{jobs_object_name, node_label_value, shard_to_data},
+    job::JobShard,
 };
 
 use crate::metrics::Metrics;
 
-/// Shards larger than this are stored gzip-compressed: the API refuses objects over 1 MiB.
-pub const GZIP_ABOVE_BYTES: usize = 512 * 1024;
 /// Writes in flight at once.
 const CONCURRENT_WRITES: usize = 8;
 
@@ -60,21 +58,7 @@ pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
     if let Some(node) = shard.node.as_deref().and_then(node_label_value) {
         labels.insert(SHARD_NODE_LABEL.into(), node.into());
     }
-    let json = shard.to_json();
-    let (data, binary_data) = if json.len() > GZIP_ABOVE_BYTES {
-        (
-            None,
-            Some(BTreeMap::from([(
-                JOB_SHARD_GZIP_KEY.to_string(),
-                ByteString(gzip(json.as_bytes())),
-            )])),
-        )
-    } else {
-        (
-            Some(BTreeMap::from([(JOB_SHARD_DATA_KEY.to_string(), json)])),
-            None,
-        )
-    };
+    let (data, binary_data) = shard_to_data(shard);
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),
@@ -86,14 +70,6 @@ pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
         binary_data,
         ..Default::default()
     }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    // Writing to a Vec cannot fail.
-    let _ = gz.write_all(bytes);
-    gz.finish().unwrap_or_default()
 }
 
 /// A fingerprint of what a shard ConfigMap carries (data and labels).
@@ -254,30 +230,12 @@ impl Publisher {
     }
 }
 
-/// Reads the shard a ConfigMap carries (plain or gzip-compressed).
-pub fn read_shard(cm: &ConfigMap) -> Option<Result<JobShard, String>> {
-    if let Some(json) = cm.data.as_ref().and_then(|d| d.get(JOB_SHARD_DATA_KEY)) {
-        return Some(JobShard::from_json(json).map_err(|e| e.to_string()));
-    }
-    let gz = cm
-        .binary_data
-        .as_ref()
-        .and_then(|d| d.get(JOB_SHARD_GZIP_KEY))?;
-    use std::io::Read as _;
-    let mut json = String::new();
-    let limit = 64 * 1024 * 1024;
-    if let Err(e) = flate2::read::GzDecoder::new(gz.0.as_slice())
-        .take(limit)
-        .read_to_string(&mut json)
-    {
-        return Some(Err(format!("cannot decompress {JOB_SHARD_GZIP_KEY}: {e}")));
-    }
-    Some(JobShard::from_json(&json).map_err(|e| e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubeprof_crds::health::{
+        GZIP_ABOVE_BYTES, JOB_SHARD_GZIP_KEY, shard_from_config_map as read_shard,
+    };
 
     #[test]
     fn large_shards_are_compressed_and_read_back() {

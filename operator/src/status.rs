@@ -14,6 +14,10 @@ use kubeprof_crds::{
 
 use crate::compile::{PolicyFacts, Problem, TargetFacts};
 
+/// Message of a Ready condition that is True. Conditions always carry a message: the API's
+/// schema for `conditions[].message` refuses an empty one on some servers.
+const READY_MESSAGE: &str = "jobs are published and scraping";
+
 /// Longest condition message written (the API allows 32 KiB; a status should stay readable).
 const MAX_MESSAGE: usize = 1024;
 
@@ -115,11 +119,17 @@ fn conditions_for(
 ) -> Vec<Condition> {
     let summary = summarize(problems);
     let (ready, ready_reason, ready_message) = match (&summary, working) {
-        (None, true) => (true, conditions::REASON_RECONCILED, String::new()),
+        (None, true) => (
+            true,
+            conditions::REASON_RECONCILED,
+            READY_MESSAGE.to_string(),
+        ),
         // Limits applied (e.g. a raised interval) do not stop the target from working.
-        (Some((reason, _)), true) if *reason == conditions::REASON_LIMIT_EXCEEDED => {
-            (true, conditions::REASON_RECONCILED, String::new())
-        }
+        (Some((reason, _)), true) if *reason == conditions::REASON_LIMIT_EXCEEDED => (
+            true,
+            conditions::REASON_RECONCILED,
+            READY_MESSAGE.to_string(),
+        ),
         (Some((reason, message)), _) => (false, *reason, message.clone()),
         (None, false) => (
             false,
@@ -141,7 +151,7 @@ fn conditions_for(
             conditions::DEGRADED,
             false,
             conditions::REASON_RECONCILED,
-            String::new(),
+            "no problems found".to_string(),
             generation,
             previous,
             now,
@@ -246,7 +256,7 @@ pub fn policy_status(
             conditions::READY,
             true,
             conditions::REASON_RECONCILED,
-            String::new(),
+            READY_MESSAGE.to_string(),
             generation,
             previous_conditions,
             &Time(now),

@@ -188,7 +188,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 }
 
 /// What the scrape loop needs from a configuration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobSet {
     /// One job per address and enabled profile type.
     pub jobs: Vec<ScrapeJob>,

@@ -1,6 +1,8 @@
 //! kubeprof-scraper: jobs -> scheduler -> fetch -> decode/validate -> delta -> labels -> sinks.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod discovery;

@@ -34,6 +34,8 @@ pub struct JobHealth {
     pub last_success: Option<SystemTime>,
     /// The last error, cleared by a success.
     pub last_error: Option<String>,
+    /// The fixed reason of the last error (the metric's `outcome`).
+    pub last_reason: Option<&'static str>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
 }
@@ -102,6 +104,7 @@ impl Pipeline {
                 }
                 h.last_success = Some(SystemTime::now());
                 h.last_error = None;
+                h.last_reason = None;
                 h.consecutive_failures = 0;
             }
             Err((reason, message)) => {
@@ -112,6 +115,7 @@ impl Pipeline {
                     tracing::debug!(job = %job.origin.name, address = %job.address, reason, error = %message, "scrape failed");
                 }
                 h.last_error = Some(message);
+                h.last_reason = Some(reason);
                 h.consecutive_failures = h.consecutive_failures.saturating_add(1);
             }
         }

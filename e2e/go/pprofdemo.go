@@ -39,6 +39,8 @@ func contendedMutex(mu *sync.Mutex) {
 		mu.Lock()
 		hotCPULeaf(20000)
 		mu.Unlock()
+		// Contended, but not a busy loop: tests run several of these on two cores.
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -60,8 +62,8 @@ func main() {
 	}
 	go func() {
 		for {
-			hotCPULeaf(5_000_000)
-			time.Sleep(time.Millisecond)
+			hotCPULeaf(500_000)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	log.Printf("pprofdemo listening on %s", *addr)

@@ -1,0 +1,5 @@
+//! The operator binary, built inside this crate so that e2e tests can start it as a real process
+//! (`CARGO_BIN_EXE_e2e-operator`); identical to `kubeprof-operator`.
+fn main() -> std::process::ExitCode {
+    kubeprof_operator::cli::main()
+}
