@@ -42,9 +42,21 @@ pub struct Args {
     pub resync: Duration,
 }
 
-/// Runs the operator; the process's exit code.
+/// Runs the operator with the process's arguments; the process's exit code.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    run(Args::parse())
+}
+
+/// Runs the operator with `args` (the first is the program name).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Args::parse_from(args))
+}
+
+fn run(args: Args) -> ExitCode {
     init_logging(&args.log_format);
     if args.renew_every >= args.lease_duration {
         eprintln!("kubeprof-operator: --renew-every must be shorter than --lease-duration");
