@@ -534,6 +534,30 @@ async fn scenarios(
         },
     )
     .await?;
+    // The degradation is announced with an Event on the object.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), app_ns);
+    eventually(
+        "a PortNotFound event on wrong-port",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&Default::default()).await?;
+            ensure!(
+                list.items.iter().any(|e| e.reason.as_deref()
+                    == Some(conditions::REASON_PORT_NOT_FOUND)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("wrong-port")),
+                "events: {:?}",
+                list.items
+                    .iter()
+                    .map(|e| (
+                        e.reason.clone(),
+                        e.regarding.as_ref().and_then(|r| r.name.clone())
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            Ok(())
+        },
+    )
+    .await?;
     web.kill();
     let stopped = std::time::Instant::now();
     eventually("web FAILING", Duration::from_secs(60), || async {

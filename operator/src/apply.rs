@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams},
 };
 use kubeprof_crds::{
     constants::{
@@ -59,7 +59,7 @@ pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
         labels.insert(SHARD_NODE_LABEL.into(), node.into());
     }
     let (data, binary_data) = shard_to_data(shard);
-    ConfigMap {
+    let mut cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(namespace.into()),
@@ -69,8 +69,27 @@ pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
         data,
         binary_data,
         ..Default::default()
-    }
+    };
+    let hash = format!("{:016x}", fingerprint(&cm));
+    cm.metadata.annotations = Some(BTreeMap::from([(
+        CONTENT_HASH_ANNOTATION.to_string(),
+        hash,
+    )]));
+    cm
 }
+
+/// The content fingerprint an object's metadata records.
+fn recorded_hash(meta: &ObjectMeta) -> Option<u64> {
+    meta.annotations
+        .as_ref()?
+        .get(CONTENT_HASH_ANNOTATION)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+/// Annotation carrying the fingerprint of a shard's content, so that the operator can watch
+/// shard objects by metadata only (their data is megabytes at scale) and still skip writes
+/// that would change nothing.
+pub const CONTENT_HASH_ANNOTATION: &str = "kubeprof.io/content-hash";
 
 /// A fingerprint of what a shard ConfigMap carries (data and labels).
 fn fingerprint(cm: &ConfigMap) -> u64 {
@@ -129,23 +148,24 @@ impl Publisher {
     }
 
     /// Makes the published shards equal `shards`: writes the changed ones, deletes the objects
-    /// of shards that no longer exist. `existing` is the watched set of shard ConfigMaps.
+    /// of shards that no longer exist. `existing` is the watched metadata of the shard
+    /// ConfigMaps (an object edited by hand without its hash annotation is rewritten).
     /// Every write is attempted; the first error is returned after all were tried.
     pub async fn publish(
         &mut self,
         shards: &BTreeMap<Option<String>, JobShard>,
-        existing: &[std::sync::Arc<ConfigMap>],
+        existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
     ) -> Result<PublishStats, PublishError> {
         let mut stats = PublishStats::default();
         let on_server: HashMap<String, u64> = existing
             .iter()
-            .map(|cm| (cm.name_any(), fingerprint(cm)))
+            .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
             .collect();
         let mut writes = Vec::new();
         for shard in shards.values() {
             let cm = shard_config_map(&self.namespace, shard);
             let name = cm.name_any();
-            let fp = fingerprint(&cm);
+            let fp = recorded_hash(&cm.metadata).unwrap_or(0);
             if on_server.get(&name) == Some(&fp) {
                 self.written.insert(name, fp);
                 stats.unchanged += 1;

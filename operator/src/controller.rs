@@ -9,7 +9,7 @@
 //! only recompute status.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{PartialObjectMeta, Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         WatchStreamExt,
@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     apply::Publisher,
-    compile::{Compiled, Inputs, PolicyInput, TargetFacts, TargetInput, compile},
+    compile::{Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput, compile},
     index,
     leader::{self, LeaseSettings},
     metrics::Metrics,
@@ -89,7 +89,7 @@ struct Stores {
     targets: Store<DeserializeGuard<ProfilingTarget>>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
-    shards: Store<ConfigMap>,
+    shards: Store<PartialObjectMeta<ConfigMap>>,
     health: Store<ConfigMap>,
 }
 
@@ -255,12 +255,16 @@ pub async fn run(
         ),
         shards: reflect(
             "shards",
+            // Metadata only: the content hash annotation says what a shard holds.
             watcher::watcher(
-                Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace),
+                Api::<PartialObjectMeta<ConfigMap>>::namespaced(
+                    client.clone(),
+                    &settings.namespace,
+                ),
                 cfg().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}")),
             )
             .default_backoff()
-            .modify(index::strip_config_map),
+            .modify(|m| m.metadata.managed_fields = None),
             &metrics,
             // Someone else changed or deleted a shard: put it back.
             on_inputs.clone(),
@@ -321,7 +325,7 @@ pub async fn run(
         ),
         client,
         metrics: metrics.clone(),
-        compiled: None,
+        facts: None,
         written_status: HashMap::new(),
     };
     let mut inputs_dirty = true;
@@ -368,12 +372,21 @@ pub async fn run(
     Ok(())
 }
 
+/// The status facts of one compile.
+#[derive(Debug, Default)]
+struct Facts {
+    targets: BTreeMap<(String, String), TargetFacts>,
+    policies: BTreeMap<String, PolicyFacts>,
+}
+
 struct Reconciler {
     client: Client,
     publisher: Publisher,
     recorder: Recorder,
     metrics: Metrics,
-    compiled: Option<Arc<Compiled>>,
+    /// What status needs of the last compile (the shards themselves are dropped once
+    /// published: at 10,000 pods they are tens of megabytes).
+    facts: Option<Arc<Facts>>,
     /// What was last written per object (`kind/ns/name`), so a lagging cache causes no rewrite.
     written_status: HashMap<String, serde_json::Value>,
 }
@@ -473,14 +486,19 @@ impl Reconciler {
             // The next trigger or resync retries; the error is counted by kind.
             Err(e) => tracing::warn!(error = %e, "publishing job shards failed; will retry"),
         }
-        self.compiled = Some(compiled);
+        let Compiled {
+            shards: _,
+            targets,
+            policies,
+        } = Arc::unwrap_or_clone(compiled);
+        self.facts = Some(Arc::new(Facts { targets, policies }));
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
     }
 
     async fn write_status(&mut self, stores: &Stores) {
-        let Some(compiled) = self.compiled.clone() else {
+        let Some(compiled) = self.facts.clone() else {
             return;
         };
         let reports: Vec<HealthReport> = stores

@@ -11,3 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod selector;
 pub mod status;
+
+/// The allocator the operator binaries install: jemalloc returns freed memory to the system,
+/// where glibc keeps the peak of a full compile at 10,000 pods as RSS.
+pub use tikv_jemallocator::Jemalloc;

@@ -37,6 +37,9 @@ const NODES: usize = 100;
 const TARGETS: usize = 100;
 const CONCURRENCY: usize = 48;
 
+#[global_allocator]
+static ALLOCATOR: kubeprof_operator::Jemalloc = kubeprof_operator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("operator") {
@@ -168,7 +171,9 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
 
     // The operator, as a process of its own.
     let exe = std::env::current_exe()?;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
     let kubeconfig = env.kubeconfig_path().to_string_lossy().into_owned();
     let operator = Proc::start(
         "operator",
@@ -180,13 +185,17 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
     let pid = operator.pid().context("operator pid")?;
 
     // Pods: created, then set Running with an IP, as kubelets would.
-    say(&format!("bench: creating {pods} pods in {NAMESPACES} namespaces on {NODES} nodes"));
+    say(&format!(
+        "bench: creating {pods} pods in {NAMESPACES} namespaces on {NODES} nodes"
+    ));
     let created = Instant::now();
     let all: Vec<Pod> = (0..pods).map(pod).collect();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(all.iter().cloned())
         .map(|p| {
-            let api: Api<Pod> =
-                Api::namespaced(client.clone(), p.metadata.namespace.as_deref().unwrap_or(""));
+            let api: Api<Pod> = Api::namespaced(
+                client.clone(),
+                p.metadata.namespace.as_deref().unwrap_or(""),
+            );
             async move {
                 api.create(&PostParams::default(), &p).await?;
                 Ok(())
@@ -199,8 +208,10 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..pods)
         .map(|i| {
             let p = &all[i];
-            let api: Api<Pod> =
-                Api::namespaced(client.clone(), p.metadata.namespace.as_deref().unwrap_or(""));
+            let api: Api<Pod> = Api::namespaced(
+                client.clone(),
+                p.metadata.namespace.as_deref().unwrap_or(""),
+            );
             let name = p.metadata.name.clone().unwrap_or_default();
             async move {
                 api.patch_status(
