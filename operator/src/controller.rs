@@ -87,7 +87,7 @@ struct Triggers {
 struct Stores {
     policies: Store<DeserializeGuard<ProfilingPolicy>>,
     targets: Store<DeserializeGuard<ProfilingTarget>>,
-    pods: Store<Pod>,
+    pods: index::PodIndex,
     namespaces: Store<Namespace>,
     shards: Store<PartialObjectMeta<ConfigMap>>,
     health: Store<ConfigMap>,
@@ -172,27 +172,41 @@ fn generation_filter<K: Resource>() -> impl FnMut(&Event<K>) -> bool + Send {
     }
 }
 
-/// For pods: only a change of what compile reads matters (not restarts counts or conditions).
-fn pod_filter() -> impl FnMut(&Event<Pod>) -> bool + Send {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let fp = |p: &Pod| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        format!("{:?}", index::pod_info(p)).hash(&mut h);
-        h.finish()
-    };
-    move |e| match e {
-        Event::Apply(p) => seen.insert(p.uid().unwrap_or_default(), fp(p)) != Some(fp(p)),
-        Event::InitApply(p) => {
-            seen.insert(p.uid().unwrap_or_default(), fp(p));
-            false
+/// Runs the pod watch into a [`index::PodIndex`]; only changes of what compile reads trigger.
+fn index_pods<S>(
+    stream: S,
+    metrics: &Metrics,
+    notify: impl Fn() + Send + 'static,
+) -> index::PodIndex
+where
+    S: Stream<Item = Result<Event<Pod>, watcher::Error>> + Send + 'static,
+{
+    let index = index::PodIndex::default();
+    let writer = index.clone();
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut relist = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(e) => {
+                    if writer.apply(e, &mut relist) {
+                        notify();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(resource = "pods", error = %e, "watch failed; retrying with backoff");
+                    metrics
+                        .watch_restarts
+                        .get_or_create(&crate::metrics::KindLabels {
+                            kind: "pods".into(),
+                        })
+                        .inc();
+                }
+            }
         }
-        Event::Delete(p) => {
-            seen.remove(&p.uid().unwrap_or_default());
-            true
-        }
-        Event::Init => false,
-        Event::InitDone => true,
-    }
+    });
+    index
 }
 
 fn always<K>(e: &Event<K>) -> bool {
@@ -235,14 +249,10 @@ pub async fn run(
             on_inputs.clone(),
             generation_filter(),
         ),
-        pods: reflect(
-            "pods",
-            watcher::watcher(Api::<Pod>::all(client.clone()), cfg())
-                .default_backoff()
-                .modify(index::strip_pod),
+        pods: index_pods(
+            watcher::watcher(Api::<Pod>::all(client.clone()), cfg()).default_backoff(),
             &metrics,
             on_inputs.clone(),
-            pod_filter(),
         ),
         namespaces: reflect(
             "namespaces",
@@ -294,7 +304,11 @@ pub async fn run(
             }
         )*};
     }
-    wait_ready!(policies, targets, pods, namespaces, shards, health);
+    wait_ready!(policies, targets, namespaces, shards, health);
+    tokio::select! {
+        () = stores.pods.wait_until_ready() => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
     tracing::info!(
         policies = stores.policies.len(),
         targets = stores.targets.len(),
@@ -420,12 +434,7 @@ impl Reconciler {
                     spec: t.spec.clone(),
                 })
                 .collect(),
-            pods: stores
-                .pods
-                .state()
-                .iter()
-                .map(|p| index::pod_info(p))
-                .collect(),
+            pods: stores.pods.snapshot(),
             namespaces: stores
                 .namespaces
                 .state()

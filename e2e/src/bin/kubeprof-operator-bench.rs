@@ -96,11 +96,15 @@ fn ip(i: usize) -> String {
 }
 
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
@@ -338,8 +342,14 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
         latencies.len()
     ));
     say(&format!(
-        "bench: operator RSS at the end {:.0} MiB",
+        "bench: operator RSS right after the changes {:.0} MiB",
         rss_mib(pid)
+    ));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    say(&format!(
+        "bench: operator RSS 15 s later {:.0} MiB; peak (VmHWM) {:.0} MiB",
+        rss_mib(pid),
+        status_mib(pid, "VmHWM:")
     ));
     drop(operator);
     Ok(())
