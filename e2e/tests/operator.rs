@@ -590,6 +590,77 @@ async fn scenarios(
     .await?;
     say("e2e: 5. PortNotFound reported; the stopped service showed FAILING and recovered");
 
+    // An object the schema lets through but the operator cannot read (an interval too large for
+    // any clock) is reported in its status, and blocks nothing else.
+    let unreadable: ProfilingTarget = serde_json::from_value(json!({
+        "apiVersion": "kubeprof.io/v1alpha1", "kind": "ProfilingTarget",
+        "metadata": {"name": "unreadable"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "endpoints": [{"port": "pprof"}]},
+    }))?;
+    targets.create(&PostParams::default(), &unreadable).await?;
+    let huge = Patch::Merge(
+        json!({"spec": {"endpoints": [{"port": "pprof", "interval": "99999999999999999999999999h", "scrapeTimeout": "1s"}]}}),
+    );
+    // Untyped: this test's own typed client could not read the answer either.
+    let raw: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        app_ns,
+        &kube::discovery::ApiResource::erase::<ProfilingTarget>(&()),
+    );
+    match raw
+        .patch("unreadable", &PatchParams::default(), &huge)
+        .await
+    {
+        Ok(_) => {
+            eventually(
+                "unreadable reported InvalidSpec",
+                Duration::from_secs(30),
+                || async {
+                    let o = raw.get("unreadable").await?;
+                    let conds = o
+                        .data
+                        .pointer("/status/conditions")
+                        .cloned()
+                        .unwrap_or_default();
+                    let degraded = conds
+                        .as_array()
+                        .and_then(|a| a.iter().find(|c| c["type"] == "Degraded"))
+                        .cloned()
+                        .unwrap_or_default();
+                    ensure!(
+                        degraded["reason"] == conditions::REASON_INVALID_SPEC,
+                        "conditions {conds}"
+                    );
+                    ensure!(
+                        degraded["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("too large"),
+                        "conditions {conds}"
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+            let t = targets.get_opt("web").await.ok().flatten();
+            ensure!(t.is_some(), "web still readable");
+            say(
+                "e2e: 5. an unreadable object is reported InvalidSpec in its status; the others carry on",
+            );
+        }
+        // A server with CEL refuses the value at admission, which is just as good.
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            say(&format!(
+                "e2e: 5. the server refused the unreadable interval itself: {}",
+                e.message
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    targets
+        .delete("unreadable", &DeleteParams::default())
+        .await?;
+
     // 6. The operator killed: scraping goes on; restarted: it resumes.
     let op = procs
         .iter()
@@ -702,6 +773,25 @@ async fn scenarios(
     say(&format!(
         "e2e: 7. {leader} led, {standby} wrote nothing; killed, {standby} took over in {:.1} s (lease 6 s)",
         took.as_secs_f64()
+    ));
+    // SIGTERM drains cleanly: the leader exits by itself and releases the lease at once.
+    let idx = procs
+        .iter()
+        .position(|p| p.name() == standby)
+        .context("new leader process")?;
+    let clean = procs.remove(idx).terminate(Duration::from_secs(10));
+    ensure!(clean, "{standby} did not exit within 10 s of SIGTERM");
+    let lease = leases.get(kubeprof_crds::constants::LEADER_LEASE).await?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    ensure!(
+        holder.is_empty(),
+        "lease still held by {holder:?} after a clean exit"
+    );
+    say(&format!(
+        "e2e: 7. SIGTERM: {standby} exited cleanly and released the lease"
     ));
     web.kill();
     Ok(())
