@@ -36,3 +36,54 @@ pub mod parca {
         }
     }
 }
+
+/// OpenTelemetry's packages (OTLP profiles, release v1.7.0, `v1development`: experimental
+/// upstream, and here).
+pub mod opentelemetry {
+    /// `opentelemetry.proto`.
+    pub mod proto {
+        /// `common`.
+        pub mod common {
+            /// Version 1.
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.common.v1.rs"
+                ));
+            }
+        }
+        /// `resource`.
+        pub mod resource {
+            /// Version 1.
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.resource.v1.rs"
+                ));
+            }
+        }
+        /// `profiles`.
+        pub mod profiles {
+            /// The development version of the profiles data model.
+            pub mod v1development {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.profiles.v1development.rs"
+                ));
+            }
+        }
+        /// `collector`.
+        pub mod collector {
+            /// `collector.profiles`.
+            pub mod profiles {
+                /// The development version of the export request.
+                pub mod v1development {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/opentelemetry.proto.collector.profiles.v1development.rs"
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! it in batches with capped, jittered exponential backoff.
 
 pub mod file;
+pub mod otlp;
 pub mod parca;
 pub mod pyroscope;
 
@@ -131,6 +132,8 @@ pub enum Backend {
     Pyroscope(pyroscope::PyroscopeSink),
     /// Parca.
     Parca(parca::ParcaSink),
+    /// OTLP profiles (experimental).
+    Otlp(otlp::OtlpSink),
 }
 
 impl Backend {
@@ -140,6 +143,7 @@ impl Backend {
             Self::File(s) => s.send(batch).await,
             Self::Pyroscope(s) => s.send(batch).await,
             Self::Parca(s) => s.send(batch).await,
+            Self::Otlp(s) => s.send(batch).await,
         }
     }
 
@@ -148,6 +152,8 @@ impl Backend {
             Self::File(_) => 64,
             Self::Pyroscope(s) => s.max_batch(),
             Self::Parca(_) => 16,
+            // One profile per request: each request carries its own dictionary.
+            Self::Otlp(_) => 1,
         }
     }
 }
@@ -155,14 +161,6 @@ impl Backend {
 /// Why a sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
-    /// The backend is not available in this build.
-    #[error("sink {name}: the {backend} backend is not available yet")]
-    Unsupported {
-        /// Sink name.
-        name: String,
-        /// Backend.
-        backend: &'static str,
-    },
     /// No backend given.
     #[error("sink {0}: needs exactly one of pyroscope, parca, otlp or file")]
     NoBackend(String),
@@ -263,17 +261,31 @@ pub fn build_backend(
         .map(Backend::Pyroscope)
         .map_err(|message| SinkBuildError::Invalid { name, message });
     }
-    if spec.parca.is_some() {
-        return Err(SinkBuildError::Unsupported {
-            name,
-            backend: "parca",
-        });
+    if let Some(p) = &spec.parca {
+        if p.insecure_skip_verify {
+            return Err(SinkBuildError::Invalid {
+                name,
+                message: "parca.insecureSkipVerify is not supported: use insecure (plain-text gRPC) or a certificate the scraper trusts".into(),
+            });
+        }
+        let bearer_token = p.bearer_token_secret.as_ref().map(cred).transpose()?;
+        return parca::ParcaSink::new(parca::ParcaConfig {
+            address: p.address.clone(),
+            insecure: p.insecure,
+            bearer_token,
+            timeout: Duration::from_secs(30),
+        })
+        .map(Backend::Parca)
+        .map_err(|message| SinkBuildError::Invalid { name, message });
     }
-    if spec.otlp.is_some() {
-        return Err(SinkBuildError::Unsupported {
-            name,
-            backend: "otlp",
-        });
+    if let Some(o) = &spec.otlp {
+        return otlp::OtlpSink::new(otlp::OtlpConfig {
+            endpoint: o.endpoint.clone(),
+            headers: o.headers.clone(),
+            timeout: Duration::from_secs(30),
+        })
+        .map(Backend::Otlp)
+        .map_err(|message| SinkBuildError::Invalid { name, message });
     }
     Err(SinkBuildError::NoBackend(name))
 }

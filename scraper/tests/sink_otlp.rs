@@ -1,0 +1,275 @@
+//! The OTLP profiles sink against a receiver that decodes the real `ExportProfilesServiceRequest`
+//! (opentelemetry-proto v1.7.0, `v1development`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::fast_retry;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use kubeprof_crds::relabel::Labels;
+use kubeprof_scraper::{
+    metrics::{Metrics, SinkLabels, SinkReasonLabels},
+    pprof::{self, DecodeLimits},
+    proto::opentelemetry::proto::{
+        collector::profiles::v1development::ExportProfilesServiceRequest,
+        common::v1::{KeyValue, any_value},
+    },
+    sinks::{
+        Backend, Envelope, Fanout, QueueConfig,
+        otlp::{OtlpConfig, OtlpSink, PATH, PROFILE_TYPE_ATTRIBUTE},
+    },
+};
+use prost::Message as _;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    requests: Arc<Mutex<Vec<(HeaderMap, ExportProfilesServiceRequest)>>>,
+    status: Arc<AtomicU16>,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn export(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::http::StatusCode {
+    r.calls.fetch_add(1, Ordering::SeqCst);
+    let status = r.status.load(Ordering::SeqCst);
+    if status != 0 && status != 200 {
+        return axum::http::StatusCode::from_u16(status).unwrap();
+    }
+    assert_eq!(headers["content-type"], "application/x-protobuf");
+    let request =
+        ExportProfilesServiceRequest::decode(body).expect("an ExportProfilesServiceRequest");
+    r.requests.lock().unwrap().push((headers, request));
+    axum::http::StatusCode::OK
+}
+
+async fn receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let app = Router::new()
+        .route(PATH, post(export))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+fn otlp(url: &str) -> Backend {
+    Backend::Otlp(
+        OtlpSink::new(OtlpConfig {
+            endpoint: url.into(),
+            headers: [("authorization".to_string(), "Bearer t0ken".to_string())].into(),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap(),
+    )
+}
+
+fn envelope(kind: &str, fixture: &str) -> Envelope {
+    let labels: Labels = [
+        ("__name__", kind),
+        ("service_name", "shop/checkout"),
+        ("pod", "checkout-1"),
+        ("namespace", "shop"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Envelope {
+        labels,
+        profile: common::fixture(fixture).into(),
+        start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_015),
+        job_id: "job-1".into(),
+    }
+}
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// Per leaf function name, the sum of the first sample type: the same figure, computed from
+/// the pprof and from the OTLP request independently, must match.
+fn pprof_leaf_totals(fixture: &str) -> BTreeMap<String, i64> {
+    let p = pprof::decode(&common::fixture(fixture), &DecodeLimits::default()).unwrap();
+    let mut out = BTreeMap::new();
+    for s in &p.sample {
+        let loc = p
+            .location
+            .iter()
+            .find(|l| l.id == s.location_id[0])
+            .unwrap();
+        let f = p
+            .function
+            .iter()
+            .find(|f| f.id == loc.line[0].function_id)
+            .unwrap();
+        *out.entry(p.string_table[f.name as usize].clone())
+            .or_default() += s.value[0];
+    }
+    out
+}
+
+#[tokio::test]
+async fn otlp_receives_resource_attributes_and_the_same_profile() {
+    let (r, url) = receiver().await;
+    let metrics = Metrics::unregistered();
+    let fanout = Fanout::start(
+        vec![("otel".into(), otlp(&url), QueueConfig::default())],
+        fast_retry(),
+        &metrics,
+    );
+    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &[]);
+    fanout.send(envelope("memory", "heap.pb.gz"), &[]);
+    fanout.shutdown(Duration::from_secs(5)).await;
+
+    let requests = r.requests.lock().unwrap();
+    assert_eq!(requests.len(), 2, "one request per profile");
+    let (headers, request) = &requests[0];
+    assert_eq!(headers["authorization"], "Bearer t0ken");
+    let resource = request.resource_profiles[0].resource.as_ref().unwrap();
+    assert_eq!(
+        string_attr(&resource.attributes, "service.name").as_deref(),
+        Some("shop/checkout")
+    );
+    assert_eq!(
+        string_attr(&resource.attributes, "pod").as_deref(),
+        Some("checkout-1")
+    );
+    assert!(string_attr(&resource.attributes, "__name__").is_none());
+    let scope = &request.resource_profiles[0].scope_profiles[0];
+    assert_eq!(scope.scope.as_ref().unwrap().name, "kubeprof");
+    let profile = &scope.profiles[0];
+    let dict = request.dictionary.as_ref().unwrap();
+    assert_eq!(dict.string_table[0], "");
+    let kind: Vec<String> = profile
+        .attribute_indices
+        .iter()
+        .map(|i| &dict.attribute_table[*i as usize])
+        .filter(|kv| kv.key == PROFILE_TYPE_ATTRIBUTE)
+        .filter_map(|kv| string_attr(std::slice::from_ref(kv), PROFILE_TYPE_ATTRIBUTE))
+        .collect();
+    assert_eq!(kind, ["process_cpu"]);
+    assert_ne!(
+        profile.profile_id.iter().copied().max(),
+        Some(0),
+        "non-zero id"
+    );
+    assert_eq!(
+        dict.string_table[profile.sample_type[1].type_strindex as usize],
+        "cpu"
+    );
+
+    // Leaf totals from the OTLP request, walking its own indices.
+    let mut otlp_totals: BTreeMap<String, i64> = BTreeMap::new();
+    for s in &profile.sample {
+        let leaf = profile.location_indices[s.locations_start_index as usize];
+        let loc = &dict.location_table[leaf as usize];
+        let f = &dict.function_table[loc.line[0].function_index as usize];
+        *otlp_totals
+            .entry(dict.string_table[f.name_strindex as usize].clone())
+            .or_default() += s.value[0];
+    }
+    assert_eq!(otlp_totals, pprof_leaf_totals("cpu.pb.gz"));
+    assert!(
+        otlp_totals.contains_key("main.hotCPULeaf"),
+        "{otlp_totals:?}"
+    );
+
+    assert_eq!(
+        metrics
+            .sink_sent
+            .get_or_create(&SinkLabels {
+                sink: "otel".into()
+            })
+            .get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_otlp_receiver_answering_400_is_not_retried() {
+    let (r, url) = receiver().await;
+    r.status.store(400, Ordering::SeqCst);
+    let metrics = Metrics::unregistered();
+    let fanout = Fanout::start(
+        vec![("otel".into(), otlp(&url), QueueConfig::default())],
+        fast_retry(),
+        &metrics,
+    );
+    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &[]);
+    fanout.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(r.calls.load(Ordering::SeqCst), 1, "no retry after a 400");
+    assert_eq!(
+        metrics
+            .sink_failures
+            .get_or_create(&SinkReasonLabels {
+                sink: "otel".into(),
+                reason: "http_4xx".into()
+            })
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn sink_specs_build_every_backend() {
+    use kubeprof_crds::policy::{OtlpSink as OtlpSpec, ParcaSink as ParcaSpec, SinkSpec};
+    use kubeprof_scraper::{credentials::SecretsDir, sinks::build_backend};
+    let secrets = SecretsDir(None);
+    let otlp = SinkSpec {
+        name: "otel".into(),
+        otlp: Some(OtlpSpec {
+            endpoint: "http://127.0.0.1:4318".into(),
+            headers: Default::default(),
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build_backend(&otlp, &secrets),
+        Ok(Backend::Otlp(_))
+    ));
+    let parca = SinkSpec {
+        name: "parca".into(),
+        parca: Some(ParcaSpec {
+            address: "127.0.0.1:7070".into(),
+            insecure: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build_backend(&parca, &secrets),
+        Ok(Backend::Parca(_))
+    ));
+    let bad = SinkSpec {
+        name: "otel".into(),
+        otlp: Some(OtlpSpec {
+            endpoint: "http://127.0.0.1:4318".into(),
+            headers: [("bad header".to_string(), "x".to_string())].into(),
+        }),
+        ..Default::default()
+    };
+    let e = build_backend(&bad, &secrets)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("sink otel") && e.contains("bad header"), "{e}");
+}
