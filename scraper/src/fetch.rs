@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -41,8 +42,9 @@ pub enum FetchError {
     /// A credential could not be read.
     #[error(transparent)]
     Credential(#[from] CredentialError),
-    /// The TLS set-up is unusable (bad CA or client certificate).
-    #[error("TLS configuration: {0}")]
+    /// TLS failed: an unusable CA or client certificate, or a handshake the target's
+    /// certificate (or its demand for ours) did not pass.
+    #[error("TLS: {0}")]
     Tls(String),
     /// Anything else the HTTP client reported.
     #[error("request failed: {0}")]
@@ -64,10 +66,13 @@ impl FetchError {
     }
 }
 
+/// Clients are shared per TLS configuration (and per address, with a `serverName`).
+type ClientKey = (Option<ScrapeTls>, Option<SocketAddr>);
+
 /// Fetches profiles; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Fetcher {
-    clients: Arc<Mutex<HashMap<Option<ScrapeTls>, reqwest::Client>>>,
+    clients: Arc<Mutex<HashMap<ClientKey, reqwest::Client>>>,
     secrets: Arc<dyn SecretSource>,
 }
 
@@ -81,8 +86,14 @@ impl Fetcher {
         }
     }
 
-    fn client(&self, tls: Option<&ScrapeTls>) -> Result<reqwest::Client, FetchError> {
-        let key = tls.cloned();
+    /// The client for a TLS configuration. With a `serverName`, the client also pins the
+    /// target's address to that name (`resolve`), so it is specific to the address.
+    fn client(
+        &self,
+        tls: Option<&ScrapeTls>,
+        pinned: Option<(&str, SocketAddr)>,
+    ) -> Result<reqwest::Client, FetchError> {
+        let key = (tls.cloned(), pinned.map(|(_, a)| a));
         if let Some(c) = self
             .clients
             .lock()
@@ -97,6 +108,9 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(2)
             .connect_timeout(Duration::from_secs(5));
+        if let Some((name, addr)) = pinned {
+            builder = builder.resolve(name, addr);
+        }
         if let Some(tls) = tls {
             if let Some(ca) = &tls.ca {
                 let pem = credentials::resolve(ca, self.secrets.as_ref())?;
@@ -164,9 +178,25 @@ impl Fetcher {
     }
 
     async fn fetch_inner(&self, job: &ScrapeJob, limit: u64) -> Result<Bytes, FetchError> {
-        let client = self.client(job.tls.as_ref())?;
+        let server_name = job
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.as_deref())
+            .filter(|n| !n.is_empty());
+        let (client, url) = match server_name {
+            // Verify the certificate against `serverName` while connecting to the address: the
+            // URL names the server, and the client resolves that name to the target's address.
+            Some(name) => {
+                let addr = resolve(&job.address).await?;
+                let client = self.client(job.tls.as_ref(), Some((name, addr)))?;
+                let mut pinned = job.clone();
+                pinned.address = format!("{name}:{}", addr.port());
+                (client, Self::url(&pinned))
+            }
+            None => (self.client(job.tls.as_ref(), None)?, Self::url(job)),
+        };
         let mut request = client
-            .get(Self::url(job))
+            .get(url)
             .header(reqwest::header::ACCEPT_ENCODING, "gzip");
         match &job.auth {
             Some(ScrapeAuth::Bearer { token }) => {
@@ -206,16 +236,46 @@ impl Fetcher {
     }
 }
 
+/// The socket address of `host:port` (an IP, or a name looked up once).
+async fn resolve(address: &str) -> Result<SocketAddr, FetchError> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| FetchError::Connect(format!("cannot resolve {address}: {e}")))?
+        .next()
+        .ok_or_else(|| FetchError::Connect(format!("{address} resolves to no address")))
+}
+
 fn classify(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout(Duration::ZERO)
     } else if e.is_connect() {
         // The innermost cause says why (refused, unreachable, TLS handshake).
         let mut source: &dyn std::error::Error = &e;
-        while let Some(s) = source.source() {
-            source = s;
+        let mut tls = false;
+        loop {
+            // Connectors wrap rustls' error in ways that hide its type; its messages are stable.
+            let text = source.to_string().to_ascii_lowercase();
+            tls |= source.is::<rustls::Error>()
+                || source
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+                || text.contains("certificate")
+                || text.contains("handshake")
+                || text.contains("tls");
+            match source.source() {
+                Some(s) => source = s,
+                None => break,
+            }
         }
-        FetchError::Connect(source.to_string())
+        if tls {
+            FetchError::Tls(source.to_string())
+        } else {
+            FetchError::Connect(source.to_string())
+        }
     } else {
         FetchError::Request(e.to_string())
     }
