@@ -87,14 +87,11 @@ async fn serve(args: Args) -> ExitCode {
     let metrics = Metrics::register(&mut registry);
     let telemetry = Telemetry::new(registry);
     let shutdown = CancellationToken::new();
-    match telemetry.serve(args.listen, shutdown.clone()).await {
-        Ok(addr) => {
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /debug/pprof/profile")
-        }
-        Err(e) => {
-            eprintln!("kubeprof-operator: cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(1);
-        }
+    if !telemetry
+        .serve_or_report(args.listen, shutdown.clone(), "kubeprof-operator")
+        .await
+    {
+        return ExitCode::from(1);
     }
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

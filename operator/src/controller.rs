@@ -134,37 +134,30 @@ where
 /// For custom resources: only spec changes (a new generation), labels, creations and deletions
 /// matter; status writes (our own, mostly) do not.
 fn generation_filter<K: Resource>() -> impl FnMut(&Event<K>) -> bool + Send {
+    fn key_and_fingerprint<K: Resource>(o: &K) -> (String, (Option<i64>, u64)) {
+        let meta = o.meta();
+        let key = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or("")
+        );
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        meta.labels.hash(&mut h);
+        (key, (meta.generation, h.finish()))
+    }
     let mut seen: HashMap<String, (Option<i64>, u64)> = HashMap::new();
     move |e| match e {
         Event::Apply(o) => {
-            let key = format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            );
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            o.meta().labels.hash(&mut h);
-            let fp = (o.meta().generation, h.finish());
+            let (key, fp) = key_and_fingerprint(o);
             seen.insert(key, fp) != Some(fp)
         }
         Event::InitApply(o) => {
-            let key = format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            );
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            o.meta().labels.hash(&mut h);
-            seen.insert(key, (o.meta().generation, h.finish()));
+            let (key, fp) = key_and_fingerprint(o);
+            seen.insert(key, fp);
             false
         }
         Event::Delete(o) => {
-            let key = format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or(""),
-                o.meta().name.as_deref().unwrap_or("")
-            );
-            seen.remove(&key);
+            seen.remove(&key_and_fingerprint(o).0);
             true
         }
         Event::Init => false,

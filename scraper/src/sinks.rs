@@ -110,6 +110,19 @@ impl SendError {
         }
     }
 
+    /// The error of an HTTP answer that is not a success, with its `Retry-After`.
+    pub async fn from_response(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        Self::from_status(status, &text, retry_after)
+    }
+
     /// Classifies a transport error from reqwest.
     pub fn from_reqwest(e: &reqwest::Error) -> Self {
         let reason = if e.is_timeout() {

@@ -77,6 +77,28 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    /// [`Telemetry::serve`] for a binary's start-up: logs where it listens, or prints why it
+    /// cannot (prefixed with `program`) and returns `false`.
+    pub async fn serve_or_report(
+        &self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        program: &str,
+    ) -> bool {
+        match self.serve(addr, shutdown).await {
+            Ok(bound) => {
+                tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /debug/pprof/profile");
+                true
+            }
+            Err(e) => {
+                eprintln!("{program}: cannot listen on {addr}: {e}");
+                false
+            }
+        }
+    }
+}
+
 async fn metrics(State(t): State<Telemetry>) -> Response {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &t.registry) {

@@ -371,14 +371,7 @@ impl OtlpSink {
             if status.is_success() {
                 continue;
             }
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let text = response.text().await.unwrap_or_default();
-            return Err(SendError::from_status(status.as_u16(), &text, retry_after));
+            return Err(SendError::from_response(response).await);
         }
         Ok(())
     }

@@ -145,13 +145,6 @@ impl PyroscopeSink {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = response.text().await.unwrap_or_default();
-        Err(SendError::from_status(status.as_u16(), &text, retry_after))
+        Err(SendError::from_response(response).await)
     }
 }
