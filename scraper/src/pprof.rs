@@ -7,10 +7,12 @@
 mod decode;
 mod delta;
 mod validate;
+mod wire;
 
 pub use decode::{DecodeError, DecodeLimits, decode, decompress, is_gzip};
 pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
 pub use validate::{ValidateError, validate};
+pub use wire::{WireError, decode_profile, encode_with_samples};
 
 pub use crate::proto::perftools::profiles::Profile;
 
@@ -25,6 +27,16 @@ pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
     use prost::Message as _;
     let raw = profile.encode_to_vec();
     gzip(&raw)
+}
+
+/// A delta of the profile `original` encodes, gzip-compressed: the unchanged tables are
+/// copied from `original` rather than encoded again.
+pub fn encode_delta(original: &[u8], delta: &Profile) -> Vec<u8> {
+    match encode_with_samples(original, delta) {
+        Ok(raw) => gzip(&raw),
+        // `original` decoded before, so this does not happen; encoding afresh is always right.
+        Err(_) => encode_gzip(delta),
+    }
 }
 
 /// gzip-compresses `raw`.

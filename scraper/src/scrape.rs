@@ -371,8 +371,13 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
         }
     };
     pipeline.metrics.scrape_bytes.inc_by(body.len() as u64);
-    let profile = match pprof::decode(&body, &pipeline.limits) {
-        Ok(p) => p,
+    // The decompressed bytes are kept: a delta re-uses all but their samples.
+    let decoded = pprof::decompress(&body, &pipeline.limits).and_then(|raw| {
+        let profile = pprof::decode_profile(&raw).map_err(pprof::DecodeError::from)?;
+        Ok((raw, profile))
+    });
+    let (raw, profile) = match decoded {
+        Ok(d) => d,
         Err(e) => {
             count("decode_error");
             pipeline.record(job, Err((e.reason(), format!("{e}"))));
@@ -386,7 +391,7 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
     }
     let bytes = if job.profile.delta {
         match tracker.apply(profile) {
-            DeltaOutcome::Delta(p) => Some(pprof::encode_gzip(&p).into()),
+            DeltaOutcome::Delta(p) => Some(pprof::encode_delta(&raw, &p).into()),
             DeltaOutcome::Baseline { send, reason } => {
                 pipeline
                     .metrics
@@ -395,7 +400,7 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
                         outcome: reason.to_owned(),
                     })
                     .inc();
-                send.map(|p| pprof::encode_gzip(&p).into())
+                send.map(|p| pprof::encode_delta(&raw, &p).into())
             }
         }
     } else if pprof::is_gzip(&body) {

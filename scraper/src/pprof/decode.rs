@@ -2,8 +2,6 @@
 
 use std::{borrow::Cow, io::Read as _};
 
-use prost::Message as _;
-
 use super::Profile;
 
 /// Bounds on what decoding may allocate.
@@ -41,7 +39,7 @@ pub enum DecodeError {
     },
     /// Not a pprof protobuf message.
     #[error("not a pprof profile: {0}")]
-    NotPprof(#[from] prost::DecodeError),
+    NotPprof(#[from] super::wire::WireError),
 }
 
 impl DecodeError {
@@ -92,5 +90,5 @@ pub fn decompress<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<Cow<'a, [
 /// decoding checks the wire format only.
 pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError> {
     let raw = decompress(body, limits)?;
-    Ok(Profile::decode(raw.as_ref())?)
+    Ok(super::wire::decode_profile(raw.as_ref())?)
 }
