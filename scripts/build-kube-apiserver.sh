@@ -55,13 +55,20 @@ if [ ! -x "$assets/kube-apiserver" ]; then
   # reflect2 1.0.1 (vendored) breaks on Go >= 1.18; Debian ships 1.0.2.
   reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
   rsync -a --delete --exclude '.git' "$reflect2_src/" vendor/github.com/modern-go/reflect2/
-  export PATH="/usr/lib/go-1.19/bin:$PATH" GOFLAGS=-mod=vendor GO111MODULE=on
+  # The Go build cache lives beside the tree so that both go once the binary is out.
+  export PATH="/usr/lib/go-1.19/bin:$PATH" GOFLAGS=-mod=vendor GO111MODULE=on GOCACHE="$cache/go-build"
   log "make generated_files (go: $(go version))"
   make generated_files >&2
   log "make WHAT=cmd/kube-apiserver"
   make WHAT=cmd/kube-apiserver >&2
   cp _output/bin/kube-apiserver "$assets/kube-apiserver.tmp"
   mv "$assets/kube-apiserver.tmp" "$assets/kube-apiserver"
+  # The tree and the build cache take gigabytes that a CI machine's disk may not have spare
+  # for the Rust build that follows; only the binary is kept.
+  cd "$cache"
+  log "removing the source tree and the Go build cache ($(du -sh "$src_root" "$GOCACHE" 2>/dev/null | awk '{print $1}' | paste -sd+ -))"
+  chmod -R u+w "$src_root" "$GOCACHE" 2>/dev/null || true
+  rm -rf "$src_root" "$GOCACHE"
 fi
 
 "$assets/kube-apiserver" --version >&2 || true

@@ -1,7 +1,9 @@
 """The Helm chart, with Helm's own engine (helm-python-sdk) and the Kubernetes schemas
 (kubernetes-validate): it lints, renders with default and non-default values, every rendered
 object is valid for the oldest Kubernetes the validator knows (1.25) and a current one, and it ships the generated CRDs."""
+import os
 import pathlib
+import subprocess
 
 import helm_python
 import kubernetes_validate
@@ -62,3 +64,23 @@ def test_chart_ships_the_generated_crds():
     for generated in sorted((REPO / "crds" / "yaml").glob("*.yaml")):
         shipped = CHART / "crds" / generated.name
         assert shipped.read_text() == generated.read_text(), f"run crdgen: {shipped} differs"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_binaries_accept_the_arguments_the_chart_gives_them(kind):
+    """A renamed flag would otherwise only show up as a CrashLoopBackOff after `helm install`.
+    clap parses every argument before it acts on a trailing --help, so an unknown flag or a
+    bad value fails here."""
+    docs = render({"logFormat": "json"})
+    workload = next(doc for _, doc in docs if doc["kind"] == kind)
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    binary = container["command"][0]
+    env = {e["name"]: "test-value" for e in container.get("env", [])}
+    run = subprocess.run(
+        ["cargo", "run", "-q", "--locked", "-p", binary, "--bin", binary, "--", *container["args"], "--help"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, f"{binary} {' '.join(container['args'])}:\n{run.stderr}"

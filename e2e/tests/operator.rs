@@ -29,7 +29,10 @@ use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kubeprof_crds::{ProfilingPolicy, ProfilingTarget, conditions, health::jobs_object_name};
+use kubeprof_crds::{
+    ProfilingPolicy, ProfilingTarget, conditions,
+    health::{health_object_name, jobs_object_name},
+};
 use kubeprof_e2e::{
     TestEnv,
     procs::{Proc, eventually, pprof_demo_binary},
@@ -503,6 +506,20 @@ async fn scenarios(
         },
     )
     .await?;
+    // Its scrape-health report goes too (the operator collects reports of nodes without jobs).
+    let health_b = health_object_name(Some("node-b"));
+    eventually(
+        "node-b's health report deleted",
+        Duration::from_secs(30),
+        || async {
+            ensure!(
+                config_maps.get_opt(&health_b).await?.is_none(),
+                "{health_b} still exists"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     let before = count(profiles, "pyro-1", "process_cpu");
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(
@@ -510,7 +527,7 @@ async fn scenarios(
         before,
         "pyro-1 no longer scraped"
     );
-    say("e2e: 4. deleting the pod removed its jobs and its node's object");
+    say("e2e: 4. deleting the pod removed its jobs, its node's object and health report");
 
     // 5. A missing port -> PortNotFound; the service stopped -> FAILING; started -> recovers.
     let broken: ProfilingTarget = serde_json::from_value(json!({

@@ -5,7 +5,7 @@
 //! each scraper resolves under its own RBAC), so anyone allowed to read the operator's namespace
 //! may see them, and `kubectl get cm kubeprof-jobs.<node> -o yaml` is a useful debugging aid.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -18,7 +18,7 @@ use kubeprof_crds::{
         COMPONENT_JOBS, COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         SHARD_NODE_LABEL,
     },
-    health::{jobs_object_name, node_label_value, shard_to_data},
+    health::{health_object_name, jobs_object_name, node_label_value, shard_to_data},
     job::JobShard,
 };
 
@@ -218,19 +218,7 @@ impl Publisher {
                 }
             }
         }
-        let deletes: Vec<(String, Result<(), kube::Error>)> =
-            futures::stream::iter(orphans.into_iter().map(|name| async move {
-                let r = match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(e),
-                };
-                (name, r)
-            }))
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
-        for (name, r) in deletes {
+        for (name, r) in delete_all(api, orphans).await {
             match r {
                 Ok(()) => {
                     self.written.remove(&name);
@@ -250,9 +238,82 @@ impl Publisher {
     }
 }
 
+/// Scrape-health reports that describe no published jobs: their node has no shard (the node
+/// is gone, or has nothing to scrape). Without this, every node an autoscaler ever removed
+/// would leave its report in the operator's namespace. A scraper that still runs rewrites its
+/// report as soon as it gets jobs again, so deleting one loses nothing the status needs.
+pub fn stale_health_reports<'a>(
+    shard_nodes: &BTreeSet<Option<String>>,
+    reports: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let wanted: std::collections::HashSet<String> = shard_nodes
+        .iter()
+        .map(|node| health_object_name(node.as_deref()))
+        .collect();
+    reports
+        .into_iter()
+        .filter(|name| !wanted.contains(*name))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Publisher {
+    /// Deletes the named health reports (see [`stale_health_reports`]); returns how many went.
+    /// Failures are counted and logged: the next full pass tries again.
+    pub async fn delete_health_reports(&self, names: Vec<String>) -> usize {
+        let mut deleted = 0;
+        for (name, r) in delete_all(&self.api, names).await {
+            match r {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    self.metrics.error("delete");
+                    tracing::warn!(object = %name, error = %e, "cannot delete a stale health report");
+                }
+            }
+        }
+        deleted
+    }
+}
+
+/// Deletes the named ConfigMaps, a few at a time; one already gone counts as deleted.
+async fn delete_all(
+    api: &Api<ConfigMap>,
+    names: Vec<String>,
+) -> Vec<(String, Result<(), kube::Error>)> {
+    futures::stream::iter(names.into_iter().map(|name| async move {
+        let r = match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        };
+        (name, r)
+    }))
+    .buffer_unordered(CONCURRENT_WRITES)
+    .collect()
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_reports_of_nodes_without_jobs_are_stale() {
+        let shards = BTreeSet::from([Some("node-a".to_string()), None]);
+        let stale = stale_health_reports(
+            &shards,
+            [
+                "kubeprof-health.node-a",
+                "kubeprof-health",
+                "kubeprof-health.node-gone",
+            ],
+        );
+        assert_eq!(stale, vec!["kubeprof-health.node-gone".to_string()]);
+        assert_eq!(
+            stale_health_reports(&BTreeSet::new(), ["kubeprof-health"]),
+            vec!["kubeprof-health".to_string()]
+        );
+    }
     use kubeprof_crds::health::{
         GZIP_ABOVE_BYTES, JOB_SHARD_GZIP_KEY, shard_from_config_map as read_shard,
     };

@@ -9,7 +9,7 @@
 //! only recompute status.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
@@ -45,7 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    apply::Publisher,
+    apply::{Publisher, stale_health_reports},
     compile::{Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput, compile},
     index,
     leader::{self, LeaseSettings},
@@ -384,6 +384,8 @@ pub async fn run(
 struct Facts {
     targets: BTreeMap<(String, String), TargetFacts>,
     policies: BTreeMap<String, PolicyFacts>,
+    /// The nodes that have a published shard.
+    shard_nodes: BTreeSet<Option<String>>,
 }
 
 struct Reconciler {
@@ -489,11 +491,16 @@ impl Reconciler {
             Err(e) => tracing::warn!(error = %e, "publishing job shards failed; will retry"),
         }
         let Compiled {
-            shards: _,
+            shards,
             targets,
             policies,
         } = Arc::unwrap_or_clone(compiled);
-        self.facts = Some(Arc::new(Facts { targets, policies }));
+        let shard_nodes = shards.into_keys().collect();
+        self.facts = Some(Arc::new(Facts {
+            targets,
+            policies,
+            shard_nodes,
+        }));
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -518,6 +525,20 @@ impl Reconciler {
                 }
             })
             .collect();
+        // Runs on health changes too: a scraper that loses its last jobs writes one more report
+        // after its shard went, and that one must go as well.
+        let stale = stale_health_reports(
+            &compiled.shard_nodes,
+            stores
+                .health
+                .state()
+                .iter()
+                .filter_map(|cm| cm.metadata.name.as_deref()),
+        );
+        if !stale.is_empty() {
+            let deleted = self.publisher.delete_health_reports(stale).await;
+            tracing::info!(deleted, "deleted the health reports of nodes without jobs");
+        }
         let health = HealthIndex::new(&reports);
         let now = Timestamp::now();
         let empty = TargetFacts::default();
