@@ -494,32 +494,21 @@ async fn scenarios(
     );
     pods.delete("pyro-1", &DeleteParams::default().grace_period(0))
         .await?;
-    eventually(
-        "node-b's object deleted",
-        Duration::from_secs(30),
-        || async {
-            ensure!(
-                config_maps.get_opt(&node_b).await?.is_none(),
-                "{node_b} still exists"
-            );
-            Ok(())
-        },
-    )
-    .await?;
     // Its scrape-health report goes too (the operator collects reports of nodes without jobs).
-    let health_b = health_object_name(Some("node-b"));
-    eventually(
-        "node-b's health report deleted",
-        Duration::from_secs(30),
-        || async {
-            ensure!(
-                config_maps.get_opt(&health_b).await?.is_none(),
-                "{health_b} still exists"
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    for gone in [node_b.clone(), health_object_name(Some("node-b"))] {
+        eventually(
+            &format!("{gone} deleted"),
+            Duration::from_secs(30),
+            || async {
+                ensure!(
+                    config_maps.get_opt(&gone).await?.is_none(),
+                    "{gone} still exists"
+                );
+                Ok(())
+            },
+        )
+        .await?;
+    }
     let before = count(profiles, "pyro-1", "process_cpu");
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(
