@@ -193,6 +193,19 @@ async fn metric(listen: &str, name: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no metric {name} at {listen}"))
 }
 
+/// Waits up to 30 s for the ConfigMap `name` to be gone.
+async fn config_map_deleted(api: &Api<ConfigMap>, name: &str, by: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{name} deleted{by}"),
+        Duration::from_secs(30),
+        || async {
+            ensure!(api.get_opt(name).await?.is_none(), "{name} still exists");
+            Ok(())
+        },
+    )
+    .await
+}
+
 fn free_addr(ip: &str) -> String {
     let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
     l.local_addr().unwrap().to_string()
@@ -496,18 +509,7 @@ async fn scenarios(
         .await?;
     // Its scrape-health report goes too (the operator collects reports of nodes without jobs).
     for gone in [node_b.clone(), health_object_name(Some("node-b"))] {
-        eventually(
-            &format!("{gone} deleted"),
-            Duration::from_secs(30),
-            || async {
-                ensure!(
-                    config_maps.get_opt(&gone).await?.is_none(),
-                    "{gone} still exists"
-                );
-                Ok(())
-            },
-        )
-        .await?;
+        config_map_deleted(&config_maps, &gone, "").await?;
     }
     let before = count(profiles, "pyro-1", "process_cpu");
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -764,18 +766,7 @@ async fn scenarios(
     // The new leader acts: deleting late-1 removes node-c's object.
     pods.delete("late-1", &DeleteParams::default().grace_period(0))
         .await?;
-    eventually(
-        "node-c's object deleted by the new leader",
-        Duration::from_secs(30),
-        || async {
-            ensure!(
-                config_maps.get_opt(&node_c).await?.is_none(),
-                "{node_c} still exists"
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    config_map_deleted(&config_maps, &node_c, " by the new leader").await?;
     say(&format!(
         "e2e: 7. {leader} led, {standby} wrote nothing; killed, {standby} took over in {:.1} s (lease 6 s)",
         took.as_secs_f64()

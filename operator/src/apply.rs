@@ -5,7 +5,7 @@
 //! each scraper resolves under its own RBAC), so anyone allowed to read the operator's namespace
 //! may see them, and `kubectl get cm kubeprof-jobs.<node> -o yaml` is a useful debugging aid.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -177,7 +177,7 @@ impl Publisher {
             }
             writes.push((name, fp, cm));
         }
-        let wanted: std::collections::HashSet<String> = shards
+        let wanted: HashSet<String> = shards
             .keys()
             .map(|node| jobs_object_name(node.as_deref()))
             .collect();
@@ -236,30 +236,9 @@ impl Publisher {
             None => Ok(stats),
         }
     }
-}
 
-/// Scrape-health reports that describe no published jobs: their node has no shard (the node
-/// is gone, or has nothing to scrape). Without this, every node an autoscaler ever removed
-/// would leave its report in the operator's namespace. A scraper that still runs rewrites its
-/// report as soon as it gets jobs again, so deleting one loses nothing the status needs.
-pub fn stale_health_reports<'a>(
-    shard_nodes: &BTreeSet<Option<String>>,
-    reports: impl IntoIterator<Item = &'a str>,
-) -> Vec<String> {
-    let wanted: std::collections::HashSet<String> = shard_nodes
-        .iter()
-        .map(|node| health_object_name(node.as_deref()))
-        .collect();
-    reports
-        .into_iter()
-        .filter(|name| !wanted.contains(*name))
-        .map(str::to_string)
-        .collect()
-}
-
-impl Publisher {
     /// Deletes the named health reports (see [`stale_health_reports`]); returns how many went.
-    /// Failures are counted and logged: the next full pass tries again.
+    /// Failures are counted and logged: the next status pass tries again.
     pub async fn delete_health_reports(&self, names: Vec<String>) -> usize {
         let mut deleted = 0;
         for (name, r) in delete_all(&self.api, names).await {
@@ -273,6 +252,25 @@ impl Publisher {
         }
         deleted
     }
+}
+
+/// Scrape-health reports that describe no published jobs: their node has no shard (the node
+/// is gone, or has nothing to scrape). Without this, every node an autoscaler ever removed
+/// would leave its report in the operator's namespace. A scraper that still runs rewrites its
+/// report as soon as it gets jobs again, so deleting one loses nothing the status needs.
+pub fn stale_health_reports<'a>(
+    shard_nodes: &BTreeSet<Option<String>>,
+    reports: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let wanted: HashSet<String> = shard_nodes
+        .iter()
+        .map(|node| health_object_name(node.as_deref()))
+        .collect();
+    reports
+        .into_iter()
+        .filter(|name| !wanted.contains(*name))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Deletes the named ConfigMaps, a few at a time; one already gone counts as deleted.
@@ -296,6 +294,9 @@ async fn delete_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubeprof_crds::health::{
+        GZIP_ABOVE_BYTES, JOB_SHARD_GZIP_KEY, shard_from_config_map as read_shard,
+    };
 
     #[test]
     fn health_reports_of_nodes_without_jobs_are_stale() {
@@ -314,9 +315,6 @@ mod tests {
             vec!["kubeprof-health".to_string()]
         );
     }
-    use kubeprof_crds::health::{
-        GZIP_ABOVE_BYTES, JOB_SHARD_GZIP_KEY, shard_from_config_map as read_shard,
-    };
 
     #[test]
     fn large_shards_are_compressed_and_read_back() {

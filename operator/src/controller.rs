@@ -384,7 +384,7 @@ pub async fn run(
 struct Facts {
     targets: BTreeMap<(String, String), TargetFacts>,
     policies: BTreeMap<String, PolicyFacts>,
-    /// The nodes that have a published shard.
+    /// The nodes the compile gave a shard (published, or to be retried).
     shard_nodes: BTreeSet<Option<String>>,
 }
 
