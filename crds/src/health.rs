@@ -144,12 +144,100 @@ pub struct HealthReport {
     pub last_success: BTreeMap<String, i64>,
 }
 
+/// Why a scrape failed: the fine reason the scraper reports, the operator turns into a status
+/// condition, and metrics use as a bounded label value.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ScrapeFailure {
+    /// The request did not finish within the scrape timeout.
+    Timeout,
+    /// The target could not be reached.
+    Connect,
+    /// The target answered with an HTTP error status.
+    HttpError,
+    /// The body exceeded the profile size limit.
+    BodyTooLarge,
+    /// A referenced credential (Secret or file) could not be read.
+    Credential,
+    /// The TLS handshake failed.
+    Tls,
+    /// The request could not be built or sent.
+    Request,
+    /// The body was empty.
+    Empty,
+    /// The gzip stream ended early.
+    TruncatedGzip,
+    /// The gzip stream is corrupt.
+    CorruptGzip,
+    /// The decompressed profile exceeded its limit.
+    TooLarge,
+    /// The body is not a pprof protobuf.
+    NotPprof,
+    /// The profile's string table does not start with "".
+    BadStringTable,
+    /// The profile declares no sample types.
+    NoSampleTypes,
+    /// A string index points outside the string table.
+    DanglingString,
+    /// A sample has a different number of values than there are sample types.
+    ValueCountMismatch,
+    /// A sample or location refers to a missing location.
+    DanglingLocation,
+    /// A location refers to a missing mapping.
+    DanglingMapping,
+    /// A line refers to a missing function.
+    DanglingFunction,
+    /// An id is zero or repeated.
+    BadId,
+    /// A reason this reader does not know (written by a newer scraper).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl ScrapeFailure {
+    /// The reason as written in reports and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::HttpError => "http_error",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Credential => "credential",
+            Self::Tls => "tls",
+            Self::Request => "request",
+            Self::Empty => "empty",
+            Self::TruncatedGzip => "truncated_gzip",
+            Self::CorruptGzip => "corrupt_gzip",
+            Self::TooLarge => "too_large",
+            Self::NotPprof => "not_pprof",
+            Self::BadStringTable => "bad_string_table",
+            Self::NoSampleTypes => "no_sample_types",
+            Self::DanglingString => "dangling_string",
+            Self::ValueCountMismatch => "value_count_mismatch",
+            Self::DanglingLocation => "dangling_location",
+            Self::DanglingMapping => "dangling_mapping",
+            Self::DanglingFunction => "dangling_function",
+            Self::BadId => "bad_id",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ScrapeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A job whose last scrape failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailingJob {
-    /// Short reason (`connect`, `timeout`, `status`, `decode`, `credentials`, ...).
-    pub reason: String,
+    /// Why it failed.
+    pub reason: ScrapeFailure,
     /// The error, for the user.
     pub message: String,
     /// Failures since the last success.
@@ -218,6 +306,23 @@ mod tests {
         assert!(a.len() <= 253 && b.len() <= 253);
         assert_ne!(a, b);
         assert!(node_label_value(&long_a).is_none());
+    }
+
+    #[test]
+    fn failure_reasons_round_trip_and_unknown_ones_are_read() {
+        let all = [
+            ScrapeFailure::Timeout,
+            ScrapeFailure::Credential,
+            ScrapeFailure::ValueCountMismatch,
+            ScrapeFailure::BadId,
+        ];
+        for r in all {
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<ScrapeFailure>(&json).ok(), Some(r));
+        }
+        let newer: Result<ScrapeFailure, _> = serde_json::from_str("\"quantum_flux\"");
+        assert_eq!(newer.ok(), Some(ScrapeFailure::Unknown));
     }
 
     #[test]

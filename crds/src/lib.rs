@@ -10,6 +10,7 @@ pub mod constants;
 pub mod duration;
 pub mod health;
 pub mod job;
+pub mod labels;
 pub mod policy;
 pub mod profiles;
 pub mod relabel;

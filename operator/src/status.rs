@@ -9,7 +9,7 @@ use k8s_openapi::{
 };
 use kubeprof_crds::{
     ProfilingPolicyStatus, ProfilingTargetStatus, conditions,
-    health::{FailingJob, HealthReport},
+    health::{FailingJob, HealthReport, ScrapeFailure},
 };
 
 use crate::compile::{PolicyFacts, Problem, TargetFacts};
@@ -189,7 +189,7 @@ pub fn target_status(
         if let Some(f) = health.failing.get(id) {
             failing += 1;
             first.get_or_insert(f);
-            credential |= f.reason == "credential";
+            credential |= f.reason == ScrapeFailure::Credential;
         }
     }
     if let Some(f) = first {
@@ -338,7 +338,7 @@ mod tests {
             failing: BTreeMap::from([(
                 "b".to_string(),
                 FailingJob {
-                    reason: "connect".into(),
+                    reason: ScrapeFailure::Connect,
                     message: "connection refused".into(),
                     consecutive_failures: 2,
                 },

@@ -12,9 +12,8 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group};
-use kubeprof_crds::{RelabelConfig, relabel::compile_all};
+use kubeprof_crds::{RelabelConfig, labels, relabel::compile_all};
 use kubeprof_scraper::{
-    labels,
     pprof::{self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile},
     proto::perftools::profiles::{Function, Line, Location, Sample, ValueType},
 };
@@ -142,7 +141,7 @@ fn bench(c: &mut Criterion) {
         let raw = pprof::decompress(black_box(&gz), &limits).unwrap();
         let p = pprof::decode_profile(&raw).unwrap();
         pprof::validate(&p).unwrap();
-        let l = labels::finalize(&discovery, "memory", &rules, &Default::default()).unwrap();
+        let l = labels::finalize(discovery.clone(), "memory", &rules, &Default::default()).unwrap();
         let out = match tracker.apply(p) {
             DeltaOutcome::Delta(d) => {
                 let encoded = pprof::encode_with_samples(&raw, &d).unwrap();

@@ -342,7 +342,7 @@ pub fn health_report(
             report.failing.insert(
                 job.id.clone(),
                 FailingJob {
-                    reason: h.last_reason.unwrap_or("unknown").to_string(),
+                    reason: h.last_reason.unwrap_or_default(),
                     message: h.last_error.clone().unwrap_or_default(),
                     // Capped so that a long outage does not rewrite the report at every scrape.
                     consecutive_failures: h.consecutive_failures.min(3),

@@ -12,7 +12,10 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use kubeprof_crds::job::{ScrapeAuth, ScrapeJob, ScrapeTls};
+use kubeprof_crds::{
+    health::ScrapeFailure,
+    job::{ScrapeAuth, ScrapeJob, ScrapeTls},
+};
 
 use crate::credentials::{self, CredentialError, SecretSource};
 
@@ -52,16 +55,16 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// A short, fixed label for metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as reported in health reports and metrics.
+    pub fn reason(&self) -> ScrapeFailure {
         match self {
-            Self::Timeout(_) => "timeout",
-            Self::Connect(_) => "connect",
-            Self::Status { .. } => "http_error",
-            Self::BodyTooLarge { .. } => "body_too_large",
-            Self::Credential(_) => "credential",
-            Self::Tls(_) => "tls",
-            Self::Request(_) => "request",
+            Self::Timeout(_) => ScrapeFailure::Timeout,
+            Self::Connect(_) => ScrapeFailure::Connect,
+            Self::Status { .. } => ScrapeFailure::HttpError,
+            Self::BodyTooLarge { .. } => ScrapeFailure::BodyTooLarge,
+            Self::Credential(_) => ScrapeFailure::Credential,
+            Self::Tls(_) => ScrapeFailure::Tls,
+            Self::Request(_) => ScrapeFailure::Request,
         }
     }
 }

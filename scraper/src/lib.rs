@@ -8,7 +8,6 @@ pub mod credentials;
 pub mod discovery;
 pub mod fetch;
 pub mod flamegraph;
-pub mod labels;
 pub mod metrics;
 pub mod pprof;
 pub mod proto;

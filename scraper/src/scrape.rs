@@ -13,7 +13,9 @@ use std::{
 };
 
 use kubeprof_crds::{
+    health::ScrapeFailure,
     job::ScrapeJob,
+    labels as pipeline,
     relabel::{Labels, compile_all},
 };
 use tokio::sync::{Semaphore, watch};
@@ -21,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     fetch::Fetcher,
-    labels,
     metrics::{Metrics, OutcomeLabels, ScrapeLabels, TypeLabels},
     pprof::{self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker},
     sinks::{Envelope, Fanout},
@@ -35,7 +36,7 @@ pub struct JobHealth {
     /// The last error, cleared by a success.
     pub last_error: Option<String>,
     /// The fixed reason of the last error (the metric's `outcome`).
-    pub last_reason: Option<&'static str>,
+    pub last_reason: Option<ScrapeFailure>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
 }
@@ -94,7 +95,7 @@ impl Pipeline {
             .clone()
     }
 
-    fn record(&self, job: &ScrapeJob, result: Result<(), (&'static str, String)>) {
+    fn record(&self, job: &ScrapeJob, result: Result<(), (ScrapeFailure, String)>) {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let h = health.entry(job.id.clone()).or_default();
         match result {
@@ -110,9 +111,9 @@ impl Pipeline {
             Err((reason, message)) => {
                 // Logged when a job starts failing, not at every interval.
                 if h.consecutive_failures == 0 {
-                    tracing::warn!(job = %job.origin.name, address = %job.address, profile = %job.profile.name, reason, error = %message, "scrape failing");
+                    tracing::warn!(job = %job.origin.name, address = %job.address, profile = %job.profile.name, reason = reason.as_str(), error = %message, "scrape failing");
                 } else {
-                    tracing::debug!(job = %job.origin.name, address = %job.address, reason, error = %message, "scrape failed");
+                    tracing::debug!(job = %job.origin.name, address = %job.address, reason = reason.as_str(), error = %message, "scrape failed");
                 }
                 h.last_error = Some(message);
                 h.last_reason = Some(reason);
@@ -141,9 +142,12 @@ struct RunningJob {
 impl RunningJob {
     fn new(job: ScrapeJob) -> Self {
         let labels = match compile_all(&job.relabelings) {
-            Ok(rules) => {
-                labels::finalize(&job.labels, &job.profile.name, &rules, &job.external_labels)
-            }
+            Ok(rules) => pipeline::finalize(
+                job.labels.clone(),
+                &job.profile.name,
+                &rules,
+                &job.external_labels,
+            ),
             Err(e) => {
                 tracing::error!(job = %job.origin.name, error = %e, "invalid relabel rules; job not scraped");
                 None
@@ -365,7 +369,7 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
     let body = match fetched {
         Ok(body) => body,
         Err(e) => {
-            count(e.reason());
+            count(e.reason().as_str());
             pipeline.record(job, Err((e.reason(), e.to_string())));
             return;
         }
@@ -380,13 +384,16 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
         Ok(d) => d,
         Err(e) => {
             count("decode_error");
-            pipeline.record(job, Err((e.reason(), format!("{e}"))));
+            pipeline.record(job, Err((decode_failure(&e), format!("{e}"))));
             return;
         }
     };
     if let Err(e) = pprof::validate(&profile) {
         count("invalid_profile");
-        pipeline.record(job, Err((e.reason(), format!("invalid profile: {e}"))));
+        pipeline.record(
+            job,
+            Err((invalid_failure(&e), format!("invalid profile: {e}"))),
+        );
         return;
     }
     let bytes = if job.profile.delta {
@@ -426,4 +433,29 @@ async fn scrape_once(pipeline: &Pipeline, running: &RunningJob, tracker: &mut De
         job_id: running.job_id.clone(),
     };
     pipeline.fanout().send(envelope, &job.sinks);
+}
+
+/// The reported reason of a profile that could not be decoded.
+fn decode_failure(e: &pprof::DecodeError) -> ScrapeFailure {
+    match e {
+        pprof::DecodeError::Empty => ScrapeFailure::Empty,
+        pprof::DecodeError::TruncatedGzip => ScrapeFailure::TruncatedGzip,
+        pprof::DecodeError::CorruptGzip(_) => ScrapeFailure::CorruptGzip,
+        pprof::DecodeError::TooLarge { .. } => ScrapeFailure::TooLarge,
+        pprof::DecodeError::NotPprof(_) => ScrapeFailure::NotPprof,
+    }
+}
+
+/// The reported reason of a profile that failed validation.
+fn invalid_failure(e: &pprof::ValidateError) -> ScrapeFailure {
+    match e {
+        pprof::ValidateError::BadStringTable => ScrapeFailure::BadStringTable,
+        pprof::ValidateError::NoSampleTypes => ScrapeFailure::NoSampleTypes,
+        pprof::ValidateError::DanglingString { .. } => ScrapeFailure::DanglingString,
+        pprof::ValidateError::ValueCount { .. } => ScrapeFailure::ValueCountMismatch,
+        pprof::ValidateError::DanglingLocation { .. } => ScrapeFailure::DanglingLocation,
+        pprof::ValidateError::DanglingMapping { .. } => ScrapeFailure::DanglingMapping,
+        pprof::ValidateError::DanglingFunction { .. } => ScrapeFailure::DanglingFunction,
+        pprof::ValidateError::BadId { .. } => ScrapeFailure::BadId,
+    }
 }

@@ -230,7 +230,7 @@ async fn https_targets_with_ca_client_certificate_and_server_name() {
         .await
         .unwrap_err();
     assert!(matches!(e, FetchError::Tls(_)), "{e:?}");
-    assert_eq!(e.reason(), "tls");
+    assert_eq!(e.reason().as_str(), "tls");
 
     // Without our CA the system roots do not know the target's issuer.
     let no_ca = ScrapeTls {
@@ -238,7 +238,7 @@ async fn https_targets_with_ca_client_certificate_and_server_name() {
         ..mtls.clone()
     };
     let e = fetcher.fetch(&job(&addr, no_ca), limit).await.unwrap_err();
-    assert_eq!(e.reason(), "tls", "{e:?}");
+    assert_eq!(e.reason().as_str(), "tls", "{e:?}");
 
     // Without a client certificate the target refuses us.
     let no_cert = ScrapeTls {
@@ -250,7 +250,10 @@ async fn https_targets_with_ca_client_certificate_and_server_name() {
         .fetch(&job(&addr, no_cert), limit)
         .await
         .unwrap_err();
-    assert!(matches!(e.reason(), "tls" | "connect" | "request"), "{e:?}");
+    assert!(
+        matches!(e.reason().as_str(), "tls" | "connect" | "request"),
+        "{e:?}"
+    );
 
     // insecureSkipVerify: no CA, no name, still encrypted, still our certificate.
     let skip = ScrapeTls {

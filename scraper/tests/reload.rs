@@ -149,6 +149,6 @@ async fn bearer_and_basic_credentials_come_from_files() {
     .unwrap();
     let job = config.job_set().jobs.into_iter().next().unwrap();
     let err = fetcher.fetch(&job, 1 << 20).await.unwrap_err();
-    assert_eq!(err.reason(), "credential");
+    assert_eq!(err.reason().as_str(), "credential");
     assert!(err.to_string().contains("/nonexistent/token"), "{err}");
 }
