@@ -32,9 +32,17 @@ pub struct JobShard {
     pub node: Option<String>,
     /// The jobs, sorted by id.
     pub jobs: Vec<ScrapeJob>,
-    /// Every sink a job names, sorted by name.
+    /// Every sink a job names, sorted by name; each sink's `name` is its key ([`sink_key`]).
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+}
+
+/// The key of sink `sink` of policy `policy` in a shard. Sinks are identified by their policy
+/// and name together: two policies may both define a sink called `default`, and each policy's
+/// profiles must reach its own. Policy names are DNS subdomains (no `/`), so the key is unique.
+/// Standalone configurations have no policy and use the sink's name as its key.
+pub fn sink_key(policy: &str, sink: &str) -> String {
+    format!("{policy}/{sink}")
 }
 
 /// Why a published shard could not be read.
@@ -244,7 +252,7 @@ pub struct ScrapeJob {
     /// TLS settings for `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ScrapeTls>,
-    /// Names of the sinks to send to.
+    /// Keys of the sinks to send to (see [`sink_key`]); empty: the profile goes nowhere.
     #[serde(default)]
     pub sinks: Vec<String>,
     /// Largest body accepted, in bytes as fetched (before decompression).

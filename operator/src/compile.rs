@@ -28,9 +28,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use kubeprof_crds::{
     Duration, ResolvedProfile, Scheme, conditions,
     constants::labels,
-    job::{CredentialRef, JobOrigin, JobShard, OriginKind, ScrapeAuth, ScrapeJob, ScrapeTls},
+    job::{
+        CredentialRef, JobOrigin, JobShard, OriginKind, ScrapeAuth, ScrapeJob, ScrapeTls, sink_key,
+    },
+    labels as pipeline,
     policy::{PolicyDefaults, ProfilingPolicySpec},
-    relabel::{Labels, compile_all, relabel, sanitize_label_name},
+    relabel::{Labels, compile_all},
     target::{Endpoint, ProfilingTargetSpec},
 };
 
@@ -273,18 +276,20 @@ impl<'a> Rules<'a> {
             .collect()
     }
 
+    /// Keys ([`sink_key`]) of the governing policy's sinks a target wants (all of them when it
+    /// names none); a problem for each name the policy does not define.
     pub(crate) fn sinks(&self, wanted: &[String], problems: &mut BTreeSet<Problem>) -> Vec<String> {
-        let defined: Vec<String> = self
-            .policy
-            .map(|p| p.spec.sinks.iter().map(|s| s.name.clone()).collect())
-            .unwrap_or_default();
+        let Some(policy) = self.policy else {
+            return Vec::new();
+        };
+        let defined = || policy.spec.sinks.iter().map(|s| s.name.as_str());
         if wanted.is_empty() {
-            return defined;
+            return defined().map(|n| sink_key(&policy.name, n)).collect();
         }
         wanted
             .iter()
             .filter(|w| {
-                let ok = defined.contains(w);
+                let ok = defined().any(|d| d == w.as_str());
                 if !ok {
                     problems.insert(Problem {
                         reason: conditions::REASON_INVALID_SPEC,
@@ -293,13 +298,12 @@ impl<'a> Rules<'a> {
                 }
                 ok
             })
-            .cloned()
+            .map(|w| sink_key(&policy.name, w))
             .collect()
     }
 }
 
-/// Discovery labels of a pod's container port, as Prometheus' Kubernetes discovery names them,
-/// plus the friendly labels every profile carries.
+/// Discovery labels of a pod's container port (the shared label pipeline's first step).
 pub(crate) fn discovery_labels(
     pod: &PodInfo,
     container: &str,
@@ -307,51 +311,24 @@ pub(crate) fn discovery_labels(
     address: &str,
     scheme: Scheme,
 ) -> Labels {
-    let mut l = Labels::new();
-    l.insert(labels::ADDRESS.into(), address.into());
-    l.insert(labels::SCHEME.into(), scheme.as_str().into());
-    l.insert(labels::META_NAMESPACE.into(), pod.namespace.clone());
-    l.insert(labels::META_POD_NAME.into(), pod.name.clone());
-    l.insert(labels::META_POD_UID.into(), pod.uid.clone());
-    if let Some(ip) = &pod.ip {
-        l.insert(labels::META_POD_IP.into(), ip.clone());
-    }
-    l.insert(labels::META_CONTAINER_NAME.into(), container.into());
-    if let Some(name) = &port.name {
-        l.insert(labels::META_CONTAINER_PORT_NAME.into(), name.clone());
-    }
-    l.insert(
-        labels::META_CONTAINER_PORT_NUMBER.into(),
-        port.number.to_string(),
-    );
-    if let Some(node) = &pod.node {
-        l.insert(labels::META_NODE_NAME.into(), node.clone());
-        l.insert("node".into(), node.clone());
-    }
-    for (k, v) in &pod.labels {
-        l.insert(
-            format!(
-                "{}{}",
-                labels::META_POD_LABEL_PREFIX,
-                sanitize_label_name(k)
-            ),
-            v.clone(),
-        );
-    }
-    for (k, v) in &pod.annotations {
-        l.insert(
-            format!(
-                "{}{}",
-                labels::META_POD_ANNOTATION_PREFIX,
-                sanitize_label_name(k)
-            ),
-            v.clone(),
-        );
-    }
-    l.insert("namespace".into(), pod.namespace.clone());
-    l.insert("pod".into(), pod.name.clone());
-    l.insert("container".into(), container.into());
-    l
+    pipeline::pod_discovery_labels(
+        &pipeline::PodContainer {
+            namespace: &pod.namespace,
+            pod: &pod.name,
+            uid: &pod.uid,
+            ip: pod.ip.as_deref(),
+            node: pod.node.as_deref(),
+            labels: &pod.labels,
+            annotations: &pod.annotations,
+            container,
+        },
+        Some(&pipeline::TargetPort {
+            name: port.name.as_deref(),
+            number: port.number,
+            address,
+            scheme: scheme.as_str(),
+        }),
+    )
 }
 
 /// The container and port a pod serves `port`/`port_number` on.
@@ -421,26 +398,17 @@ pub(crate) fn build_jobs(
     let mut jobs = Vec::new();
     for profile in profiles {
         let mut l = labels.clone();
-        l.insert(labels::NAME.into(), profile.name.clone());
         l.insert(labels::PROFILE_PATH.into(), profile.path.clone());
-        if !relabel(&mut l, &compiled) {
+        let Some(l) = pipeline::apply_rules(l, &profile.name, &compiled) else {
             continue;
-        }
+        };
         let Some(address) = l.get(labels::ADDRESS).cloned() else {
             continue;
         };
-        // Relabelling is done: the discovery labels have served their purpose. Publishing only
-        // the final labels keeps shards small (a pod's annotations alone can be kilobytes).
-        if !l.contains_key(labels::SERVICE_NAME)
-            && let (Some(ns), Some(c)) = (
-                l.get(labels::META_NAMESPACE),
-                l.get(labels::META_CONTAINER_NAME),
-            )
-        {
-            let service = format!("{ns}/{c}");
-            l.insert(labels::SERVICE_NAME.into(), service);
-        }
-        l.retain(|k, _| !k.starts_with(labels::RESERVED_PREFIX) || k == labels::NAME);
+        // Relabelling is done here, once: publishing only the final labels keeps shards small
+        // (a pod's annotations alone can be kilobytes). External labels travel separately and
+        // are added by the scraper, which runs the same pipeline again without rules.
+        let l = pipeline::finish(l, &profile.name, &Labels::new());
         jobs.push(ScrapeJob {
             id: ScrapeJob::identity(origin, &address, &profile.name, &profile.path),
             origin: origin.clone(),
@@ -726,11 +694,18 @@ pub fn compile(inputs: &Inputs) -> Compiled {
         jobs.extend(pod_jobs.into_iter().map(|j| (pod.node.clone(), j)));
     }
 
-    // Shards: jobs per node, with the sinks their jobs name.
-    let all_sinks: BTreeMap<&str, &kubeprof_crds::policy::SinkSpec> = inputs
+    // Shards: jobs per node, with the sinks their jobs name, keyed by (policy, name).
+    let all_sinks: BTreeMap<String, kubeprof_crds::policy::SinkSpec> = inputs
         .policies
         .iter()
-        .flat_map(|p| p.spec.sinks.iter().map(|s| (s.name.as_str(), s)))
+        .flat_map(|p| {
+            p.spec.sinks.iter().map(|s| {
+                let key = sink_key(&p.name, &s.name);
+                let mut spec = s.clone();
+                spec.name.clone_from(&key);
+                (key, spec)
+            })
+        })
         .collect();
     let mut by_node: BTreeMap<Option<String>, Vec<ScrapeJob>> = BTreeMap::new();
     for (node, job) in jobs {
@@ -743,7 +718,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
             .collect();
         let sinks = names
             .iter()
-            .filter_map(|n| all_sinks.get(n).map(|s| (*s).clone()))
+            .filter_map(|n| all_sinks.get(*n).cloned())
             .collect();
         out.shards
             .insert(node.clone(), JobShard::new(node, jobs, sinks));

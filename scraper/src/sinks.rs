@@ -488,6 +488,7 @@ async fn wait_closed(handle: &SinkHandle) {
 pub struct Fanout {
     sinks: Arc<Vec<Arc<SinkHandle>>>,
     workers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    metrics: Metrics,
 }
 
 impl Fanout {
@@ -514,6 +515,7 @@ impl Fanout {
         Self {
             sinks: Arc::new(sinks),
             workers: Arc::new(Mutex::new(workers)),
+            metrics: metrics.clone(),
         }
     }
 
@@ -542,19 +544,37 @@ impl Fanout {
         Ok(Self::start(backends, retry, metrics))
     }
 
-    /// Queues `envelope` for every sink in `names` (all sinks when empty).
+    /// Queues `envelope` for every sink in `names`. A name no sink has, or an empty list, is
+    /// counted as dropped (`no_such_sink`, `no_sink`): an empty list never means "every sink",
+    /// or one team's profiles could reach another team's store.
     pub fn send(&self, envelope: Envelope, names: &[String]) {
-        let targets: Vec<&Arc<SinkHandle>> = self
-            .sinks
-            .iter()
-            .filter(|s| names.is_empty() || names.iter().any(|n| *n == s.name))
-            .collect();
+        if names.is_empty() {
+            self.count_unrouted("", "no_sink");
+            return;
+        }
+        let mut targets: Vec<&Arc<SinkHandle>> = Vec::with_capacity(names.len());
+        for name in names {
+            match self.sinks.iter().find(|s| s.name == *name) {
+                Some(s) => targets.push(s),
+                None => self.count_unrouted(name, "no_such_sink"),
+            }
+        }
         if let Some((last, rest)) = targets.split_last() {
             for s in rest {
                 s.push(envelope.clone());
             }
             last.push(envelope);
         }
+    }
+
+    fn count_unrouted(&self, sink: &str, reason: &str) {
+        self.metrics
+            .sink_dropped
+            .get_or_create(&SinkReasonLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Profiles waiting in all queues.

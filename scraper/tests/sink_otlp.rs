@@ -136,8 +136,8 @@ async fn otlp_receives_resource_attributes_and_the_same_profile() {
         fast_retry(),
         &metrics,
     );
-    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &[]);
-    fanout.send(envelope("memory", "heap.pb.gz"), &[]);
+    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &["otel".into()]);
+    fanout.send(envelope("memory", "heap.pb.gz"), &["otel".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
 
     let requests = r.requests.lock().unwrap();
@@ -214,7 +214,7 @@ async fn an_otlp_receiver_answering_400_is_not_retried() {
         fast_retry(),
         &metrics,
     );
-    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &[]);
+    fanout.send(envelope("process_cpu", "cpu.pb.gz"), &["otel".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
     assert_eq!(r.calls.load(Ordering::SeqCst), 1, "no retry after a 400");
     assert_eq!(

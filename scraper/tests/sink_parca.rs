@@ -107,7 +107,7 @@ async fn parca_receives_labels_token_and_the_profile() {
         RetryConfig::default(),
         &metrics,
     );
-    fanout.send(envelope(), &[]);
+    fanout.send(envelope(), &["parca".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
     let writes = store.writes.lock().unwrap();
     assert_eq!(writes.len(), 1);
@@ -155,7 +155,7 @@ async fn unavailable_is_retried_and_invalid_argument_is_not() {
         retry,
         &metrics,
     );
-    fanout.send(envelope(), &[]);
+    fanout.send(envelope(), &["parca".into()]);
     eventually("retries", || {
         metrics
             .sink_retries
@@ -170,7 +170,7 @@ async fn unavailable_is_retried_and_invalid_argument_is_not() {
     eventually("delivery", || store.writes.lock().unwrap().len() == 1).await;
 
     *store.refuse.lock().unwrap() = Some(tonic::Code::InvalidArgument);
-    fanout.send(envelope(), &[]);
+    fanout.send(envelope(), &["parca".into()]);
     let rejected = || {
         metrics
             .sink_dropped
@@ -199,7 +199,7 @@ async fn a_parca_that_is_not_there_is_retried_without_crashing() {
         retry,
         &metrics,
     );
-    fanout.send(envelope(), &[]);
+    fanout.send(envelope(), &["parca".into()]);
     eventually("retries", || {
         metrics
             .sink_retries

@@ -119,8 +119,8 @@ async fn pyroscope_receives_labels_tenant_auth_and_the_profile() {
         fast_retry(),
         &metrics,
     );
-    fanout.send(envelope("process_cpu", "cpu.pb.gz", 1000), &[]);
-    fanout.send(envelope("mutex", "mutex.pb.gz", 2000), &[]);
+    fanout.send(envelope("process_cpu", "cpu.pb.gz", 1000), &["pyro".into()]);
+    fanout.send(envelope("mutex", "mutex.pb.gz", 2000), &["pyro".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
 
     let pushes = r.pushes.lock().unwrap();
@@ -178,7 +178,10 @@ async fn a_sink_that_is_down_queues_to_the_limit_then_drains() {
         &metrics,
     );
     for i in 0..20 {
-        fanout.send(envelope("goroutine", "goroutine.pb.gz", i), &[]);
+        fanout.send(
+            envelope("goroutine", "goroutine.pb.gz", i),
+            &["pyro".into()],
+        );
     }
     let dropped = |reason: &str| {
         metrics
@@ -240,7 +243,10 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
         fast_retry(),
         &metrics,
     );
-    fanout.send(envelope("goroutine", "goroutine.pb.gz", 1), &[]);
+    fanout.send(
+        envelope("goroutine", "goroutine.pb.gz", 1),
+        &["pyro".into()],
+    );
     let counter = |reason: &str| {
         metrics
             .sink_dropped
@@ -255,7 +261,10 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
     assert_eq!(r.calls.load(Ordering::SeqCst), 1, "a 400 was retried");
 
     r.status.store(429, Ordering::SeqCst);
-    fanout.send(envelope("goroutine", "goroutine.pb.gz", 2), &[]);
+    fanout.send(
+        envelope("goroutine", "goroutine.pb.gz", 2),
+        &["pyro".into()],
+    );
     eventually("a retry after 429", || r.calls.load(Ordering::SeqCst) >= 2).await;
     r.status.store(200, Ordering::SeqCst);
     eventually("delivery after 429", || {
@@ -263,6 +272,44 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
     })
     .await;
     fanout.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn profiles_for_no_sink_or_a_missing_one_go_nowhere_and_are_counted() {
+    let (r, url) = receiver().await;
+    let metrics = Metrics::unregistered();
+    let fanout = Fanout::start(
+        vec![("pyro".into(), pyroscope(&url), QueueConfig::default())],
+        fast_retry(),
+        &metrics,
+    );
+    // An ungoverned job (no sinks) must not fall back to every sink of the node.
+    fanout.send(envelope("goroutine", "goroutine.pb.gz", 1), &[]);
+    fanout.send(
+        envelope("goroutine", "goroutine.pb.gz", 2),
+        &["gone".into()],
+    );
+    fanout.send(
+        envelope("goroutine", "goroutine.pb.gz", 3),
+        &["gone".into(), "pyro".into()],
+    );
+    let dropped = |sink: &str, reason: &str| {
+        metrics
+            .sink_dropped
+            .get_or_create(&SinkReasonLabels {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .get()
+    };
+    assert_eq!(dropped("", "no_sink"), 1);
+    assert_eq!(dropped("gone", "no_such_sink"), 2);
+    eventually("the one routed profile", || {
+        r.pushes.lock().unwrap().len() == 1
+    })
+    .await;
+    fanout.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(r.pushes.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -171,7 +171,7 @@ fn a_target_selects_running_pods_and_publishes_per_node() {
         "{:?}",
         job.labels
     );
-    assert_eq!(job.sinks, ["default-files"]);
+    assert_eq!(job.sinks, ["default/default-files"]);
     assert_eq!(c.shards[&Some("node-a".into())].sinks.len(), 1);
     assert_eq!(c.policies["default"].matched_namespaces, 2);
 }
@@ -227,11 +227,77 @@ fn the_highest_priority_policy_governs_and_ties_go_to_the_first_name() {
             .unwrap()
             .clone()
     };
-    assert_eq!(by_ns("shop").sinks, ["a-prod-files"]);
+    assert_eq!(by_ns("shop").sinks, ["a-prod/a-prod-files"]);
     assert_eq!(by_ns("shop").interval, Duration::from_secs(15));
-    assert_eq!(by_ns("dev").sinks, ["catch-all-files"]);
+    assert_eq!(by_ns("dev").sinks, ["catch-all/catch-all-files"]);
     assert_eq!(by_ns("dev").interval, Duration::from_secs(60));
     assert_eq!(c.policies["b-prod"].matched_namespaces, 0);
+}
+
+#[test]
+fn sinks_of_the_same_name_in_two_policies_stay_apart() {
+    // Two teams, two policies, each with a Pyroscope sink called `default`: each team's
+    // profiles must reach its own tenant, even when their pods share a node.
+    let team = |team: &'static str| {
+        move |spec: &mut ProfilingPolicySpec| {
+            spec.namespace_selector = Some(LabelSelector {
+                match_labels: Some(map(&[("team", team)])),
+                match_expressions: None,
+            });
+            spec.sinks = vec![SinkSpec {
+                name: "default".into(),
+                pyroscope: Some(kubeprof_crds::policy::PyroscopeSink {
+                    url: "http://pyroscope:4040".into(),
+                    tenant_id: Some(team.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }];
+        }
+    };
+    let inputs = Inputs {
+        policies: vec![
+            mk_policy("team-a", 0, team("a")),
+            mk_policy("team-b", 0, team("b")),
+        ],
+        targets: vec![
+            mk_target("a", "web", "web", port("pprof")),
+            mk_target("b", "web", "web", port("pprof")),
+        ],
+        pods: vec![
+            mk_pod("a", "w", &[("app", "web")], "n", "127.0.0.2"),
+            mk_pod("b", "w", &[("app", "web")], "n", "127.0.0.3"),
+        ],
+        namespaces: vec![mk_ns("a", &[("team", "a")]), mk_ns("b", &[("team", "b")])],
+    };
+    let c = compile(&inputs);
+    let shard = &c.shards[&Some("n".into())];
+    let tenant_of = |ns: &str| {
+        let job = shard
+            .jobs
+            .iter()
+            .find(|j| j.origin.namespace == ns)
+            .unwrap();
+        assert_eq!(job.sinks.len(), 1, "{ns}: {:?}", job.sinks);
+        let sink = shard.sinks.iter().find(|s| s.name == job.sinks[0]).unwrap();
+        sink.pyroscope.as_ref().unwrap().tenant_id.clone().unwrap()
+    };
+    assert_eq!(tenant_of("a"), "a");
+    assert_eq!(tenant_of("b"), "b");
+    assert_eq!(shard.sinks.len(), 2);
+}
+
+#[test]
+fn jobs_without_a_governing_policy_name_no_sink() {
+    let inputs = Inputs {
+        policies: vec![],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    assert!(jobs(&c).iter().all(|j| j.sinks.is_empty()));
+    assert!(c.shards.values().all(|s| s.sinks.is_empty()));
 }
 
 #[test]
