@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every test of the workspace (unit, mock, e2e).
+# The whole test suite: formatting, lints, and every test of the workspace (unit, mock API
+# server, e2e).
 #
 # The e2e tests run against a real API server: $KUBECONFIG (an existing cluster), or etcd and
 # kube-apiserver from $KUBEBUILDER_ASSETS, or the cache that scripts/build-kube-apiserver.sh

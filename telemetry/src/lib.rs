@@ -192,7 +192,7 @@ async fn collect_cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
 async fn heap_profile() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
-        "heap profiles of kubeprof itself are not available: it runs on the system allocator, which records no allocation samples\n",
+        "heap profiles of kubeprof itself are not available: its allocators (jemalloc in the operator, the system allocator in the scraper) run without allocation sampling\n",
     )
         .into_response()
 }
