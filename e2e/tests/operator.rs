@@ -42,6 +42,10 @@ use serde_json::json;
 
 const PORT: u16 = 16060;
 
+/// The processes' log filter. Not `kube=warn`: a target filter is a prefix, and that one also
+/// silences `kubeprof_*`, leaving the logs shown on failure empty.
+const LOG_FILTER: &str = "info,kube_client=warn,kube_runtime=warn";
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -148,10 +152,7 @@ impl Cluster {
                 "--renew-every",
                 "1s",
             ],
-            &[
-                ("KUBECONFIG", &self.kubeconfig),
-                ("RUST_LOG", "info,kube=warn"),
-            ],
+            &[("KUBECONFIG", &self.kubeconfig), ("RUST_LOG", LOG_FILTER)],
             &self.logs,
         )
     }
@@ -172,10 +173,7 @@ impl Cluster {
                 "--health-interval",
                 "2s",
             ],
-            &[
-                ("KUBECONFIG", &self.kubeconfig),
-                ("RUST_LOG", "info,kube=warn"),
-            ],
+            &[("KUBECONFIG", &self.kubeconfig), ("RUST_LOG", LOG_FILTER)],
             &self.logs,
         )
     }
