@@ -199,8 +199,8 @@ impl TestEnv {
                 if let Some(status) = child.try_wait()? {
                     bail!(
                         "a control-plane process exited ({status}) during start-up\netcd.log:\n{}\nkube-apiserver.log:\n{}",
-                        tail(&d.join("etcd.log")),
-                        tail(&d.join("kube-apiserver.log"))
+                        tail(&d.join("etcd.log"), 30),
+                        tail(&d.join("kube-apiserver.log"), 30)
                     );
                 }
             }
@@ -210,7 +210,7 @@ impl TestEnv {
             if Instant::now() > deadline {
                 bail!(
                     "kube-apiserver not ready after 60 s\nkube-apiserver.log:\n{}",
-                    tail(&d.join("kube-apiserver.log"))
+                    tail(&d.join("kube-apiserver.log"), 30)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -259,12 +259,25 @@ impl TestEnv {
 
     /// A fresh namespace, labelled [`E2E_LABEL`]. Delete it with [`TestNamespace::cleanup`].
     pub async fn namespace(&self, prefix: &str) -> anyhow::Result<TestNamespace> {
+        self.namespace_labelled(prefix, &[]).await
+    }
+
+    /// A fresh namespace, labelled [`E2E_LABEL`] and `labels`.
+    pub async fn namespace_labelled(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<TestNamespace> {
         let client = self.client().await?;
         let api: Api<Namespace> = Api::all(client.clone());
+        let labels = std::iter::once((E2E_LABEL, "true"))
+            .chain(labels.iter().copied())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         let ns = Namespace {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{prefix}-")),
-                labels: Some([(E2E_LABEL.to_owned(), "true".to_owned())].into()),
+                labels: Some(labels),
                 ..Default::default()
             },
             ..Default::default()
@@ -495,10 +508,11 @@ fn make_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tail(path: &Path) -> String {
+/// The last `lines` lines of the file at `path` (empty when it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `/readyz` answered ok and `/version` parsed, through kubectl (no async runtime needed here).
