@@ -13,9 +13,9 @@ use std::{
 
 use criterion::{Criterion, criterion_group};
 use kubeprof_crds::{RelabelConfig, labels, relabel::compile_all};
-use kubeprof_scraper::{
-    pprof::{self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile},
-    proto::perftools::profiles::{Function, Line, Location, Sample, ValueType},
+use kubeprof_pprof::{
+    self as pprof, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Function, Line, Location,
+    Profile, Sample, ValueType,
 };
 
 /// A Go-like allocs profile: `functions` functions, one location each, `samples` stacks of

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
+use kubeprof_pprof::DecodeLimits;
 
 use crate::{
     cluster::{ClusterSource, KubeSecrets, spawn_health_reporter},
@@ -12,7 +13,6 @@ use crate::{
     fetch::Fetcher,
     flamegraph,
     metrics::Metrics,
-    pprof::DecodeLimits,
     scrape::{Pipeline, Scheduler},
     sinks::{Fanout, RetryConfig},
     telemetry::{Telemetry, init_logging},

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::pprof::{self, DecodeLimits, Profile, string};
+use kubeprof_pprof::{self as pprof, DecodeLimits, Profile, string};
 
 /// Why a profile could not be rendered.
 #[derive(Debug, thiserror::Error)]

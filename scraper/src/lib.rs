@@ -9,7 +9,6 @@ pub mod discovery;
 pub mod fetch;
 pub mod flamegraph;
 pub mod metrics;
-pub mod pprof;
 pub mod proto;
 pub mod scrape;
 pub mod sinks;

@@ -2,14 +2,6 @@
 //! Each module mirrors the upstream protobuf package, so the wire format is the upstream one.
 #![allow(clippy::all, missing_debug_implementations, missing_docs)]
 
-/// pprof's `perftools.profiles` package.
-pub mod perftools {
-    /// The `Profile` message and its parts.
-    pub mod profiles {
-        include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
-    }
-}
-
 /// Grafana Pyroscope's `push.v1` package.
 pub mod push {
     /// Version 1.

@@ -18,13 +18,13 @@ use kubeprof_crds::{
     labels as pipeline,
     relabel::{Labels, compile_all},
 };
+use kubeprof_pprof::{self as pprof, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     fetch::Fetcher,
     metrics::{Metrics, OutcomeLabels, ScrapeLabels, TypeLabels},
-    pprof::{self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker},
     sinks::{Envelope, Fanout},
 };
 

@@ -7,12 +7,12 @@ use std::{sync::Arc, time::Duration};
 
 use common::{Behaviour, FakeTarget};
 use kubeprof_crds::job::ScrapeJob;
+use kubeprof_pprof::DecodeLimits;
 use kubeprof_scraper::{
     config::Config,
     credentials::SecretsDir,
     fetch::Fetcher,
     metrics::{Metrics, ScrapeLabels},
-    pprof::DecodeLimits,
     scrape::{Pipeline, Scheduler, phase},
     sinks::{Fanout, RetryConfig},
 };

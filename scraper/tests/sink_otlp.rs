@@ -17,9 +17,9 @@ use std::{
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use kubeprof_crds::relabel::Labels;
+use kubeprof_pprof::{self as pprof, DecodeLimits};
 use kubeprof_scraper::{
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
-    pprof::{self, DecodeLimits},
     proto::opentelemetry::proto::{
         collector::profiles::v1development::ExportProfilesServiceRequest,
         common::v1::{KeyValue, any_value},

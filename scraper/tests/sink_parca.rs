@@ -10,9 +10,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use kubeprof_pprof::{self as pprof, DecodeLimits};
 use kubeprof_scraper::{
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
-    pprof::{self, DecodeLimits},
     proto::parca::profilestore::v1alpha1::{
         WriteRawRequest, WriteRawResponse,
         profile_store_service_server::{ProfileStoreService, ProfileStoreServiceServer},

@@ -15,9 +15,9 @@ use std::{
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use kubeprof_crds::{policy::WhenFull, relabel::Labels};
+use kubeprof_pprof::{self as pprof, DecodeLimits};
 use kubeprof_scraper::{
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
-    pprof::{self, DecodeLimits},
     proto::push::v1::PushRequest,
     sinks::{
         Backend, Envelope, Fanout, QueueConfig,

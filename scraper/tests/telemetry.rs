@@ -1,11 +1,8 @@
 //! The scraper's own endpoints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kubeprof_scraper::{
-    metrics::Metrics,
-    pprof::{self, DecodeLimits},
-    telemetry::Telemetry,
-};
+use kubeprof_pprof::{self as pprof, DecodeLimits};
+use kubeprof_scraper::{metrics::Metrics, telemetry::Telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

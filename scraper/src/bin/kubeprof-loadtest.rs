@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
                 out.display()
             );
         }
-        if let Ok(profile) = kubeprof_scraper::pprof::decode(&body, &Default::default())
+        if let Ok(profile) = kubeprof_pprof::decode(&body, &Default::default())
             && let Ok((_, folded)) = kubeprof_scraper::flamegraph::fold(&profile, None)
         {
             let mut leaf: std::collections::HashMap<String, i64> = std::collections::HashMap::new();

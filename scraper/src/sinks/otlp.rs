@@ -11,20 +11,18 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use kubeprof_pprof::{DecodeLimits, Profile, decode};
 use prost::Message as _;
 
 use super::{Envelope, SendError};
-use crate::{
-    pprof::{DecodeLimits, Profile, decode},
-    proto::opentelemetry::proto::{
-        collector::profiles::v1development::ExportProfilesServiceRequest,
-        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
-        profiles::v1development::{
-            AggregationTemporality, Function, Line, Location, Mapping, Profile as OtlpProfile,
-            ProfilesDictionary, ResourceProfiles, Sample, ScopeProfiles, ValueType,
-        },
-        resource::v1::Resource,
+use crate::proto::opentelemetry::proto::{
+    collector::profiles::v1development::ExportProfilesServiceRequest,
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    profiles::v1development::{
+        AggregationTemporality, Function, Line, Location, Mapping, Profile as OtlpProfile,
+        ProfilesDictionary, ResourceProfiles, Sample, ScopeProfiles, ValueType,
     },
+    resource::v1::Resource,
 };
 
 /// The request path under the endpoint.
@@ -172,19 +170,18 @@ pub fn convert(
             AggregationTemporality::Delta
         }
     };
-    let value_type =
-        |vt: &crate::proto::perftools::profiles::ValueType| -> Result<ValueType, ConvertError> {
-            let name = profile
-                .string_table
-                .get(vt.r#type as usize)
-                .map(String::as_str)
-                .unwrap_or("");
-            Ok(ValueType {
-                type_strindex: strindex(vt.r#type)?,
-                unit_strindex: strindex(vt.unit)?,
-                aggregation_temporality: temporality(name) as i32,
-            })
-        };
+    let value_type = |vt: &kubeprof_pprof::ValueType| -> Result<ValueType, ConvertError> {
+        let name = profile
+            .string_table
+            .get(vt.r#type as usize)
+            .map(String::as_str)
+            .unwrap_or("");
+        Ok(ValueType {
+            type_strindex: strindex(vt.r#type)?,
+            unit_strindex: strindex(vt.unit)?,
+            aggregation_temporality: temporality(name) as i32,
+        })
+    };
 
     let mut out = OtlpProfile {
         sample_type: profile

@@ -22,8 +22,7 @@ use std::{
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{Profile, string};
-use crate::proto::perftools::profiles::Sample;
+use crate::{Profile, Sample, string};
 
 /// The (type, unit) pairs Go reports as counts since process start.
 const CUMULATIVE: [(&str, &str); 4] = [

@@ -11,8 +11,7 @@ use std::ops::Range;
 
 use prost::Message as _;
 
-use super::Profile;
-use crate::proto::perftools::profiles::{Label, Sample};
+use crate::{Label, Profile, Sample};
 
 /// Why bytes are not a profile.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +258,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let gz = std::fs::read(path).unwrap_or_default();
-        super::super::decompress(&gz, &Default::default())
+        crate::decompress(&gz, &Default::default())
             .map(|c| c.into_owned())
             .unwrap_or_default()
     }
@@ -311,7 +310,6 @@ mod tests {
 
     #[test]
     fn samples_are_encoded_as_prost_encodes_them() {
-        use crate::proto::perftools::profiles::Label;
         let samples = [
             Sample::default(),
             Sample {

@@ -1,10 +1,11 @@
-//! The pprof layer on real Go profiles: decoding, validation, deltas to the byte, and bad input.
+//! The codec on real Go profiles: decoding, validation, deltas to the byte, and bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use kubeprof_scraper::pprof::{
-    self, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile, cumulative_indices,
+use kubeprof_pprof::{
+    self as pprof, DecodeLimits, DeltaLimits, DeltaOutcome, DeltaTracker, Profile,
+    cumulative_indices,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -268,79 +269,4 @@ fn a_gzip_bomb_stops_at_the_limit() {
     .unwrap_err();
     assert_eq!(err.reason(), "too_large");
     assert!(err.to_string().contains("67108864"), "{err}");
-}
-
-/// An independent pprof reader: `go tool pprof` must read what the file sink stores of a delta
-/// (encoded as the scrape path does, tables copied from the target's bytes) and show the
-/// fixture's hot functions.
-#[tokio::test]
-async fn go_tool_pprof_reads_deltas_stored_by_the_file_sink() {
-    use kubeprof_scraper::sinks::{
-        Envelope,
-        file::{FileConfig, FileSink},
-    };
-    if std::process::Command::new("go")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED go_tool_pprof_reads_deltas_stored_by_the_file_sink: no `go` on PATH (apt-get install golang-go)"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sink = FileSink::new(FileConfig {
-        directory: dir.path().join("profiles"),
-        retention_bytes: 1 << 30,
-    });
-    for (i, (first, second, kind, hot)) in [
-        (
-            "mutex.pb.gz",
-            "mutex-2.pb.gz",
-            "mutex",
-            "main.contendedMutex",
-        ),
-        (
-            "allocs.pb.gz",
-            "allocs-2.pb.gz",
-            "memory",
-            "main.leakyAllocator",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let (_, _, d) = delta_of(first, second);
-        let body = fixture(second);
-        let raw = pprof::decompress(&body, &DecodeLimits::default()).unwrap();
-        let envelope = Envelope {
-            labels: [("__name__", kind), ("service_name", "demo/app")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            profile: pprof::encode_delta(&raw, &d).into(),
-            start: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + i as u64),
-            end: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001 + i as u64),
-            job_id: "job".into(),
-        };
-        let path = sink.path_for(&envelope);
-        sink.send(std::slice::from_ref(&envelope)).await.unwrap();
-        assert!(path.exists(), "{} written", path.display());
-        let out = std::process::Command::new("go")
-            .args(["tool", "pprof", "-top", "-sample_index=0"])
-            .arg(&path)
-            .env("HOME", dir.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "go tool pprof failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(stdout.contains(hot), "{hot} not in:\n{stdout}");
-    }
 }

@@ -1,20 +1,22 @@
-//! The pprof layer: decode (gzip or raw, with a decompression limit), validate, turn cumulative
-//! profiles into deltas, and encode again.
+//! kubeprof-pprof: the pprof codec. The `perftools.profiles` messages (generated from
+//! `proto/`), decoding (gzip or raw, with a decompression limit), validation, deltas of
+//! cumulative profiles, and encoding again.
 //!
 //! Profiles are forwarded as the bytes the target sent whenever nothing changed them; only a
 //! delta profile (or a raw, uncompressed body) is re-encoded.
+#![forbid(unsafe_code)]
 
 mod decode;
 mod delta;
+mod proto;
 mod validate;
 mod wire;
 
 pub use decode::{DecodeError, DecodeLimits, decode, decompress, is_gzip};
 pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
+pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use validate::{ValidateError, validate};
 pub use wire::{WireError, decode_profile, encode_with_samples};
-
-pub use crate::proto::perftools::profiles::Profile;
 
 use std::io::Write as _;
 
