@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+mod self_profile;
+
 /// Shared state of the endpoints.
 #[derive(Clone, Debug)]
 pub struct Telemetry {
@@ -147,7 +149,7 @@ async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfilePar
         )
             .into_response();
     }
-    let result = collect_cpu_profile(Duration::from_secs(seconds)).await;
+    let result = self_profile::collect(Duration::from_secs(seconds)).await;
     t.cpu_profile_running.store(false, Ordering::Release);
     match result {
         Ok(body) => (
@@ -161,32 +163,11 @@ async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfilePar
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve a CPU profile of this process");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
     }
-}
-
-async fn collect_cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
-    let guard = pprof::ProfilerGuardBuilder::default()
-        .frequency(100)
-        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-        .build()
-        .map_err(|e| format!("cannot start the CPU profiler: {e}"))?;
-    tokio::time::sleep(duration).await;
-    let report = guard
-        .report()
-        .build()
-        .map_err(|e| format!("cannot build the profile: {e}"))?;
-    drop(guard);
-    let profile = report
-        .pprof()
-        .map_err(|e| format!("cannot encode the profile: {e}"))?;
-    use pprof::protos::Message as _;
-    let raw = profile.encode_to_vec();
-    use std::io::Write as _;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&raw)
-        .and_then(|()| gz.finish())
-        .map_err(|e| format!("cannot compress the profile: {e}"))
 }
 
 async fn heap_profile() -> Response {
