@@ -1,23 +1,47 @@
 """The Helm chart, with Helm's own engine (helm-python-sdk) and the Kubernetes schemas
-(kubernetes-validate): it lints, renders with default and non-default values, every rendered
-object is valid for the oldest Kubernetes the validator knows (1.25) and a current one, and it ships the generated CRDs."""
+(kubernetes-validate): it lints, its values schema refuses typos, its pods are hardened, its RBAC
+is exactly the README's table, every rendered object (optional ones included) is valid for the
+oldest Kubernetes the validator knows (1.25) and a current one, and it ships the generated CRDs."""
+import json
 import os
 import pathlib
+import re
 import subprocess
 
 import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+from helm_python import _native
 
 CHART = pathlib.Path(__file__).resolve().parents[1] / "kubeprof"
 REPO = CHART.parents[1]
+RELEASE = "kp"
+NAMESPACE = "kubeprof"
+
+# Every optional object switched on.
+EVERYTHING = {
+    "metrics": {"service": {"enabled": True}, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]},
+    "defaultPolicy": {"create": True},
+    "commonLabels": {"team": "platform"},
+    "commonAnnotations": {"owner": "platform@example.com"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "operator": {"priorityClassName": "high", "podLabels": {"a": "b"}, "podAnnotations": {"c": "d"}},
+    "scraper": {"priorityClassName": "node-critical", "podLabels": {"a": "b"}, "podAnnotations": {"c": "d"}},
+}
 
 
-def render(values=None):
+def render(values=None, kube_version=None):
+    """The chart's objects as [(template, object)]. `kube_version` sets .Capabilities.KubeVersion
+    (helm-python-sdk passes it to Helm but exposes it only on its native call)."""
     chart = helm_python.Chart.load(str(CHART))
     try:
-        out = chart.render(values or {}, name="kp", namespace="kubeprof", is_install=True)
+        if kube_version is None:
+            out = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        else:
+            opts = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "kube_version": kube_version}
+            out = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)))
     finally:
         chart.close()
     docs = []
@@ -28,6 +52,15 @@ def render(values=None):
     return docs
 
 
+def objects(docs, kind):
+    return [doc for _, doc in docs if doc["kind"] == kind]
+
+
+def workload(docs, kind):
+    (found,) = objects(docs, kind)
+    return found
+
+
 def test_lint_is_clean():
     result = helm_python.lint(str(CHART), strict=True)
     # Helm's severities: 1 info, 2 warning, 3 error.
@@ -35,23 +68,316 @@ def test_lint_is_clean():
     assert not messages and not result["errors"], result
 
 
+# --- values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"operater": {"replicas": 3}}, "additional properties 'operater'"),
+        ({"operator": {"replica": 3}}, "additional properties 'replica'"),
+        ({"scraper": {"fileSink": {"hostpath": "/var/lib/kp"}}}, "additional properties 'hostpath'"),
+        ({"metrics": {"serviceMonitor": {"enable": True}}}, "additional properties 'enable'"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"operator": {"replicas": "two"}}, "/operator/replicas"),
+        ({"logFormat": "xml"}, "/logFormat"),
+        # A hostPath gets its owner changed: "/" or a top-level folder of the host is refused.
+        ({"scraper": {"fileSink": {"hostPath": "/var"}}}, "/scraper/fileSink/hostPath"),
+        ({"scraper": {"fileSink": {"hostPath": "relative/dir"}}}, "/scraper/fileSink/hostPath"),
+    ],
+)
+def test_a_typo_or_wrong_type_in_values_fails_the_install(values, where):
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        render(values)
+    assert where in str(refused.value), str(refused.value)
+
+
+# Values that are Kubernetes objects (documented by `kubectl explain`), not the chart's own.
+KUBERNETES_TYPED = {"resources", "livenessProbe", "readinessProbe", "podSecurityContext", "securityContext", "spec"}
+
+
+def test_every_value_is_documented_where_it_is_defined():
+    """Each key of values.yaml the schema defines has a comment above it or on its line (keys
+    inside free-form values - resources, probes, security contexts, the policy spec - are
+    Kubernetes' own fields and are not)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack = []  # (indent, schema of that key's value)
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1] if stack else schema
+        if parent is None or "properties" not in parent:
+            stack.append((indent, None))
+            continue
+        assert key in parent["properties"], f"values.yaml:{i + 1}: {key} is not in values.schema.json"
+        above = lines[i - 1].strip() if i else ""
+        if not above.startswith("#") and "#" not in line.split(":", 1)[1]:
+            undocumented.append(f"values.yaml:{i + 1}: {key}")
+        stack.append((indent, None if key in KUBERNETES_TYPED else parent["properties"][key]))
+    assert not undocumented, "\n".join(undocumented)
+
+
+# --- hardening ------------------------------------------------------------------------------
+
+
+def pod_specs(docs):
+    return [(doc["kind"], doc["spec"]["template"]["spec"]) for doc in objects(docs, "Deployment") + objects(docs, "DaemonSet")]
+
+
+@pytest.mark.parametrize("values", [{}, {"scraper": {"fileSink": {"hostPath": ""}}}, EVERYTHING], ids=["defaults", "no-hostpath", "everything"])
+def test_every_long_running_container_is_hardened(values):
+    specs = pod_specs(render(values))
+    assert [kind for kind, _ in specs] == ["Deployment", "DaemonSet"]
+    for kind, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, (kind, pod)
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, (kind, pod)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, (kind, sc)
+            assert sc["allowPrivilegeEscalation"] is False, (kind, sc)
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (kind, sc)
+            assert sc.get("runAsUser", pod["runAsUser"]) != 0 and sc.get("runAsNonRoot", True) is True, (kind, sc)
+            assert "privileged" not in sc
+            # The CPU self-profiler's scratch space, writable under the read-only root.
+            (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert "emptyDir" in volumes[tmp["name"]], (kind, volumes[tmp["name"]])
+            assert {"name": "metrics", "containerPort": container["ports"][0]["containerPort"]} in container["ports"]
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        assert not spec.get("hostNetwork") and not spec.get("hostPID")
+
+
+def test_the_file_sink_host_directory_is_handed_over_by_a_root_step_with_only_chown():
+    spec = workload(render(), "DaemonSet")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "profiles"]
+    assert volume["hostPath"] == {"path": "/var/lib/kubeprof", "type": "DirectoryOrCreate"}
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["chown", "65532:65532", "/var/lib/kubeprof"], "not recursive: only kubeprof's own directory"
+    assert init["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+    }
+    assert init["volumeMounts"] == [{"name": "profiles", "mountPath": "/var/lib/kubeprof"}]
+    # The owner follows the scraper's user.
+    custom = render({"scraper": {"podSecurityContext": {"runAsUser": 1000, "runAsGroup": 2000}}})
+    (init,) = workload(custom, "DaemonSet")["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][1] == "1000:2000"
+
+
+def test_without_a_host_path_the_scraper_has_no_root_step_and_an_emptydir():
+    spec = workload(render({"scraper": {"fileSink": {"hostPath": ""}}}), "DaemonSet")["spec"]["template"]["spec"]
+    assert "initContainers" not in spec
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "profiles"]
+    assert volume == {"name": "profiles", "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+def test_operator_knows_its_own_deployment():
+    """What the operator needs to make its Deployment the owner of the objects it creates."""
+    docs = render({"fullnameOverride": "prof"})
+    deployment = workload(docs, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DEPLOYMENT_NAME"]["value"] == deployment["metadata"]["name"] == "prof-operator"
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert ("operator", "namespace", "apps", "deployments", "prof-operator", "get") in rendered_rbac(docs)
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+
+def readme_rbac_rows():
+    """The README's RBAC table as (account, scope, group, resource, resource name, verb, why)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n### RBAC\n", 1)[1].split("\n#", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or not cells[0].startswith("`<release>-"):
+            continue
+        account, scope, group, resources, names, verbs, why = cells
+        group = "" if group == "core" else group.strip("`")
+        split = lambda cell: [c.strip().strip("`") for c in cell.split(",") if c.strip()]
+        for resource in split(resources):
+            for name in split(names) or [None]:
+                for verb in split(verbs):
+                    rows.append((account.strip("`").removeprefix("<release>-"), scope, group, resource, name, verb, why))
+    return rows
+
+
+def expected_rbac(fullname, read_secrets=True):
+    return {
+        (account, scope, group, resource, name.replace("<release>", fullname) if name else None, verb)
+        for account, scope, group, resource, name, verb, why in readme_rbac_rows()
+        if read_secrets or "`scraper.readSecrets`" not in why
+    }
+
+
+def rendered_rbac(docs):
+    """Every rule granted to the chart's ServiceAccounts, as (account, scope, group, resource,
+    resource name, verb); scope is "cluster" (ClusterRole) or "namespace" (Role)."""
+    roles = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in docs if doc["kind"] in ("Role", "ClusterRole")}
+    granted = set()
+    for _, binding in docs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        ref = binding["roleRef"]
+        role = roles[(ref["kind"], ref["name"])]
+        scope = "cluster" if binding["kind"] == "ClusterRoleBinding" else "namespace"
+        assert binding["kind"] != "RoleBinding" or ref["kind"] == "Role"
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE, subject
+            fullname, _, account = subject["name"].rpartition("-")
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for name in rule.get("resourceNames") or [None]:
+                            for verb in rule["verbs"]:
+                                granted.add((account, scope, group, resource, name, verb))
+    return granted
+
+
+@pytest.mark.parametrize("fullname", [RELEASE, "custom"])
+def test_rbac_is_exactly_the_readme_table(fullname):
+    docs = render({"fullnameOverride": fullname} if fullname != RELEASE else {})
+    granted = rendered_rbac(docs)
+    documented = expected_rbac(fullname)
+    assert granted - documented == set(), "granted but not in README.md's RBAC table"
+    assert documented - granted == set(), "in README.md's RBAC table but not granted"
+    accounts = sorted(doc["metadata"]["name"] for doc in objects(docs, "ServiceAccount"))
+    assert accounts == [f"{fullname}-operator", f"{fullname}-scraper"]
+    assert workload(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == f"{fullname}-operator"
+    assert workload(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == f"{fullname}-scraper"
+
+
+def test_reading_secrets_is_optional():
+    docs = render({"scraper": {"readSecrets": False}})
+    assert rendered_rbac(docs) == expected_rbac(RELEASE, read_secrets=False)
+    assert not any("secrets" in rule for rule in rendered_rbac(docs))
+    assert not any(doc["metadata"]["name"].endswith("scraper-secrets") for _, doc in docs)
+
+
+def test_no_wildcards_and_no_write_access_to_secrets_or_workloads():
+    for row in rendered_rbac(render()):
+        assert "*" not in row, row
+        account, scope, group, resource, name, verb = row
+        if resource == "secrets":
+            assert verb == "get", row
+        if group == "apps":
+            assert verb == "get" and name, row
+
+
+# --- objects --------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("k8s_version", ["1.25.0", "1.33.0"])
-def test_rendered_objects_are_valid_kubernetes(k8s_version):
-    docs = render({"defaultPolicy": {"create": False}})
-    kinds = sorted(doc["kind"] for _, doc in docs)
-    assert kinds.count("Deployment") == 1 and kinds.count("DaemonSet") == 1, kinds
+@pytest.mark.parametrize("values", [{}, EVERYTHING], ids=["defaults", "everything"])
+def test_rendered_objects_are_valid_kubernetes(k8s_version, values):
+    docs = render(values)
     for name, doc in docs:
+        if doc["apiVersion"].startswith(("kubeprof.io/", "monitoring.coreos.com/")):
+            continue  # custom resources: checked by their own tests below
         kubernetes_validate.validate(doc, k8s_version, strict=True)
 
 
-def test_scraper_gets_its_node_name_and_secrets_rbac_is_optional():
+def test_optional_objects_render_only_when_enabled():
+    kinds = lambda docs: sorted(doc["kind"] for _, doc in docs)
+    default = kinds(render())
+    assert default == sorted(
+        ["ServiceAccount"] * 2
+        + ["ClusterRole"] * 2
+        + ["ClusterRoleBinding"] * 2
+        + ["Role"] * 2
+        + ["RoleBinding"] * 2
+        + ["Deployment", "DaemonSet", "PodDisruptionBudget"]
+    )
+    everything = kinds(render(EVERYTHING))
+    for kind, count in [("Service", 2), ("ServiceMonitor", 2), ("NetworkPolicy", 2), ("ProfilingPolicy", 1)]:
+        assert everything.count(kind) == count, (kind, everything)
+    assert "PodDisruptionBudget" not in kinds(render({"operator": {"replicas": 1}}))
+    assert "PodDisruptionBudget" not in kinds(render({"operator": {"podDisruptionBudget": {"enabled": False}}}))
+
+
+def test_metrics_service_and_servicemonitor_select_each_component():
+    docs = render(EVERYTHING)
+    for component, port in [("operator", 9465), ("scraper", 9464)]:
+        workload_kind = "Deployment" if component == "operator" else "DaemonSet"
+        pod_labels = workload(docs, workload_kind)["spec"]["template"]["metadata"]["labels"]
+        (service,) = [s for s in objects(docs, "Service") if s["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
+        (monitor,) = [m for m in objects(docs, "ServiceMonitor") if m["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+
+
+def test_network_policies_admit_only_the_metrics_port():
+    docs = render(EVERYTHING)
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in objects(docs, "NetworkPolicy")}
+    for component, policy in policies.items():
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}} in rule["from"]
+    scraper_selector = workload(docs, "DaemonSet")["spec"]["selector"]
+    assert {"podSelector": scraper_selector} in policies["operator"]["spec"]["ingress"][0]["from"]
+    # Without metricsFrom: the port from anywhere (a rule without `from`).
+    open_policy = objects(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    assert all("from" not in p["spec"]["ingress"][0] for p in open_policy)
+
+
+def test_extra_labels_annotations_and_pull_secrets_reach_every_object():
+    docs = render(EVERYTHING)
+    for _, doc in docs:
+        assert doc["metadata"]["labels"]["team"] == "platform", doc["metadata"]
+        assert doc["metadata"]["annotations"]["owner"] == "platform@example.com", doc["metadata"]
+    for kind, spec in pod_specs(docs):
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+        assert spec["priorityClassName"]
+    for kind in ["Deployment", "DaemonSet"]:
+        meta = workload(docs, kind)["spec"]["template"]["metadata"]
+        assert meta["labels"]["a"] == "b" and meta["labels"]["team"] == "platform"
+        assert meta["annotations"]["c"] == "d"
+
+
+def test_operator_replicas_prefer_different_nodes_and_a_pdb_keeps_one():
     docs = render()
-    daemonset = next(doc for _, doc in docs if doc["kind"] == "DaemonSet")
-    env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in env
-    assert any(doc["kind"] == "ClusterRole" and doc["metadata"]["name"].endswith("scraper-secrets") for _, doc in docs)
-    without = render({"scraper": {"readSecrets": False}})
-    assert not any(doc["metadata"]["name"].endswith("scraper-secrets") for _, doc in without)
+    deployment = workload(docs, "Deployment")
+    term = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"]["labelSelector"] == deployment["spec"]["selector"]
+    (pdb,) = objects(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+
+
+@pytest.mark.parametrize("kube_version, api_version", [("v1.20.2", "policy/v1beta1"), ("v1.21.0", "policy/v1"), ("v1.33.0", "policy/v1")])
+def test_pdb_api_version_follows_the_cluster(kube_version, api_version):
+    """policy/v1 exists from 1.21; the chart supports 1.20 (see Chart.yaml's kubeVersion)."""
+    (pdb,) = objects(render(kube_version=kube_version), "PodDisruptionBudget")
+    assert pdb["apiVersion"] == api_version
+
+
+def test_image_defaults_to_what_the_build_script_tags():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    for kind, spec in pod_specs(render()):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["image"] == f"kubeprof:{chart['appVersion']}", container["image"]
+    custom = render({"image": {"repository": "registry.example.com/kubeprof", "tag": "dev"}})
+    assert workload(custom, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/kubeprof:dev"
 
 
 def test_default_policy_renders_as_a_profilingpolicy():
@@ -72,10 +398,9 @@ def test_binaries_accept_the_arguments_the_chart_gives_them(kind):
     clap parses every argument before it acts on a trailing --help, so an unknown flag or a
     bad value fails here."""
     docs = render({"logFormat": "json"})
-    workload = next(doc for _, doc in docs if doc["kind"] == kind)
-    container = workload["spec"]["template"]["spec"]["containers"][0]
+    container = workload(docs, kind)["spec"]["template"]["spec"]["containers"][0]
     binary = container["command"][0]
-    env = {e["name"]: "test-value" for e in container.get("env", [])}
+    env = {e["name"]: e.get("value", "test-value") for e in container.get("env", [])}
     run = subprocess.run(
         ["cargo", "run", "-q", "--locked", "-p", binary, "--bin", binary, "--", *container["args"], "--help"],
         cwd=REPO,
