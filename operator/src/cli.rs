@@ -8,8 +8,8 @@ use kubeprof_telemetry::{Telemetry, init_logging};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    controller::{self, Settings},
     metrics::Metrics,
+    runtime::{self, Settings},
 };
 
 /// Reconciles ProfilingPolicies, ProfilingTargets and annotated pods into per-node scrape jobs.
@@ -123,7 +123,7 @@ async fn serve(args: Args) -> ExitCode {
         stop.cancel();
     });
     let t = telemetry.clone();
-    let result = controller::run(
+    let result = runtime::run(
         client,
         settings,
         metrics,

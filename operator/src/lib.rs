@@ -2,15 +2,20 @@
 //! per-node scrape-job shards (see DESIGN.md).
 #![forbid(unsafe_code)]
 
-pub mod apply;
-pub mod cli;
+mod cli;
 pub mod compile;
-pub mod controller;
-pub mod index;
-pub mod leader;
-pub mod metrics;
-pub mod selector;
-pub mod status;
+mod index;
+mod leader;
+mod metrics;
+#[cfg(test)]
+mod mock;
+mod publish;
+mod runtime;
+mod selector;
+mod status;
+
+pub use cli::{main, main_from};
+pub use index::pod_info;
 
 /// The allocator the operator binaries install: jemalloc returns freed memory to the system,
 /// where glibc keeps the peak of a full compile at 10,000 pods as RSS.

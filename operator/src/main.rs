@@ -2,5 +2,5 @@
 static ALLOCATOR: kubeprof_operator::Jemalloc = kubeprof_operator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    kubeprof_operator::cli::main()
+    kubeprof_operator::main()
 }

@@ -1,4 +1,5 @@
-//! The operator's own metrics. Label values are fixed strings: never object names.
+//! The operator's own metrics. Label values are enums written as fixed short strings by an
+//! explicit match: never object names, never an error's text.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -6,20 +7,79 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// `kind` of a failed write or watch (a fixed string from an explicit match).
+/// What failed (the `kind` of `kubeprof_operator_errors_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The compile step panicked.
+    Compile,
+    /// A job shard could not be written.
+    Publish,
+    /// A shard or a stale health report could not be deleted.
+    Delete,
+    /// A ProfilingTarget's status could not be written.
+    TargetStatus,
+    /// A ProfilingPolicy's status could not be written.
+    PolicyStatus,
+    /// An Event could not be published.
+    Event,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Compile => "compile",
+            Self::Publish => "publish",
+            Self::Delete => "delete",
+            Self::TargetStatus => "target_status",
+            Self::PolicyStatus => "policy_status",
+            Self::Event => "event",
+        }
+    }
+}
+
+/// A watched resource (the `kind` of `kubeprof_operator_watch_restarts_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// ProfilingPolicies.
+    Policies,
+    /// ProfilingTargets.
+    Targets,
+    /// Pods.
+    Pods,
+    /// Namespaces.
+    Namespaces,
+    /// The published job shards.
+    Shards,
+    /// The scrapers' health reports.
+    Health,
+}
+
+impl Watched {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Policies => "profilingpolicies",
+            Self::Targets => "profilingtargets",
+            Self::Pods => "pods",
+            Self::Namespaces => "namespaces",
+            Self::Shards => "shards",
+            Self::Health => "health",
+        }
+    }
+}
+
+/// A `kind` label: the string of one of the enums above.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    /// What failed: publish, delete, target_status, policy_status, event, or a watched resource.
-    pub kind: String,
+struct KindLabels {
+    kind: &'static str,
 }
 
 /// Every metric of the operator.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Reconciliations (one compile and the writes it implies).
     pub reconciles: Counter,
-    /// Failed writes and watch errors by kind.
-    pub errors: Family<KindLabels, Counter>,
+    /// Failed writes by kind.
+    errors: Family<KindLabels, Counter>,
     /// Duration of a reconciliation, seconds.
     pub reconcile_duration: Histogram,
     /// Duration of the pure compile step, seconds.
@@ -37,14 +97,14 @@ pub struct Metrics {
     /// Status subresources written.
     pub status_writes: Counter,
     /// Watch streams restarted after an error, by resource.
-    pub watch_restarts: Family<KindLabels, Counter>,
+    watch_restarts: Family<KindLabels, Counter>,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
 }
 
 impl Metrics {
     /// Registers every metric under `kubeprof_operator_`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self {
             reconciles: Counter::default(),
             errors: Family::default(),
@@ -111,10 +171,58 @@ impl Metrics {
         m
     }
 
+    /// Metrics registered nowhere (tests).
+    #[cfg(test)]
+    pub(crate) fn unregistered() -> Self {
+        Self::register(&mut Registry::default())
+    }
+
     /// Counts one error of `kind`.
-    pub fn error(&self, kind: &'static str) {
+    pub(crate) fn error(&self, kind: Failure) {
         self.errors
-            .get_or_create(&KindLabels { kind: kind.into() })
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
             .inc();
+    }
+
+    /// Counts one restart of the watch of `kind`.
+    pub(crate) fn watch_restart(&self, kind: Watched) {
+        self.watch_restarts
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Errors of `kind` counted so far (tests).
+    #[cfg(test)]
+    pub(crate) fn errors_of(&self, kind: Failure) -> u64 {
+        self.errors
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_the_documented_strings() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.error(Failure::TargetStatus);
+        m.watch_restart(Watched::Policies);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        for line in [
+            "kubeprof_operator_errors_total{kind=\"target_status\"} 1",
+            "kubeprof_operator_watch_restarts_total{kind=\"profilingpolicies\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -1,5 +1,9 @@
 //! Status of the custom resources: what compile found, joined with the scrape health the
-//! scrapers report. Pure functions; the controller writes the result only when it differs.
+//! scrapers report. Pure functions; [`StatusWriter`] writes the result only when it differs.
+
+mod writer;
+
+pub(crate) use writer::{ObjectKey, Status, StatusWriter, UnreadableStatus};
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -270,14 +274,6 @@ pub fn policy_status(
     }
 }
 
-/// Whether two statuses differ in anything but transition times (which are carried over).
-pub fn differs<T: serde::Serialize>(a: Option<&T>, b: &T) -> bool {
-    match a {
-        None => true,
-        Some(a) => serde_json::to_value(a).ok() != serde_json::to_value(b).ok(),
-    }
-}
-
 /// The status of an object that could not be read at all (a `DeserializeGuard` error).
 pub fn invalid_conditions(
     message: &str,
@@ -325,10 +321,7 @@ mod tests {
             (1, 2, 0)
         );
         let s1 = target_status(&f, "k", &HealthIndex::default(), Some(3), Some(&s0), t1);
-        assert!(
-            !differs(Some(&s0), &s1),
-            "nothing changed, nothing to write"
-        );
+        assert_eq!(s0, s1, "nothing changed, nothing to write");
     }
 
     #[test]

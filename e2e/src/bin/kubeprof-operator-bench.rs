@@ -29,7 +29,7 @@ use kubeprof_crds::{
     health::{jobs_object_name, shard_from_config_map},
 };
 use kubeprof_e2e::{TestEnv, procs::Proc, say};
-use kubeprof_operator::{compile, index};
+use kubeprof_operator::{compile, pod_info};
 use serde_json::json;
 
 const NAMESPACES: usize = 200;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("operator") {
         let mut rest = vec![args[0].clone()];
         rest.extend(args[2..].iter().cloned());
-        return kubeprof_operator::cli::main_from(rest);
+        return kubeprof_operator::main_from(rest);
     }
     let pods = args
         .windows(2)
@@ -259,7 +259,7 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
                 })
             })
             .collect::<anyhow::Result<_>>()?,
-        pods: running.iter().map(index::pod_info).collect(),
+        pods: running.iter().map(pod_info).collect(),
         namespaces: (0..NAMESPACES)
             .map(|i| compile::NamespaceInfo {
                 name: format!("ns-{i}"),

@@ -22,7 +22,7 @@ use kubeprof_crds::{
     job::JobShard,
 };
 
-use crate::metrics::Metrics;
+use crate::metrics::{Failure, Metrics};
 
 /// Writes in flight at once.
 const CONCURRENT_WRITES: usize = 8;
@@ -36,14 +36,16 @@ pub enum PublishError {
         /// ConfigMap name.
         name: String,
         /// Why.
+        #[source]
         source: kube::Error,
     },
-    /// An orphan could not be deleted.
-    #[error("cannot delete job shard {name}: {source}")]
+    /// An orphan shard or a stale health report could not be deleted.
+    #[error("cannot delete {name}: {source}")]
     Delete {
         /// ConfigMap name.
         name: String,
         /// Why.
+        #[source]
         source: kube::Error,
     },
 }
@@ -213,7 +215,7 @@ impl Publisher {
                 }
                 Err(source) => {
                     self.written.remove(&name);
-                    self.metrics.error("publish");
+                    self.metrics.error(Failure::Publish);
                     first_error.get_or_insert(PublishError::Write { name, source });
                 }
             }
@@ -226,7 +228,7 @@ impl Publisher {
                     stats.deleted += 1;
                 }
                 Err(source) => {
-                    self.metrics.error("delete");
+                    self.metrics.error(Failure::Delete);
                     first_error.get_or_insert(PublishError::Delete { name, source });
                 }
             }
@@ -238,19 +240,23 @@ impl Publisher {
     }
 
     /// Deletes the named health reports (see [`stale_health_reports`]); returns how many went.
-    /// Failures are counted and logged: the next status pass tries again.
-    pub async fn delete_health_reports(&self, names: Vec<String>) -> usize {
+    /// Every deletion is attempted and failures are counted; the first is returned.
+    pub async fn delete_health_reports(&self, names: Vec<String>) -> Result<usize, PublishError> {
         let mut deleted = 0;
+        let mut first_error = None;
         for (name, r) in delete_all(&self.api, names).await {
             match r {
                 Ok(()) => deleted += 1,
-                Err(e) => {
-                    self.metrics.error("delete");
-                    tracing::warn!(object = %name, error = %e, "cannot delete a stale health report");
+                Err(source) => {
+                    self.metrics.error(Failure::Delete);
+                    first_error.get_or_insert(PublishError::Delete { name, source });
                 }
             }
         }
-        deleted
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
     }
 }
 
@@ -294,9 +300,143 @@ async fn delete_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        metrics::Failure,
+        mock::{self, ApiServer},
+    };
+    use http::Method;
     use kubeprof_crds::health::{
         GZIP_ABOVE_BYTES, JOB_SHARD_GZIP_KEY, shard_from_config_map as read_shard,
     };
+    use std::sync::Arc;
+
+    const CONFIG_MAPS: &str = "/api/v1/namespaces/kubeprof/configmaps";
+
+    fn shard(node: &str) -> JobShard {
+        JobShard::new(Some(node.into()), Vec::new(), Vec::new())
+    }
+
+    /// What the shard watch shows of an object named `name` recording `hash`.
+    fn on_server(name: &str, hash: Option<&str>) -> Arc<PartialObjectMeta<ConfigMap>> {
+        let mut meta = PartialObjectMeta::<ConfigMap>::default();
+        meta.metadata.name = Some(name.into());
+        meta.metadata.annotations =
+            hash.map(|h| BTreeMap::from([(CONTENT_HASH_ANNOTATION.to_string(), h.to_string())]));
+        Arc::new(meta)
+    }
+
+    fn publisher() -> (Publisher, ApiServer, Metrics) {
+        let (client, server) = mock::client();
+        let metrics = Metrics::unregistered();
+        (
+            Publisher::new(client, "kubeprof", metrics.clone()),
+            server,
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn only_changed_shards_are_written_and_orphans_are_deleted() {
+        let (mut publisher, mut server, metrics) = publisher();
+        let shards = BTreeMap::from([
+            (Some("node-a".to_string()), shard("node-a")),
+            (Some("node-b".to_string()), shard("node-b")),
+        ]);
+        let unchanged = shard_config_map("kubeprof", &shards[&Some("node-a".to_string())]);
+        let existing = vec![
+            on_server(
+                &unchanged.name_any(),
+                unchanged
+                    .annotations()
+                    .get(CONTENT_HASH_ANNOTATION)
+                    .map(String::as_str),
+            ),
+            on_server("kubeprof-jobs.node-b", Some("0000000000000001")),
+            on_server("kubeprof-jobs.node-gone", None),
+        ];
+        let verify = async {
+            let write = server
+                .expect(
+                    Method::PATCH,
+                    &format!("{CONFIG_MAPS}/kubeprof-jobs.node-b"),
+                )
+                .await;
+            assert!(
+                write.uri.contains("fieldManager=kubeprof") && write.uri.contains("force=true"),
+                "server-side apply: {}",
+                write.uri
+            );
+            let expected = shard_config_map("kubeprof", &shards[&Some("node-b".to_string())]);
+            assert_eq!(
+                write.body,
+                serde_json::to_value(&expected).unwrap_or_default()
+            );
+            write.echo();
+            server
+                .expect(
+                    Method::DELETE,
+                    &format!("{CONFIG_MAPS}/kubeprof-jobs.node-gone"),
+                )
+                .await
+                .ok(&*on_server("kubeprof-jobs.node-gone", None));
+        };
+        let (stats, ()) = tokio::join!(publisher.publish(&shards, &existing), verify);
+        assert_eq!(
+            stats.ok(),
+            Some(PublishStats {
+                written: 1,
+                deleted: 1,
+                unchanged: 1
+            })
+        );
+        assert_eq!(
+            (metrics.shard_writes.get(), metrics.shard_deletes.get()),
+            (1, 1)
+        );
+
+        // The watch has not caught up yet: what was just written is not written again.
+        let existing = &existing[..2];
+        let again = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            publisher.publish(&shards, existing),
+        )
+        .await;
+        assert!(matches!(
+            again,
+            Ok(Ok(PublishStats {
+                written: 0,
+                unchanged: 2,
+                ..
+            }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_is_counted_returned_and_attempted_again_next_time() {
+        let (mut publisher, mut server, metrics) = publisher();
+        let shards = BTreeMap::from([(Some("node-a".to_string()), shard("node-a"))]);
+        let path = format!("{CONFIG_MAPS}/kubeprof-jobs.node-a");
+        let verify = async {
+            server
+                .expect(Method::PATCH, &path)
+                .await
+                .fail(500, "InternalError");
+        };
+        let (result, ()) = tokio::join!(publisher.publish(&shards, &[]), verify);
+        match result {
+            Err(PublishError::Write { name, source }) => {
+                assert_eq!(name, "kubeprof-jobs.node-a");
+                assert!(matches!(source, kube::Error::Api(s) if s.code == 500));
+            }
+            other => panic!("expected a write error, got {other:?}"),
+        }
+        assert_eq!(metrics.errors_of(Failure::Publish), 1);
+        let verify = async {
+            server.expect(Method::PATCH, &path).await.echo();
+        };
+        let (result, ()) = tokio::join!(publisher.publish(&shards, &[]), verify);
+        assert_eq!(result.ok().map(|s| s.written), Some(1));
+    }
 
     #[test]
     fn health_reports_of_nodes_without_jobs_are_stale() {

@@ -1,0 +1,103 @@
+//! The operator's runtime: watches feed reflector stores; any significant change triggers one
+//! reconciliation of everything (read stores -> compile -> publish shards -> write status).
+//!
+//! One global reconciliation rather than one per object: compile is a join over all objects (a
+//! policy change touches every namespace it governs, a pod may be claimed by a target and by its
+//! annotations), it runs in well under a second at 10,000 pods, and the writes it implies are
+//! diffed against what is published, so an unchanged object is never written. Bursts of changes
+//! are coalesced by a short debounce. Scrape-health changes re-use the last compile result and
+//! only recompute status.
+
+mod control;
+mod reconcile;
+mod stores;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use kubeprof_crds::constants::LEADER_LEASE;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    leader::{self, LeaseSettings},
+    metrics::Metrics,
+};
+use reconcile::Reconciler;
+use stores::Stores;
+
+/// Knobs of the runtime.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Namespace of the shards, health reports and Lease.
+    pub namespace: String,
+    /// This replica's identity in the Lease and in Events.
+    pub identity: String,
+    /// Lease duration.
+    pub lease_duration: Duration,
+    /// Lease renewal period.
+    pub renew_every: Duration,
+    /// Wait after a change before reconciling, to coalesce bursts.
+    pub debounce: Duration,
+    /// Reconcile at least this often even without changes.
+    pub resync: Duration,
+}
+
+/// Why the runtime stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    /// A store's writer went away before it was filled.
+    #[error("the {0} watch stopped before its first list completed")]
+    StoreNotReady(&'static str),
+}
+
+/// What wakes the loop.
+#[derive(Debug, Default)]
+pub(crate) struct Triggers {
+    /// Something compile reads changed.
+    pub inputs: Notify,
+    /// A scrape-health report changed.
+    pub health: Notify,
+}
+
+/// Runs until `shutdown`: watches, elects, reconciles. `ready` is set once every store is
+/// filled (a replica that is not the leader is ready too: it is a warm standby).
+pub(crate) async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: impl Fn(bool),
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let triggers = Arc::new(Triggers::default());
+    let stores = Stores::watch(&client, &settings.namespace, &metrics, &triggers);
+    if !stores.filled(&shutdown).await? {
+        return Ok(());
+    }
+    ready(true);
+    let (leading, election) = leader::spawn(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        LeaseSettings {
+            name: LEADER_LEASE.into(),
+            identity: settings.identity.clone(),
+            lease_duration: settings.lease_duration,
+            renew_every: settings.renew_every,
+        },
+        shutdown.clone(),
+    );
+    let reconciler = Reconciler::new(
+        client,
+        &settings.namespace,
+        &settings.identity,
+        metrics.clone(),
+    );
+    control::run(
+        &stores, leading, &triggers, reconciler, &settings, &metrics, &shutdown,
+    )
+    .await;
+    let _ = election.await;
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! One pass of the loop: read the stores, compile, publish the shards, write the statuses.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{Client, Resource, ResourceExt};
+use kubeprof_crds::{
+    health::{HEALTH_DATA_KEY, HealthReport, origin_key},
+    job::{JobOrigin, OriginKind},
+};
+
+use super::stores::Stores;
+use crate::{
+    compile::{Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput, compile},
+    index,
+    metrics::{Failure, Metrics},
+    publish::{Publisher, stale_health_reports},
+    status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
+};
+
+/// What a pass has to do, or (as its result) what failed and must be done again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Work {
+    /// Compile and publish (and then write status).
+    pub inputs: bool,
+    /// Write status.
+    pub status: bool,
+}
+
+impl Work {
+    /// Nothing to do.
+    pub(crate) fn any(self) -> bool {
+        self.inputs || self.status
+    }
+}
+
+/// The status facts of one compile.
+#[derive(Debug, Default)]
+struct Facts {
+    targets: BTreeMap<(String, String), TargetFacts>,
+    policies: BTreeMap<String, PolicyFacts>,
+    /// The nodes the compile gave a shard (published, or to be retried).
+    shard_nodes: BTreeSet<Option<String>>,
+}
+
+/// Compiles, publishes and writes status; remembers what it wrote.
+#[derive(Debug)]
+pub(crate) struct Reconciler {
+    publisher: Publisher,
+    statuses: StatusWriter,
+    metrics: Metrics,
+    /// What status needs of the last compile (the shards themselves are dropped once
+    /// published: at 10,000 pods they are tens of megabytes).
+    facts: Option<Arc<Facts>>,
+}
+
+impl Reconciler {
+    /// A reconciler publishing into `namespace`, reporting Events as `identity`.
+    pub(crate) fn new(client: Client, namespace: &str, identity: &str, metrics: Metrics) -> Self {
+        Self {
+            publisher: Publisher::new(client.clone(), namespace, metrics.clone()),
+            statuses: StatusWriter::new(client, identity, metrics.clone()),
+            metrics,
+            facts: None,
+        }
+    }
+
+    /// Forgets what was written (after regaining leadership: another replica may have written
+    /// in between).
+    pub(crate) fn reset(&mut self) {
+        self.publisher.reset();
+        self.statuses.reset();
+    }
+
+    /// Does `work`; returns the part that failed (every write was attempted and logged).
+    pub(crate) async fn pass(&mut self, stores: &Stores, work: Work) -> Work {
+        let mut failed = Work::default();
+        if work.inputs {
+            failed.inputs = !self.recompile(stores).await;
+        }
+        if work.any() {
+            failed.status = !self.write_status(stores).await;
+        }
+        failed
+    }
+
+    fn inputs(stores: &Stores) -> Inputs {
+        Inputs {
+            policies: stores
+                .policies
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .map(|p| PolicyInput {
+                    name: p.name_any(),
+                    spec: p.spec.clone(),
+                })
+                .collect(),
+            targets: stores
+                .targets
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .map(|t| TargetInput {
+                    namespace: t.namespace().unwrap_or_default(),
+                    name: t.name_any(),
+                    spec: t.spec.clone(),
+                })
+                .collect(),
+            pods: stores.pods.snapshot(),
+            namespaces: stores
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| index::namespace_info(n))
+                .collect(),
+        }
+    }
+
+    /// Compiles and publishes; whether publishing succeeded (a compile that panicked keeps the
+    /// published jobs and is not retried: it would panic again).
+    #[tracing::instrument(skip_all)]
+    async fn recompile(&mut self, stores: &Stores) -> bool {
+        let started = Instant::now();
+        self.metrics.reconciles.inc();
+        let inputs = Self::inputs(stores);
+        let compiled = match tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            (compile(&inputs), t.elapsed())
+        })
+        .await
+        {
+            Ok((c, took)) => {
+                self.metrics.compile_duration.observe(took.as_secs_f64());
+                c
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "compile panicked; keeping the published jobs");
+                self.metrics.error(Failure::Compile);
+                return true;
+            }
+        };
+        let jobs: usize = compiled.shards.values().map(|s| s.jobs.len()).sum();
+        for s in compiled.shards.values() {
+            self.metrics.jobs_per_shard.observe(s.jobs.len() as f64);
+        }
+        self.metrics
+            .jobs
+            .set(i64::try_from(jobs).unwrap_or(i64::MAX));
+        self.metrics
+            .shards
+            .set(i64::try_from(compiled.shards.len()).unwrap_or(i64::MAX));
+        let published = match self
+            .publisher
+            .publish(&compiled.shards, &stores.shards.state())
+            .await
+        {
+            Ok(stats) => {
+                if stats.written + stats.deleted > 0 {
+                    tracing::info!(
+                        jobs,
+                        shards = compiled.shards.len(),
+                        written = stats.written,
+                        deleted = stats.deleted,
+                        unchanged = stats.unchanged,
+                        "published job shards"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing job shards failed");
+                false
+            }
+        };
+        let Compiled {
+            shards,
+            targets,
+            policies,
+        } = compiled;
+        self.facts = Some(Arc::new(Facts {
+            targets,
+            policies,
+            shard_nodes: shards.into_keys().collect(),
+        }));
+        self.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        published
+    }
+
+    /// Deletes stale health reports and writes every status that changed; whether all of it
+    /// succeeded.
+    async fn write_status(&mut self, stores: &Stores) -> bool {
+        let Some(facts) = self.facts.clone() else {
+            return true;
+        };
+        let mut ok = true;
+        let health_objects = stores.health.state();
+        let reports: Vec<HealthReport> = health_objects
+            .iter()
+            .filter_map(|cm| {
+                let json = cm.data.as_ref()?.get(HEALTH_DATA_KEY)?;
+                match HealthReport::from_json(json) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(object = %cm.name_any(), error = %e, "ignoring an unreadable health report");
+                        None
+                    }
+                }
+            })
+            .collect();
+        // Runs on health changes too: a scraper that loses its last jobs writes one more report
+        // after its shard went, and that one must go as well.
+        let stale = stale_health_reports(
+            &facts.shard_nodes,
+            health_objects
+                .iter()
+                .filter_map(|cm| cm.metadata.name.as_deref()),
+        );
+        if !stale.is_empty() {
+            match self.publisher.delete_health_reports(stale).await {
+                Ok(deleted) => {
+                    tracing::info!(deleted, "deleted the health reports of nodes without jobs");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete a stale health report");
+                    ok = false;
+                }
+            }
+        }
+        let health = HealthIndex::new(&reports);
+        // Whole seconds: what the API stores of a condition's time, so that a status computed
+        // again compares equal to the one written.
+        let now = Timestamp::now();
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+        let empty = TargetFacts::default();
+
+        for guard in stores.targets.state() {
+            let meta = guard.meta();
+            let (ns, name) = (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            );
+            let (new, previous) = match &guard.0 {
+                Ok(t) => {
+                    let facts = facts
+                        .targets
+                        .get(&(ns.clone(), name.clone()))
+                        .unwrap_or(&empty);
+                    let key = origin_key(&JobOrigin {
+                        kind: OriginKind::ProfilingTarget,
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    });
+                    let s = status::target_status(
+                        facts,
+                        &key,
+                        &health,
+                        meta.generation,
+                        t.status.as_ref(),
+                        now,
+                    );
+                    (Status::Target(s), t.status.clone().map(Status::Target))
+                }
+                Err(invalid) => (unreadable(&invalid.error, meta.generation, now), None),
+            };
+            let key = ObjectKey::Target {
+                namespace: ns,
+                name,
+            };
+            ok &= self.write_one(key, &*guard, new, previous).await;
+        }
+
+        for guard in stores.policies.state() {
+            let meta = guard.meta();
+            let name = meta.name.clone().unwrap_or_default();
+            let (new, previous) = match &guard.0 {
+                Ok(p) => {
+                    let facts = facts.policies.get(&name).cloned().unwrap_or_default();
+                    let s = status::policy_status(&facts, meta.generation, p.status.as_ref(), now);
+                    (Status::Policy(s), p.status.clone().map(Status::Policy))
+                }
+                Err(invalid) => (unreadable(&invalid.error, meta.generation, now), None),
+            };
+            ok &= self
+                .write_one(ObjectKey::Policy { name }, &*guard, new, previous)
+                .await;
+        }
+        ok
+    }
+
+    async fn write_one<K: Resource<DynamicType = ()>>(
+        &mut self,
+        key: ObjectKey,
+        object: &K,
+        new: Status,
+        previous: Option<Status>,
+    ) -> bool {
+        match self
+            .statuses
+            .write(key, &object.object_ref(&()), new, previous)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(object = %e.object, error = %e, "cannot write status");
+                false
+            }
+        }
+    }
+}
+
+fn unreadable(error: &str, generation: Option<i64>, now: Timestamp) -> Status {
+    Status::Unreadable(UnreadableStatus {
+        observed_generation: generation,
+        conditions: status::invalid_conditions(error, generation, now),
+    })
+}

@@ -1,0 +1,155 @@
+//! The loop against a mock API server: what it writes, and what it does when a write fails.
+
+use std::{sync::Arc, time::Duration};
+
+use http::Method;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::core::DeserializeGuard;
+use kubeprof_crds::{ProfilingTarget, conditions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Settings, Triggers, control, reconcile::Reconciler, stores::Stores};
+use crate::{
+    metrics::Metrics,
+    mock::{self, ApiServer},
+};
+
+const SHARD_A: &str = "/api/v1/namespaces/kubeprof/configmaps/kubeprof-jobs.node-a";
+const SHOP_EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+fn settings() -> Settings {
+    Settings {
+        namespace: "kubeprof".into(),
+        identity: "op-1".into(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(2),
+        debounce: Duration::from_millis(1),
+        resync: Duration::from_secs(3600),
+    }
+}
+
+fn namespace(name: &str) -> Namespace {
+    serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap_or_default()
+}
+
+/// A running pod on node-a asking by annotation for CPU profiles from its `pprof` port.
+fn annotated_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "uid": format!("uid-{name}"),
+            "annotations": {
+                "profiles.grafana.com/cpu.scrape": "true",
+                "profiles.grafana.com/cpu.port_name": "pprof",
+            },
+        },
+        "spec": {
+            "nodeName": "node-a",
+            "containers": [{ "name": "app", "ports": [{ "name": "pprof", "containerPort": 6060 }] }],
+        },
+        "status": { "phase": "Running", "podIP": "10.0.0.7" },
+    }))
+    .unwrap_or_default()
+}
+
+/// The loop, leading, over `stores`, until stopped.
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
+    _leading: watch::Sender<bool>,
+}
+
+impl Running {
+    fn start(stores: Stores) -> (Self, ApiServer) {
+        let (client, server) = mock::client();
+        let metrics = Metrics::unregistered();
+        let settings = settings();
+        let reconciler = Reconciler::new(
+            client,
+            &settings.namespace,
+            &settings.identity,
+            metrics.clone(),
+        );
+        let (leading_tx, leading) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move {
+                let triggers = Arc::new(Triggers::default());
+                control::run(
+                    &stores, leading, &triggers, reconciler, &settings, &metrics, &shutdown,
+                )
+                .await;
+            }
+        });
+        leading_tx.send_replace(true);
+        (
+            Self {
+                shutdown,
+                task,
+                metrics,
+                _leading: leading_tx,
+            },
+            server,
+        )
+    }
+
+    async fn stop(self, server: ApiServer) -> Metrics {
+        self.shutdown.cancel();
+        drop(server);
+        self.task.await.unwrap_or_default();
+        self.metrics
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
+    let unreadable =
+        DeserializeGuard::<ProfilingTarget>(Err(kube::core::error_boundary::InvalidObject {
+            error: "spec.endpoints: invalid type: string \"x\", expected a sequence".into(),
+            metadata: kube::api::ObjectMeta {
+                name: Some("broken".into()),
+                namespace: Some("shop".into()),
+                generation: Some(4),
+                ..Default::default()
+            },
+        }));
+    let stores = Stores::of(
+        vec![],
+        vec![unreadable],
+        vec![annotated_pod("web-1")],
+        vec![namespace("shop")],
+    );
+    let (running, mut server) = Running::start(stores);
+    server.expect(Method::PATCH, SHARD_A).await.echo();
+    let patch = server
+        .expect(
+            Method::PATCH,
+            "/apis/kubeprof.io/v1alpha1/namespaces/shop/profilingtargets/broken/status",
+        )
+        .await;
+    assert_eq!(patch.body["status"]["observedGeneration"], 4);
+    let conditions = patch.body["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c["reason"] == conditions::REASON_INVALID_SPEC
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("expected a sequence"))),
+        "{conditions:?}"
+    );
+    patch.ok(&serde_json::json!({ "metadata": { "name": "broken", "namespace": "shop" } }));
+    server.expect(Method::POST, SHOP_EVENTS).await.echo();
+    let metrics = running.stop(server).await;
+    assert_eq!(
+        (metrics.shard_writes.get(), metrics.status_writes.get()),
+        (1, 1)
+    );
+}
