@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    runtime::{self, Settings},
+    runtime::{self, RETRY_CAP, RETRY_FIRST, Settings},
 };
 
 /// Reconciles ProfilingPolicies, ProfilingTargets and annotated pods into per-node scrape jobs.
@@ -107,6 +107,8 @@ async fn serve(args: Args) -> ExitCode {
         renew_every: args.renew_every,
         debounce: args.debounce,
         resync: args.resync,
+        retry_first: RETRY_FIRST,
+        retry_cap: RETRY_CAP,
     };
     tracing::info!(namespace = %settings.namespace, identity = %settings.identity, "starting");
     let stop = shutdown.clone();

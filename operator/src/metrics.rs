@@ -67,6 +67,24 @@ impl Watched {
     }
 }
 
+/// What a retry re-does (the `kind` of `kubeprof_operator_retries_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Retried {
+    /// Publishing job shards (with the compile and status pass that follow).
+    Publish,
+    /// Writing statuses (and deleting stale health reports).
+    Status,
+}
+
+impl Retried {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Status => "status",
+        }
+    }
+}
+
 /// A `kind` label: the string of one of the enums above.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -80,6 +98,8 @@ pub(crate) struct Metrics {
     pub reconciles: Counter,
     /// Failed writes by kind.
     errors: Family<KindLabels, Counter>,
+    /// Passes scheduled again after a failure, by what failed.
+    retries: Family<KindLabels, Counter>,
     /// Duration of a reconciliation, seconds.
     pub reconcile_duration: Histogram,
     /// Duration of the pure compile step, seconds.
@@ -108,6 +128,7 @@ impl Metrics {
         let m = Self {
             reconciles: Counter::default(),
             errors: Family::default(),
+            retries: Family::default(),
             reconcile_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             compile_duration: Histogram::new([0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             jobs_per_shard: Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
@@ -125,6 +146,11 @@ impl Metrics {
             "errors",
             "Failed writes and watch errors by kind",
             m.errors.clone(),
+        );
+        r.register(
+            "retries",
+            "Passes scheduled again (with backoff) after a failed write, by what failed",
+            m.retries.clone(),
         );
         r.register(
             "reconcile_duration_seconds",
@@ -186,6 +212,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one retry of `kind`.
+    pub(crate) fn retry(&self, kind: Retried) {
+        self.retries
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
     /// Counts one restart of the watch of `kind`.
     pub(crate) fn watch_restart(&self, kind: Watched) {
         self.watch_restarts
@@ -204,6 +239,16 @@ impl Metrics {
             })
             .get()
     }
+
+    /// Retries of `kind` counted so far (tests).
+    #[cfg(test)]
+    pub(crate) fn retries_of(&self, kind: Retried) -> u64 {
+        self.retries
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
 }
 
 #[cfg(test)]
@@ -215,11 +260,13 @@ mod tests {
         let mut registry = Registry::default();
         let m = Metrics::register(&mut registry);
         m.error(Failure::TargetStatus);
+        m.retry(Retried::Publish);
         m.watch_restart(Watched::Policies);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
         for line in [
             "kubeprof_operator_errors_total{kind=\"target_status\"} 1",
+            "kubeprof_operator_retries_total{kind=\"publish\"} 1",
             "kubeprof_operator_watch_restarts_total{kind=\"profilingpolicies\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -6,7 +6,7 @@
 //! annotations), it runs in well under a second at 10,000 pods, and the writes it implies are
 //! diffed against what is published, so an unchanged object is never written. Bursts of changes
 //! are coalesced by a short debounce. Scrape-health changes re-use the last compile result and
-//! only recompute status.
+//! only recompute status. Failed writes are retried with backoff ([`control`]).
 
 mod control;
 mod reconcile;
@@ -29,6 +29,11 @@ use crate::{
 use reconcile::Reconciler;
 use stores::Stores;
 
+/// First delay before a failed write is retried (it doubles per failure, plus jitter).
+pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest delay between retries of a failed write, before jitter (which at most doubles it).
+pub(crate) const RETRY_CAP: Duration = Duration::from_secs(30);
+
 /// Knobs of the runtime.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -44,6 +49,10 @@ pub(crate) struct Settings {
     pub debounce: Duration,
     /// Reconcile at least this often even without changes.
     pub resync: Duration,
+    /// First delay before a failed write is retried.
+    pub retry_first: Duration,
+    /// Longest delay between retries, before jitter.
+    pub retry_cap: Duration,
 }
 
 /// Why the runtime stopped.

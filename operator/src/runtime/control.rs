@@ -1,8 +1,11 @@
-//! The loop: waits for a change, a resync or a leadership change; while leading, runs one
-//! [`Reconciler::pass`] per burst of changes.
+//! The loop: waits for a change, a resync, a due retry or a leadership change; while leading,
+//! runs one [`Reconciler::pass`] per burst of changes. A pass that failed is run again after a
+//! capped, jittered, exponential backoff (not at the next resync): its work stays pending until
+//! a pass does it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +14,46 @@ use super::{
     reconcile::{Reconciler, Work},
     stores::Stores,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Retried};
+
+/// When the failed part of a pass is run again.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
+    at: Option<Instant>,
+}
+
+impl Retry {
+    /// Delays start at `first`, double up to `cap`, and each gets up to as much again of
+    /// random jitter (so replicas retrying the same outage spread out).
+    pub(crate) fn new(first: Duration, cap: Duration) -> Self {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(first)
+            .with_max_delay(cap)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            delays: builder.build(),
+            builder,
+            at: None,
+        }
+    }
+
+    /// Schedules the next attempt; its delay.
+    fn schedule(&mut self) -> Duration {
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(60));
+        self.at = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// Nothing is pending: the next failure starts again from the first delay.
+    fn reset(&mut self) {
+        self.delays = self.builder.build();
+        self.at = None;
+    }
+}
 
 /// Runs until `shutdown` (or until the election stops).
 pub(crate) async fn run(
@@ -27,8 +69,10 @@ pub(crate) async fn run(
         inputs: true,
         status: true,
     };
+    let mut retry = Retry::new(settings.retry_first, settings.retry_cap);
     let mut last_full = Instant::now();
     loop {
+        let retry_at = retry.at;
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = triggers.inputs.notified() => work.inputs = true,
@@ -40,12 +84,15 @@ pub(crate) async fn run(
                 if now_leading {
                     tracing::info!(identity = %settings.identity, "leading: reconciling");
                     reconciler.reset();
+                    retry.reset();
                     work.inputs = true;
                 } else {
                     tracing::info!(identity = %settings.identity, "standing by");
                 }
             }
             () = tokio::time::sleep(settings.resync) => work.inputs = true,
+            // The failed work is still pending in `work`.
+            () = sleep_until(retry_at), if retry_at.is_some() => retry.at = None,
         }
         if !*leading.borrow() {
             continue;
@@ -58,8 +105,48 @@ pub(crate) async fn run(
         if work.inputs {
             last_full = Instant::now();
         }
-        // A failed write waits for the next change or resync.
-        let _failed = reconciler.pass(stores, work).await;
-        work = Work::default();
+        work = reconciler.pass(stores, work).await;
+        if work.any() {
+            if work.inputs {
+                metrics.retry(Retried::Publish);
+            }
+            if work.status {
+                metrics.retry(Retried::Status);
+            }
+            let delay = retry.schedule();
+            tracing::info!(retry_in = ?delay, publish = work.inputs, status = work.status, "retrying the failed writes");
+        } else {
+            retry.reset();
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_capped_with_jitter_and_start_over_after_success() {
+        let (first, cap) = (Duration::from_secs(1), Duration::from_secs(30));
+        let mut retry = Retry::new(first, cap);
+        let delays: Vec<Duration> = (0..10).map(|_| retry.schedule()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = (first * 2u32.pow(u32::try_from(i).unwrap_or(31))).min(cap);
+            assert!(
+                *d >= base && *d <= base * 2,
+                "delay {i}: {d:?} outside [{base:?}, 2x]"
+            );
+        }
+        assert!(delays.iter().all(|d| *d <= cap * 2), "capped");
+        retry.reset();
+        assert!(retry.at.is_none());
+        assert!(retry.schedule() <= first * 2, "starts over");
     }
 }
