@@ -3,9 +3,23 @@
 //! `lease_duration` *as measured on the candidate's own clock* (so clock skew between replicas
 //! does not matter). Only the leader writes. A leader that cannot renew within the lease
 //! duration steps down by itself, before anyone else can take over.
+//!
+//! Hand-over prefers the warm standby. A leader that shuts down releases the lease (empty
+//! holder). A standby watches the Lease between its retries and takes a released lease as soon
+//! as the release shows; a replica that finds the lease already released (typically the
+//! replacement of the leader that just left, starting up) waits one retry period before taking
+//! it. Without both, the replacement pod took the lease from the standby in every real-node
+//! run: it started within a second and found the lease free at once, while the standby only
+//! looked again at its next two-second retry.
+//!
+//! Kept rather than `kube-lease-manager` (the one maintained crate for kube 5; the other,
+//! `kube-leader-election`, needs kube 4): that one judges expiry by comparing the holder's
+//! renew time with the local wall clock (skew-sensitive), keeps reporting leadership while its
+//! renewals fail, and a standby sleeps until the old lease's expiry even after a release.
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
@@ -13,14 +27,14 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, PostParams, WatchEvent, WatchParams},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of one elector.
 #[derive(Clone, Debug)]
-pub struct LeaseSettings {
+pub(crate) struct LeaseSettings {
     /// Lease name.
     pub name: String,
     /// This replica's identity (pod name).
@@ -32,20 +46,15 @@ pub struct LeaseSettings {
 }
 
 /// Runs the election until `shutdown`; the receiver says whether this replica leads now.
-/// On shutdown a leader releases the lease, so a standby takes over at its next retry.
-pub fn spawn(
+/// On shutdown a leader releases the lease, so a standby takes over as soon as it sees that.
+pub(crate) fn spawn(
     api: Api<Lease>,
     settings: LeaseSettings,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
-        let mut elector = Elector {
-            api,
-            settings,
-            observed: None,
-            last_renewed: None,
-        };
+        let mut elector = Elector::new(api, settings);
         loop {
             let leading = elector.round().await;
             tx.send_if_modified(|v| {
@@ -53,9 +62,11 @@ pub fn spawn(
                 *v = leading;
                 changed
             });
+            let renew_every = elector.settings.renew_every;
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(elector.settings.renew_every) => {}
+                () = tokio::time::sleep(renew_every), if leading => {}
+                () = elector.wait_for_release(renew_every), if !leading => {}
             }
         }
         if *tx.borrow() {
@@ -66,12 +77,23 @@ pub fn spawn(
     (rx, handle)
 }
 
+/// The lease as last seen, and since when (on this replica's clock) it has not changed.
+#[derive(Debug)]
+struct Observed {
+    /// Holder, renew time and resource version.
+    record: String,
+    since: Instant,
+}
+
 #[derive(Debug)]
 struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
-    /// The last record seen (holder, renew time, resource version) and when it was first seen.
-    observed: Option<(String, Instant)>,
+    observed: Option<Observed>,
+    /// The resource version of the last lease read, to watch from.
+    resource_version: Option<String>,
+    /// Whether this replica has seen another replica hold the lease: it is a warm standby.
+    saw_other_holder: bool,
     /// When this replica last renewed successfully.
     last_renewed: Option<Instant>,
 }
@@ -80,7 +102,26 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+fn holder(lease: &Lease) -> &str {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .unwrap_or_default()
+}
+
 impl Elector {
+    fn new(api: Api<Lease>, settings: LeaseSettings) -> Self {
+        Self {
+            api,
+            settings,
+            observed: None,
+            resource_version: None,
+            saw_other_holder: false,
+            last_renewed: None,
+        }
+    }
+
     /// One attempt to acquire or renew; whether this replica leads afterwards.
     async fn round(&mut self) -> bool {
         let me = self.settings.identity.clone();
@@ -88,6 +129,7 @@ impl Elector {
         let lease = match self.api.get_opt(&self.settings.name).await {
             Ok(Some(l)) => l,
             Ok(None) => {
+                self.resource_version = None;
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.settings.name.clone()),
@@ -119,24 +161,34 @@ impl Elector {
                 return self.still_leading();
             }
         };
+        self.resource_version = lease.metadata.resource_version.clone();
         let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let holder = holder(&lease).to_string();
         let record = format!(
             "{holder}|{:?}|{}",
             spec.renew_time.as_ref().map(|t| t.0),
             lease.metadata.resource_version.clone().unwrap_or_default()
         );
         let seen_since = match &self.observed {
-            Some((r, since)) if *r == record => *since,
+            Some(o) if o.record == record => o.since,
             _ => {
-                let t = Instant::now();
-                self.observed = Some((record, t));
-                t
+                let since = Instant::now();
+                self.observed = Some(Observed { record, since });
+                since
             }
         };
         let held_by_me = holder == me;
-        let expired = holder.is_empty() || seen_since.elapsed() >= self.settings.lease_duration;
-        if !held_by_me && !expired {
+        let free = if holder.is_empty() {
+            // Released. A warm standby takes it at once; anyone else first gives the standbys
+            // one retry period to do so.
+            self.saw_other_holder || seen_since.elapsed() >= self.settings.renew_every
+        } else {
+            seen_since.elapsed() >= self.settings.lease_duration
+        };
+        if !holder.is_empty() && !held_by_me {
+            self.saw_other_holder = true;
+        }
+        if !held_by_me && !free {
             self.last_renewed = None;
             return false;
         }
@@ -174,6 +226,50 @@ impl Elector {
         }
     }
 
+    /// Waits `period`, or less if the lease is released or deleted meanwhile (seen by a watch
+    /// from the last lease read). Without a watch (an error, or RBAC without `watch` on
+    /// leases) this is a plain wait: the next round polls.
+    async fn wait_for_release(&self, period: Duration) {
+        let deadline = tokio::time::Instant::now() + period;
+        if let Some(version) = &self.resource_version {
+            let params = WatchParams::default()
+                .fields(&format!("metadata.name={}", self.settings.name))
+                .timeout(u32::try_from(period.as_secs().max(1)).unwrap_or(u32::MAX))
+                .disable_bookmarks();
+            let released = async {
+                let events = match self.api.watch(&params, version).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot watch the leader lease; polling");
+                        return false;
+                    }
+                };
+                futures::pin_mut!(events);
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(WatchEvent::Modified(l)) if holder(&l).is_empty() => return true,
+                        Ok(WatchEvent::Deleted(_)) => return true,
+                        Ok(WatchEvent::Error(e)) => {
+                            tracing::debug!(error = %e, "leader lease watch ended; polling");
+                            return false;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "leader lease watch failed; polling");
+                            return false;
+                        }
+                    }
+                }
+                false
+            };
+            if tokio::time::timeout_at(deadline, released).await == Ok(true) {
+                tracing::debug!("the leader lease was released");
+                return;
+            }
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+
     /// A leader that cannot reach the API keeps leading only while its last renewal is valid,
     /// minus a margin, so that it stops writing before a standby may start.
     fn still_leading(&self) -> bool {
@@ -202,5 +298,230 @@ impl Elector {
             Ok(_) => tracing::info!("released the leader lease"),
             Err(e) => tracing::warn!(error = %e, "cannot release the leader lease"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{self, ApiServer};
+    use http::Method;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kubeprof/leases/kubeprof-operator";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kubeprof/leases";
+
+    fn start(
+        identity: &str,
+        renew_every: Duration,
+        lease_duration: Duration,
+    ) -> (
+        ApiServer,
+        watch::Receiver<bool>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = mock::client();
+        let shutdown = CancellationToken::new();
+        let (leading, task) = spawn(
+            Api::namespaced(client, "kubeprof"),
+            LeaseSettings {
+                name: "kubeprof-operator".into(),
+                identity: identity.into(),
+                lease_duration,
+                renew_every,
+            },
+            shutdown.clone(),
+        );
+        (server, leading, shutdown, task)
+    }
+
+    fn lease(holder: Option<&str>, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": "kubeprof-operator",
+                "namespace": "kubeprof",
+                "resourceVersion": version,
+            },
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": "2025-01-01T00:00:00.000000Z",
+                "leaseTransitions": 1,
+            },
+        })
+    }
+
+    /// Waits until the elector says `leading`.
+    async fn until(leading: &mut watch::Receiver<bool>, want: bool) {
+        tokio::time::timeout(Duration::from_secs(1), leading.wait_for(|l| *l == want))
+            .await
+            .expect("leadership did not change")
+            .expect("elector gone");
+    }
+
+    #[tokio::test]
+    async fn a_standby_takes_a_released_lease_as_soon_as_the_release_shows() {
+        // Retries an hour apart: only the watch can explain a take-over within the test.
+        let hour = Duration::from_secs(3600);
+        let (mut server, mut leading, shutdown, task) = start("standby", hour, 2 * hour);
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("old"), "1"));
+        let watch = server.expect(Method::GET, LEASES).await;
+        for part in [
+            "watch=true",
+            "resourceVersion=1",
+            "fieldSelector=metadata.name%3Dkubeprof-operator",
+        ] {
+            assert!(watch.uri.contains(part), "{part} not in {}", watch.uri);
+        }
+        watch.watch_events(&[
+            ("MODIFIED", lease(Some("old"), "2")),
+            ("MODIFIED", lease(None, "3")),
+        ]);
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(None, "3"));
+        let take = server.expect(Method::PUT, LEASE).await;
+        assert_eq!(take.body["spec"]["holderIdentity"], "standby");
+        assert_eq!(take.body["spec"]["leaseTransitions"], 2);
+        assert_eq!(
+            take.body["metadata"]["resourceVersion"], "3",
+            "a compare-and-swap on the version read"
+        );
+        take.echo();
+        until(&mut leading, true).await;
+
+        // Shutting down releases the lease.
+        shutdown.cancel();
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("standby"), "4"));
+        let release = server.expect(Method::PUT, LEASE).await;
+        assert_eq!(release.body["spec"].get("holderIdentity"), None);
+        release.echo();
+        task.await.unwrap_or_default();
+        assert!(!*leading.borrow());
+    }
+
+    #[tokio::test]
+    async fn a_starting_replica_leaves_a_just_released_lease_to_the_standby() {
+        let (mut server, leading, shutdown, task) = start(
+            "replacement",
+            Duration::from_millis(200),
+            Duration::from_secs(15),
+        );
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(None, "5"));
+        // Not a PUT: the replacement waits, watching.
+        let watch = server.expect(Method::GET, LEASES).await;
+        assert!(watch.uri.contains("watch=true"), "{}", watch.uri);
+        watch.watch_events(&[("MODIFIED", lease(Some("standby"), "6"))]);
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("standby"), "6"));
+        let watch = server.expect(Method::GET, LEASES).await;
+        assert!(watch.uri.contains("resourceVersion=6"), "{}", watch.uri);
+        assert!(!leading.has_changed().unwrap_or(true), "never led");
+        shutdown.cancel();
+        drop((watch, server));
+        task.await.unwrap_or_default();
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_for_a_whole_retry_period_is_taken() {
+        let (mut server, mut leading, shutdown, task) =
+            start("op-1", Duration::from_millis(100), Duration::from_secs(15));
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(None, "5"));
+        server.expect(Method::GET, LEASES).await.watch_events(&[]);
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(None, "5"));
+        let take = server.expect(Method::PUT, LEASE).await;
+        assert_eq!(take.body["spec"]["holderIdentity"], "op-1");
+        take.echo();
+        until(&mut leading, true).await;
+        shutdown.cancel();
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("op-1"), "6"));
+        server.expect(Method::PUT, LEASE).await.echo();
+        task.await.unwrap_or_default();
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_stops_renewing_is_replaced_after_the_lease_duration() {
+        let (mut server, mut leading, shutdown, task) = start(
+            "standby",
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        );
+        // The record never changes: the holder is gone without releasing.
+        for _ in 0..100 {
+            let call = server.next().await;
+            match (call.method.clone(), call.path()) {
+                (Method::GET, LEASE) => call.ok(&lease(Some("old"), "7")),
+                (Method::GET, LEASES) => call.watch_events(&[]),
+                (Method::PUT, LEASE) => {
+                    assert_eq!(call.body["spec"]["holderIdentity"], "standby");
+                    assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+                    call.echo();
+                    break;
+                }
+                (m, p) => panic!("unexpected {m} {p}"),
+            }
+        }
+        until(&mut leading, true).await;
+        shutdown.cancel();
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("standby"), "8"));
+        server.expect(Method::PUT, LEASE).await.echo();
+        task.await.unwrap_or_default();
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+        let (mut server, mut leading, shutdown, task) = start(
+            "op-1",
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+        );
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .fail(404, "NotFound");
+        let create = server.expect(Method::POST, LEASES).await;
+        assert_eq!(create.body["spec"]["holderIdentity"], "op-1");
+        create.echo();
+        until(&mut leading, true).await;
+        // The API is unreachable from now on; the leader must notice by itself.
+        for _ in 0..100 {
+            if !*leading.borrow() {
+                break;
+            }
+            server
+                .expect(Method::GET, LEASE)
+                .await
+                .fail(503, "ServiceUnavailable");
+        }
+        until(&mut leading, false).await;
+        shutdown.cancel();
+        drop(server);
+        task.await.unwrap_or_default();
     }
 }

@@ -102,6 +102,20 @@ impl Call {
         );
     }
 
+    /// Answers a watch with `events` (`(type, object)`), then ends the stream.
+    pub(crate) fn watch_events(self, events: &[(&str, serde_json::Value)]) {
+        let mut body = Vec::new();
+        for (type_, object) in events {
+            serde_json::to_writer(
+                &mut body,
+                &serde_json::json!({ "type": type_, "object": object }),
+            )
+            .unwrap();
+            body.push(b'\n');
+        }
+        self.respond(StatusCode::OK, body);
+    }
+
     fn respond(self, status: StatusCode, body: Vec<u8>) {
         self.send.send_response(
             Response::builder()
