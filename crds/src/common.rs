@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_NAME_LENGTH))]
     pub name: String,
     /// Key within the Secret's data.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_NAME_LENGTH))]
     pub key: String,
 }
 
@@ -23,13 +23,13 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedSecretKeyRef {
     /// Namespace of the Secret.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_DNS_LABEL_LENGTH))]
     pub namespace: String,
     /// Name of the Secret.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_NAME_LENGTH))]
     pub name: String,
     /// Key within the Secret's data.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_NAME_LENGTH))]
     pub key: String,
 }
 
@@ -79,6 +79,7 @@ pub struct TlsConfig {
     pub key_secret: Option<SecretKeyRef>,
     /// Server name to verify instead of the target's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_NAME_LENGTH))]
     pub server_name: Option<String>,
     /// Skip verification of the target's certificate. Encrypts without authenticating the
     /// target: use only for endpoints with self-signed certificates you cannot otherwise trust.
@@ -98,12 +99,15 @@ pub struct NamespaceSelector {
     pub any: Option<bool>,
     /// Select pods in these namespaces (ORed with the label selector when both are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_NAMESPACES), inner(length(max = crate::limits::MAX_DNS_LABEL_LENGTH)))]
     pub match_names: Option<Vec<String>>,
     /// Select namespaces whose labels match all of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::limits::label_selector)]
     pub match_labels: Option<std::collections::BTreeMap<String, String>>,
     /// Select namespaces whose labels satisfy all of these expressions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::limits::label_selector)]
     pub match_expressions:
         Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement>>,
 }

@@ -165,6 +165,7 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": crate::limits::MAX_DURATION_LENGTH,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod health;
 pub mod job;
 pub mod labels;
+pub mod limits;
 pub mod policy;
 pub mod profiles;
 pub mod relabel;

@@ -34,6 +34,7 @@ use crate::{Duration, NamespacedBasicAuth, NamespacedSecretKeyRef, ProfileKind, 
 pub struct ProfilingPolicySpec {
     /// Namespaces this policy governs (label selector over namespaces; empty selects all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::limits::label_selector)]
     pub namespace_selector: Option<LabelSelector>,
     /// The highest-priority matching policy governs a namespace; ties go to the name that sorts
     /// first.
@@ -50,13 +51,15 @@ pub struct ProfilingPolicySpec {
     pub limits: PolicyLimits,
     /// Where profiles go. Names must be unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]), length(max = crate::limits::MAX_SINKS))]
     pub sinks: Vec<SinkSpec>,
     /// Labels added to every profile after relabelling (e.g. `cluster: prod-eu`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::limits::map(crate::limits::MAX_LABELS, crate::limits::strings(crate::limits::MAX_LABEL_VALUE_LENGTH)))]
     pub external_labels: BTreeMap<String, String>,
     /// Relabelling applied to every target after the target's own relabelings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RELABELINGS))]
     pub relabelings: Vec<RelabelConfig>,
     /// The per-node eBPF profiler, which profiles every process with no application change.
     #[serde(default)]
@@ -108,6 +111,7 @@ pub struct PolicyDefaults {
     pub cpu_seconds: Option<u32>,
     /// Profile types pulled when a target does not say (default: all five, as Alloy does).
     #[serde(default = "PolicyDefaults::default_types")]
+    #[schemars(length(max = crate::limits::MAX_PROFILE_TYPES))]
     pub profile_types: Vec<ProfileKind>,
 }
 
@@ -146,6 +150,7 @@ pub struct PolicyLimits {
     pub min_interval: Option<Duration>,
     /// Profile type names allowed (`cpu`, `memory`, ..., or custom names). Empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_PROFILE_TYPES), inner(length(max = crate::limits::MAX_DNS_LABEL_LENGTH)))]
     pub allowed_profile_types: Vec<String>,
     /// Largest profile accepted, in bytes as fetched (default in the scraper: 16 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,7 +168,7 @@ pub struct PolicyLimits {
 #[x_kube(validation = Rule::new("(has(self.pyroscope) ? 1 : 0) + (has(self.parca) ? 1 : 0) + (has(self.otlp) ? 1 : 0) + (has(self.file) ? 1 : 0) == 1").message("a sink needs exactly one of pyroscope, parca, otlp or file"))]
 pub struct SinkSpec {
     /// Name that targets refer to in `sinks`.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = crate::limits::MAX_DNS_LABEL_LENGTH))]
     pub name: String,
     /// Grafana Pyroscope push API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,10 +193,11 @@ pub struct SinkSpec {
 #[x_kube(validation = Rule::new("!(has(self.basicAuth) && has(self.bearerTokenSecret))").message("basicAuth and bearerTokenSecret are mutually exclusive"))]
 pub struct PyroscopeSink {
     /// Base URL, e.g. `http://pyroscope.monitoring:4040`.
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(regex(pattern = r"^https?://"), length(max = crate::limits::MAX_URL_LENGTH))]
     pub url: String,
     /// Tenant, sent as `X-Scope-OrgID`.
     #[serde(default, rename = "tenantID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_HEADER_VALUE_LENGTH))]
     pub tenant_id: Option<String>,
     /// Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +207,7 @@ pub struct PyroscopeSink {
     pub bearer_token_secret: Option<NamespacedSecretKeyRef>,
     /// Extra HTTP headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::limits::map(crate::limits::MAX_HEADERS, crate::limits::strings(crate::limits::MAX_HEADER_VALUE_LENGTH)))]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -209,7 +216,7 @@ pub struct PyroscopeSink {
 #[serde(rename_all = "camelCase")]
 pub struct ParcaSink {
     /// gRPC address, `host:port`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_URL_LENGTH))]
     pub address: String,
     /// Plain-text gRPC (h2c) instead of TLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -227,10 +234,11 @@ pub struct ParcaSink {
 #[serde(rename_all = "camelCase")]
 pub struct OtlpSink {
     /// Base URL, e.g. `http://otel-collector:4318`.
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(regex(pattern = r"^https?://"), length(max = crate::limits::MAX_URL_LENGTH))]
     pub endpoint: String,
     /// Extra HTTP headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::limits::map(crate::limits::MAX_HEADERS, crate::limits::strings(crate::limits::MAX_HEADER_VALUE_LENGTH)))]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -239,7 +247,7 @@ pub struct OtlpSink {
 #[serde(rename_all = "camelCase")]
 pub struct FileSink {
     /// Directory on the scraper's file system.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_PATH_LENGTH))]
     pub directory: String,
     /// Oldest files are deleted when the directory holds more than this (default 1 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +292,7 @@ pub struct EbpfSettings {
     pub enabled: bool,
     /// Nodes to run it on (label selector over nodes; empty: every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::limits::label_selector)]
     pub node_selector: Option<LabelSelector>,
     /// Samples per second per CPU (default 97 Hz: prime, so it does not beat with timers).
     #[serde(default = "EbpfSettings::default_rate")]
@@ -318,9 +327,11 @@ impl Default for EbpfSettings {
 pub struct EbpfNamespaces {
     /// Only these namespaces (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_NAMESPACES), inner(length(max = crate::limits::MAX_DNS_LABEL_LENGTH)))]
     pub include: Vec<String>,
     /// Never these namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_NAMESPACES), inner(length(max = crate::limits::MAX_DNS_LABEL_LENGTH)))]
     pub exclude: Vec<String>,
 }
 
@@ -333,7 +344,7 @@ pub struct ProfilingPolicyStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, and `Degraded` with a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]), transform = crate::limits::conditions)]
     pub conditions: Vec<Condition>,
     /// Namespaces this policy governs (it is the highest-priority match there).
     #[serde(default)]

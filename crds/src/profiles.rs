@@ -84,7 +84,7 @@ pub struct CpuProfile {
     pub enabled: Option<bool>,
     /// HTTP path. Default `/debug/pprof/profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = r"^/"), length(max = crate::limits::MAX_PATH_LENGTH))]
     pub path: Option<String>,
     /// Length of each CPU profile in whole seconds (`?seconds=N`). Default: the interval, so
     /// consecutive profiles cover CPU time without gaps. The request may last `seconds` plus
@@ -103,7 +103,7 @@ pub struct ProfileSettings {
     pub enabled: Option<bool>,
     /// HTTP path. Default: the Go `net/http/pprof` path of the type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = r"^/"), length(max = crate::limits::MAX_PATH_LENGTH))]
     pub path: Option<String>,
     /// Send the difference between consecutive scrapes of the cumulative values (mutex,
     /// block and the alloc_* types of memory). Default true for those types; ignored for others.
@@ -116,13 +116,13 @@ pub struct ProfileSettings {
 #[serde(rename_all = "camelCase")]
 pub struct CustomProfile {
     /// Profile type name, sent as `__name__` (e.g. `fgprof`, `godeltaprof_memory`).
-    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(max = 63))]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(max = crate::limits::MAX_DNS_LABEL_LENGTH))]
     pub name: String,
     /// Pull this profile (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// HTTP path.
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(regex(pattern = r"^/"), length(max = crate::limits::MAX_PATH_LENGTH))]
     pub path: String,
     /// The endpoint returns cumulative values to turn into deltas (default false; godeltaprof
     /// endpoints already return deltas).
@@ -155,7 +155,7 @@ pub struct Profiles {
     pub block: Option<ProfileSettings>,
     /// Other endpoints. Names must be unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]), length(max = crate::limits::MAX_CUSTOM_PROFILES))]
     pub custom: Vec<CustomProfile>,
 }
 

@@ -107,19 +107,23 @@ fn is_default_replacement(s: &str) -> bool {
 pub struct RelabelConfig {
     /// Labels whose values are joined with `separator` and matched against `regex`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_SOURCE_LABELS), inner(length(max = crate::limits::MAX_LABEL_NAME_LENGTH)))]
     pub source_labels: Vec<String>,
     /// Joins the source values. Default `;`.
     #[serde(
         default = "default_separator",
         skip_serializing_if = "is_default_separator"
     )]
+    #[schemars(length(max = crate::limits::MAX_SEPARATOR_LENGTH))]
     pub separator: String,
     /// The label written by replace, hashmod, lowercase and uppercase, and compared by
     /// keepequal/dropequal. `$1`-style references are expanded for replace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_LABEL_NAME_LENGTH))]
     pub target_label: Option<String>,
     /// RE2 regular expression, fully anchored. Default `(.*)`.
     #[serde(default = "default_regex", skip_serializing_if = "is_default_regex")]
+    #[schemars(length(max = crate::limits::MAX_REGEX_LENGTH))]
     pub regex: String,
     /// Modulus of the hash for hashmod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,7 @@ pub struct RelabelConfig {
         default = "default_replacement",
         skip_serializing_if = "is_default_replacement"
     )]
+    #[schemars(length(max = crate::limits::MAX_LABEL_VALUE_LENGTH))]
     pub replacement: String,
     /// The action. Default `replace`.
     #[serde(default)]

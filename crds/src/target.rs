@@ -35,22 +35,26 @@ use crate::{
 #[serde(rename_all = "camelCase")]
 pub struct ProfilingTargetSpec {
     /// Label selector of the pods to profile (required; `{}` selects every pod).
+    #[schemars(transform = crate::limits::label_selector)]
     pub selector: LabelSelector,
     /// Namespaces to select pods from. Default: the target's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<NamespaceSelector>,
     /// The pprof endpoints of each selected pod.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_ENDPOINTS))]
     pub endpoints: Vec<Endpoint>,
     /// The `service_name` label of every profile. Default: `<namespace>/<container>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_LABEL_VALUE_LENGTH))]
     pub service_name: Option<String>,
     /// Extra static labels added to every profile, before relabelling.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::limits::map(crate::limits::MAX_LABELS, crate::limits::strings(crate::limits::MAX_LABEL_VALUE_LENGTH)))]
     pub labels: BTreeMap<String, String>,
     /// Names of the sinks (defined by ProfilingPolicies) to send to. Default: every sink the
     /// governing policy defines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_SINKS), inner(length(max = crate::limits::MAX_DNS_LABEL_LENGTH)))]
     pub sinks: Vec<String>,
     /// Stop scraping without deleting the target.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -68,6 +72,7 @@ pub struct ProfilingTargetSpec {
 pub struct Endpoint {
     /// Name of the container port serving pprof (exactly one of `port` and `portNumber`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_PORT_NAME_LENGTH))]
     pub port: Option<String>,
     /// Number of the container port serving pprof.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +90,7 @@ pub struct Endpoint {
     pub scrape_timeout: Option<Duration>,
     /// Extra query parameters sent with every profile request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::limits::map(crate::limits::MAX_PARAMS, crate::limits::string_lists(crate::limits::MAX_PARAMS, crate::limits::MAX_PATH_LENGTH)))]
     pub params: BTreeMap<String, Vec<String>>,
     /// Bearer token sent to the endpoint, from a Secret in the target's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +103,7 @@ pub struct Endpoint {
     pub tls_config: Option<TlsConfig>,
     /// Relabelling applied to the discovery labels of each pod; a dropped pod is not scraped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RELABELINGS))]
     pub relabelings: Vec<RelabelConfig>,
     /// The profile types to pull. Types not mentioned follow the policy defaults.
     #[serde(default)]
@@ -113,7 +120,7 @@ pub struct ProfilingTargetStatus {
     /// `Ready`, and `Degraded` with a reason (PortNotFound, SecretNotFound, NoMatchingPods,
     /// LimitExceeded, ScrapeFailing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]), transform = crate::limits::conditions)]
     pub conditions: Vec<Condition>,
     /// Running pods the target selects.
     #[serde(default)]
