@@ -16,6 +16,7 @@ pub mod policy;
 pub mod profiles;
 pub mod relabel;
 pub mod target;
+pub mod validation;
 
 pub use common::*;
 pub use duration::Duration;
