@@ -6,6 +6,8 @@
 //! - The governing policy of a namespace is the matching policy with the highest `priority`;
 //!   ties go to the name that sorts first. Without one, built-in defaults apply (15s, 10s, all
 //!   five types, annotations honoured, no sinks).
+//! - An object a CEL-enforcing API server would refuse (a CEL rule, a bound of the schema) is not
+//!   applied at all and is reported `InvalidSpec`: servers before 1.25 do not check CEL rules.
 //! - Only Running pods with an IP produce jobs.
 //! - A ProfilingTarget selects pods by label selector in the namespaces its `namespaceSelector`
 //!   names (its own by default); each endpoint's port is resolved by name or number against the
@@ -22,6 +24,7 @@
 mod annotations;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -168,11 +171,11 @@ pub struct Compiled {
 
 /// The policy governing each namespace (by namespace name).
 fn governing<'a>(
-    policies: &'a [PolicyInput],
+    policies: &[&'a PolicyInput],
     namespaces: &[NamespaceInfo],
     facts: &mut BTreeMap<String, PolicyFacts>,
 ) -> BTreeMap<String, &'a PolicyInput> {
-    let mut sorted: Vec<&PolicyInput> = policies.iter().collect();
+    let mut sorted: Vec<&PolicyInput> = policies.to_vec();
     sorted.sort_by(|a, b| {
         b.spec
             .priority
@@ -549,10 +552,15 @@ fn target_namespaces(
 /// Compiles the desired state. Pure: same inputs, same output.
 pub fn compile(inputs: &Inputs) -> Compiled {
     let mut out = Compiled::default();
+    let mut policies = Vec::new();
     for p in &inputs.policies {
-        out.policies.entry(p.name.clone()).or_default();
+        let refused = validate::policy(&p.spec);
+        if refused.is_empty() {
+            policies.push(p);
+        }
+        out.policies.entry(p.name.clone()).or_default().problems = refused;
     }
-    let governing = governing(&inputs.policies, &inputs.namespaces, &mut out.policies);
+    let governing = governing(&policies, &inputs.namespaces, &mut out.policies);
     let rules_for = |ns: &str| Rules::of(governing.get(ns).copied());
     // Jobs with the node of their pod.
     let mut jobs: Vec<(Option<String>, ScrapeJob)> = Vec::new();
@@ -563,8 +571,11 @@ pub fn compile(inputs: &Inputs) -> Compiled {
     let mut targets: Vec<&TargetInput> = inputs.targets.iter().collect();
     targets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for t in targets {
-        let mut facts = TargetFacts::default();
-        if t.spec.suspend {
+        let mut facts = TargetFacts {
+            problems: validate::target(&t.spec),
+            ..Default::default()
+        };
+        if t.spec.suspend || !facts.problems.is_empty() {
             out.targets
                 .insert((t.namespace.clone(), t.name.clone()), facts);
             continue;
@@ -695,8 +706,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
     }
 
     // Shards: jobs per node, with the sinks their jobs name, keyed by (policy, name).
-    let all_sinks: BTreeMap<String, kubeprof_crds::policy::SinkSpec> = inputs
-        .policies
+    let all_sinks: BTreeMap<String, kubeprof_crds::policy::SinkSpec> = policies
         .iter()
         .flat_map(|p| {
             p.spec.sinks.iter().map(|s| {

@@ -13,6 +13,7 @@
 //! 4. `deleting_a_pod_removes_its_jobs_and_its_nodes_objects`;
 //! 5. `a_missing_port_is_reported_port_not_found`; `a_stopped_service_shows_failing_and_recovers`
 //!    (within 60 s); `an_unreadable_target_is_reported_and_blocks_nothing`;
+//!    `a_target_only_cel_refuses_is_reported_and_not_applied`;
 //! 6. `scraping_goes_on_while_the_operator_is_down`, and a restarted operator carries on;
 //! 7. `a_standby_replica_takes_over_from_a_dead_leader`: one of two replicas leads and writes;
 //!    killing it hands over; SIGTERM releases the lease.
@@ -469,6 +470,66 @@ async fn an_unreadable_target_is_reported_and_blocks_nothing() -> anyhow::Result
         targets
             .delete("unreadable", &DeleteParams::default())
             .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_only_cel_refuses_is_reported_and_not_applied() -> anyhow::Result<()> {
+    let name = "operator::a_target_only_cel_refuses_is_reported_and_not_applied";
+    Stage::run(name, NO_GO, async |s| {
+        let _op = s.operator("op-1")?;
+        s.create_running_pod(
+            "web-1",
+            &s.node("node-a"),
+            (&s.ip(), 6060),
+            json!({"app": "web"}),
+            json!({}),
+        )
+        .await?;
+        // Port and portNumber together: only a CEL rule refuses it, so a server without CEL
+        // stores it, and the operator refuses it as a CEL-enforcing server would.
+        let targets = s.targets();
+        let both: ProfilingTarget = serde_json::from_value(json!({
+            "apiVersion": "kubeprof.io/v1alpha1", "kind": "ProfilingTarget",
+            "metadata": {"name": "both-ports"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "endpoints": [{"port": "pprof", "portNumber": 6060}]},
+        }))?;
+        match targets.create(&PostParams::default(), &both).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 422 => {
+                say(&format!(
+                    "e2e: 5. the server refused port and portNumber together itself: {}",
+                    e.message
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        eventually(
+            "both-ports reported InvalidSpec, with no job",
+            Duration::from_secs(30),
+            || async {
+                let t = targets.get("both-ports").await?;
+                let st = t.status.clone().unwrap_or_default();
+                let degraded = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == conditions::DEGRADED);
+                ensure!(
+                    degraded.is_some_and(|c| c.reason == conditions::REASON_INVALID_SPEC
+                        && c.message
+                            .contains("exactly one of port or portNumber must be set")),
+                    "status {st:?}"
+                );
+                ensure!(st.active_jobs == 0, "status {st:?}");
+                Ok(())
+            },
+        )
+        .await?;
+        say("e2e: 5. a target only a CEL rule refuses is reported InvalidSpec, with no job");
         Ok(())
     })
     .await
