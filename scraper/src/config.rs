@@ -6,15 +6,12 @@
 //! Secret references in sinks resolve from `--secrets-dir` (`DIR/<namespace>/<name>/<key>`, the
 //! way Kubernetes mounts Secrets).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod jobs;
+mod validate;
 
-use kubeprof_crds::{
-    Duration, Profiles, RelabelConfig, Scheme,
-    constants::labels,
-    job::{CredentialRef, JobOrigin, OriginKind, ScrapeAuth, ScrapeJob, ScrapeTls},
-    policy::SinkSpec,
-    relabel::{Labels, compile_all},
-};
+use std::collections::BTreeMap;
+
+use kubeprof_crds::{Duration, Profiles, RelabelConfig, Scheme, policy::SinkSpec, relabel::Labels};
 use serde::Deserialize;
 
 /// The whole file.
@@ -180,22 +177,6 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-/// What the scrape loop needs from a configuration.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct JobSet {
-    /// One job per address and enabled profile type.
-    pub jobs: Vec<ScrapeJob>,
-    /// The sinks.
-    pub sinks: Vec<SinkSpec>,
-}
-
 /// The configuration embedded in the binary (`examples/standalone/scraper.yaml`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/standalone/scraper.yaml");
 
@@ -214,198 +195,5 @@ impl Config {
             source,
         })?;
         Self::parse(&text)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let mut sink_names = BTreeSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            let field = format!("sinks[{i}]");
-            if !sink_names.insert(sink.name.as_str()) {
-                return Err(invalid(
-                    format!("{field}.name"),
-                    format!("duplicate sink name {:?}", sink.name),
-                ));
-            }
-            let backends = [
-                sink.pyroscope.is_some(),
-                sink.parca.is_some(),
-                sink.otlp.is_some(),
-                sink.file.is_some(),
-            ];
-            if backends.iter().filter(|b| **b).count() != 1 {
-                return Err(invalid(
-                    field,
-                    "a sink needs exactly one of pyroscope, parca, otlp or file",
-                ));
-            }
-        }
-        if self.sinks.is_empty() {
-            return Err(invalid(
-                "sinks",
-                "at least one sink is needed (e.g. `- name: local\\n  file: {directory: ./profiles}`)",
-            ));
-        }
-        let mut names = BTreeSet::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            let field = |f: &str| format!("targets[{i}].{f}");
-            if t.name.is_empty() {
-                return Err(invalid(field("name"), "must not be empty"));
-            }
-            if !names.insert(t.name.as_str()) {
-                return Err(invalid(
-                    field("name"),
-                    format!("duplicate target name {:?}", t.name),
-                ));
-            }
-            if t.addresses.is_empty() {
-                return Err(invalid(
-                    field("addresses"),
-                    "at least one host:port is needed",
-                ));
-            }
-            for (j, a) in t.addresses.iter().enumerate() {
-                let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
-                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                });
-                if !ok {
-                    return Err(invalid(
-                        format!("targets[{i}].addresses[{j}]"),
-                        format!("{a:?} is not host:port"),
-                    ));
-                }
-            }
-            if t.interval.std().is_zero() {
-                return Err(invalid(field("interval"), "must be positive"));
-            }
-            if t.scrape_timeout >= t.interval {
-                return Err(invalid(
-                    field("scrapeTimeout"),
-                    format!(
-                        "{} must be less than interval ({})",
-                        t.scrape_timeout, t.interval
-                    ),
-                ));
-            }
-            if let Err(e) = compile_all(&t.relabelings) {
-                return Err(invalid(field("relabelings"), e.to_string()));
-            }
-            for (j, s) in t.sinks.iter().enumerate() {
-                if !sink_names.contains(s.as_str()) {
-                    return Err(invalid(
-                        format!("targets[{i}].sinks[{j}]"),
-                        format!("no sink is named {s:?}"),
-                    ));
-                }
-            }
-            let mut custom = BTreeSet::new();
-            for (j, c) in t.profiles.custom.iter().enumerate() {
-                if !custom.insert(c.name.as_str())
-                    || kubeprof_crds::ProfileKind::ALL
-                        .iter()
-                        .any(|k| k.metric_name() == c.name)
-                {
-                    return Err(invalid(
-                        format!("targets[{i}].profiles.custom[{j}].name"),
-                        format!("{:?} is used twice", c.name),
-                    ));
-                }
-                if !c.path.starts_with('/') {
-                    return Err(invalid(
-                        format!("targets[{i}].profiles.custom[{j}].path"),
-                        "must start with /",
-                    ));
-                }
-            }
-            if t.bearer_token_file.is_some() && t.basic_auth.is_some() {
-                return Err(invalid(
-                    field("bearerTokenFile"),
-                    "bearerTokenFile and basicAuth are mutually exclusive",
-                ));
-            }
-            if let Some(tls) = &t.tls_config
-                && tls.cert_file.is_some() != tls.key_file.is_some()
-            {
-                return Err(invalid(
-                    field("tlsConfig"),
-                    "certFile and keyFile go together",
-                ));
-            }
-            if t.scheme == Scheme::Http && t.tls_config.is_some() {
-                return Err(invalid(field("tlsConfig"), "set scheme: https to use TLS"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The jobs and sinks this configuration describes.
-    pub fn job_set(&self) -> JobSet {
-        let all_sinks: Vec<String> = self.sinks.iter().map(|s| s.name.clone()).collect();
-        let mut jobs = Vec::new();
-        for t in &self.targets {
-            let cpu_seconds = u32::try_from(t.interval.std().as_secs())
-                .unwrap_or(u32::MAX)
-                .max(1);
-            let profiles = t
-                .profiles
-                .resolve(&kubeprof_crds::ProfileKind::ALL, cpu_seconds);
-            let file = |f: &Option<String>| f.as_ref().map(CredentialRef::from_file);
-            let auth = match (&t.bearer_token_file, &t.basic_auth) {
-                (Some(f), _) => Some(ScrapeAuth::Bearer {
-                    token: CredentialRef::from_file(f),
-                }),
-                (None, Some(b)) => Some(ScrapeAuth::Basic {
-                    username: CredentialRef::literal(&b.username),
-                    password: CredentialRef::from_file(&b.password_file),
-                }),
-                (None, None) => None,
-            };
-            let tls = t.tls_config.as_ref().map(|c| ScrapeTls {
-                ca: file(&c.ca_file),
-                cert: file(&c.cert_file),
-                key: file(&c.key_file),
-                server_name: c.server_name.clone(),
-                insecure_skip_verify: c.insecure_skip_verify,
-            });
-            for address in &t.addresses {
-                let origin = JobOrigin {
-                    kind: OriginKind::Static,
-                    namespace: String::new(),
-                    name: t.name.clone(),
-                };
-                for profile in &profiles {
-                    let mut l = t.labels.clone();
-                    l.insert(labels::ADDRESS.into(), address.clone());
-                    l.insert(labels::SCHEME.into(), t.scheme.as_str().into());
-                    l.insert(labels::PROFILE_PATH.into(), profile.path.clone());
-                    l.insert(labels::JOB.into(), t.name.clone());
-                    jobs.push(ScrapeJob {
-                        id: ScrapeJob::identity(&origin, address, &profile.name, &profile.path),
-                        origin: origin.clone(),
-                        address: address.clone(),
-                        scheme: t.scheme,
-                        profile: profile.clone(),
-                        params: t.params.clone(),
-                        interval: t.interval,
-                        timeout: t.scrape_timeout,
-                        labels: l,
-                        relabelings: t.relabelings.clone(),
-                        external_labels: self.external_labels.clone(),
-                        auth: auth.clone(),
-                        tls: tls.clone(),
-                        sinks: if t.sinks.is_empty() {
-                            all_sinks.clone()
-                        } else {
-                            t.sinks.clone()
-                        },
-                        max_profile_bytes: Some(self.scrape.max_profile_bytes),
-                    });
-                }
-            }
-        }
-        jobs.sort_by(|a, b| a.id.cmp(&b.id));
-        JobSet {
-            jobs,
-            sinks: self.sinks.clone(),
-        }
     }
 }

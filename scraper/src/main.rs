@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    kubeprof_scraper::cli::main()
+    kubeprof_scraper::main()
 }

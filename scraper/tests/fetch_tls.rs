@@ -11,10 +11,7 @@ use kubeprof_crds::{
     Duration as ApiDuration, ProfileKind, ResolvedProfile, Scheme,
     job::{CredentialRef, JobOrigin, OriginKind, ScrapeJob, ScrapeTls},
 };
-use kubeprof_scraper::{
-    credentials::SecretsDir,
-    fetch::{FetchError, Fetcher},
-};
+use kubeprof_scraper::{FetchError, Fetcher, SecretsDir};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -26,10 +26,8 @@ fn delta_of(first: &str, second: &str) -> pprof::Profile {
 /// fixture's hot functions.
 #[tokio::test]
 async fn go_tool_pprof_reads_deltas_stored_by_the_file_sink() {
-    use kubeprof_scraper::sinks::{
-        Envelope,
-        file::{FileConfig, FileSink},
-    };
+    use kubeprof_crds::policy::{FileSink as FileSpec, SinkSpec};
+    use kubeprof_scraper::{Envelope, Metrics, Outputs, RetryConfig, SecretsDir};
     if std::process::Command::new("go")
         .arg("version")
         .output()
@@ -43,10 +41,15 @@ async fn go_tool_pprof_reads_deltas_stored_by_the_file_sink() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let sink = FileSink::new(FileConfig {
-        directory: dir.path().join("profiles"),
-        retention_bytes: 1 << 30,
-    });
+    let spec = SinkSpec {
+        name: "local".into(),
+        file: Some(FileSpec {
+            directory: dir.path().join("profiles").to_string_lossy().into_owned(),
+            retention_bytes: None,
+        }),
+        ..Default::default()
+    };
+    let metrics = Metrics::unregistered();
     for (i, (first, second, kind, hot)) in [
         (
             "mutex.pb.gz",
@@ -77,8 +80,19 @@ async fn go_tool_pprof_reads_deltas_stored_by_the_file_sink() {
             end: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001 + i as u64),
             job_id: "job".into(),
         };
-        let path = sink.path_for(&envelope);
-        sink.send(std::slice::from_ref(&envelope)).await.unwrap();
+        let path = dir.path().join(format!(
+            "profiles/demo/app/{kind}/{}.pb.gz",
+            1_700_000_000_000 + 1000 * i as u64
+        ));
+        let outputs = Outputs::start(
+            std::slice::from_ref(&spec),
+            std::sync::Arc::new(SecretsDir(None)),
+            RetryConfig::default(),
+            &metrics,
+        )
+        .unwrap();
+        outputs.handle().send(envelope, &["local".into()]);
+        outputs.shutdown(std::time::Duration::from_secs(10)).await;
         assert!(path.exists(), "{} written", path.display());
         let out = std::process::Command::new("go")
             .args(["tool", "pprof", "-top", "-sample_index=0"])

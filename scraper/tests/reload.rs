@@ -5,11 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use kubeprof_scraper::{
-    config::Config,
-    discovery::{JobSource, StaticFileSource},
-    metrics::{Metrics, OutcomeLabels},
-};
+use kubeprof_scraper::{Config, FileSource, JobSource, Metrics, OutcomeLabels};
 use tokio_util::sync::CancellationToken;
 
 fn body(addr: &str, interval: &str) -> String {
@@ -26,7 +22,7 @@ async fn changes_apply_and_broken_edits_keep_the_previous_jobs() {
     let initial = Config::load(&path.to_string_lossy()).unwrap().job_set();
     let metrics = Metrics::unregistered();
     let shutdown = CancellationToken::new();
-    let source = StaticFileSource::start(
+    let source = FileSource::start(
         path.clone(),
         initial.clone(),
         Duration::from_millis(50),
@@ -108,7 +104,7 @@ async fn changes_apply_and_broken_edits_keep_the_previous_jobs() {
 async fn bearer_and_basic_credentials_come_from_files() {
     use std::sync::Arc;
 
-    use kubeprof_scraper::{credentials::SecretsDir, fetch::Fetcher};
+    use kubeprof_scraper::{Fetcher, SecretsDir};
     let target = common::FakeTarget::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();

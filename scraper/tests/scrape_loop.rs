@@ -9,12 +9,8 @@ use common::{Behaviour, FakeTarget};
 use kubeprof_crds::job::ScrapeJob;
 use kubeprof_pprof::DecodeLimits;
 use kubeprof_scraper::{
-    config::Config,
-    credentials::SecretsDir,
-    fetch::Fetcher,
-    metrics::{Metrics, ScrapeLabels},
-    scrape::{Pipeline, Scheduler, phase},
-    sinks::{Fanout, RetryConfig},
+    Config, Fetcher, Metrics, Outputs, Pipeline, RetryConfig, Scheduler, ScrapeLabels, SecretsDir,
+    phase,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -29,22 +25,23 @@ fn config(addr: &str, dir: &std::path::Path, extra: &str) -> Config {
 struct Harness {
     scheduler: Scheduler,
     pipeline: Arc<Pipeline>,
+    outputs: Outputs,
     metrics: Metrics,
 }
 
 fn harness(config: &Config) -> Harness {
     let metrics = Metrics::unregistered();
     let secrets = Arc::new(SecretsDir(None));
-    let fanout = Fanout::from_specs(
+    let outputs = Outputs::start(
         &config.sinks,
-        secrets.as_ref(),
+        secrets.clone(),
         RetryConfig::default(),
         &metrics,
     )
     .unwrap();
     let pipeline = Arc::new(Pipeline::new(
         Fetcher::new(secrets),
-        fanout,
+        outputs.handle(),
         metrics.clone(),
         DecodeLimits {
             max_decompressed_bytes: 1 << 20,
@@ -55,6 +52,7 @@ fn harness(config: &Config) -> Harness {
     Harness {
         scheduler,
         pipeline,
+        outputs,
         metrics,
     }
 }
@@ -97,7 +95,7 @@ async fn every_type_arrives_with_labels_and_deltas() {
     h.scheduler.apply(cfg.job_set().jobs);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     h.scheduler.stop().await;
-    h.pipeline.fanout().shutdown(Duration::from_secs(5)).await;
+    h.outputs.shutdown(Duration::from_secs(5)).await;
 
     let found = files(dir.path());
     for kind in ["process_cpu", "memory", "goroutine", "mutex", "block"] {

@@ -1,4 +1,5 @@
-//! Sinks against receivers of the real wire format.
+//! What every sink shares, seen through the outputs: routing by sink name, the bounded queue,
+//! and which failures are retried.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,16 +15,13 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
-use kubeprof_crds::{policy::WhenFull, relabel::Labels};
-use kubeprof_pprof::{self as pprof, DecodeLimits};
+use kubeprof_crds::{
+    policy::{PyroscopeSink as PyroscopeSpec, QueueSettings, SinkSpec, WhenFull},
+    relabel::Labels,
+};
 use kubeprof_scraper::{
-    metrics::{Metrics, SinkLabels, SinkReasonLabels},
+    Envelope, Metrics, Outputs, SecretsDir, SinkLabels, SinkReasonLabels,
     proto::push::v1::PushRequest,
-    sinks::{
-        Backend, Envelope, Fanout, QueueConfig,
-        file::{FileConfig, FileSink},
-        pyroscope::{HttpAuth, PyroscopeConfig, PyroscopeSink},
-    },
 };
 use prost::Message as _;
 
@@ -43,14 +41,6 @@ fn envelope(kind: &str, fixture: &str, ms: u64) -> Envelope {
         end: SystemTime::UNIX_EPOCH + Duration::from_millis(ms + 10),
         job_id: "job-1".into(),
     }
-}
-
-fn function_names(profile: &[u8]) -> Vec<String> {
-    let p = pprof::decode(profile, &DecodeLimits::default()).unwrap();
-    p.function
-        .iter()
-        .map(|f| p.string_table[f.name as usize].clone())
-        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -93,73 +83,18 @@ async fn receiver() -> (Receiver, String) {
     (r, url)
 }
 
-fn pyroscope(url: &str) -> Backend {
-    Backend::Pyroscope(
-        PyroscopeSink::new(PyroscopeConfig {
+/// Outputs with one Pyroscope sink, `pyro`, as a spec describes it.
+fn pyroscope(url: &str, queue: Option<QueueSettings>, metrics: &Metrics) -> Outputs {
+    let spec = SinkSpec {
+        name: "pyro".into(),
+        pyroscope: Some(PyroscopeSpec {
             url: url.into(),
-            tenant_id: Some("team-a".into()),
-            auth: Some(HttpAuth::Basic {
-                username: "u".into(),
-                password: "p".into(),
-            }),
-            headers: [("x-extra".to_string(), "1".to_string())].into(),
-            timeout: Duration::from_secs(5),
-            max_batch: 16,
-        })
-        .unwrap(),
-    )
-}
-
-#[tokio::test]
-async fn pyroscope_receives_labels_tenant_auth_and_the_profile() {
-    let (r, url) = receiver().await;
-    let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("pyro".into(), pyroscope(&url), QueueConfig::default())],
-        fast_retry(),
-        &metrics,
-    );
-    fanout.send(envelope("process_cpu", "cpu.pb.gz", 1000), &["pyro".into()]);
-    fanout.send(envelope("mutex", "mutex.pb.gz", 2000), &["pyro".into()]);
-    fanout.shutdown(Duration::from_secs(5)).await;
-
-    let pushes = r.pushes.lock().unwrap();
-    let series: Vec<_> = pushes
-        .iter()
-        .flat_map(|(_, req)| req.series.clone())
-        .collect();
-    assert_eq!(series.len(), 2);
-    let (headers, _) = &pushes[0];
-    assert_eq!(headers["x-scope-orgid"], "team-a");
-    assert_eq!(headers["authorization"], "Basic dTpw");
-    assert_eq!(headers["x-extra"], "1");
-    let cpu = series
-        .iter()
-        .find(|s| {
-            s.labels
-                .iter()
-                .any(|l| l.name == "__name__" && l.value == "process_cpu")
-        })
-        .unwrap();
-    let labels: Vec<(String, String)> = cpu
-        .labels
-        .iter()
-        .map(|l| (l.name.clone(), l.value.clone()))
-        .collect();
-    assert!(
-        labels.contains(&("service_name".into(), "shop/checkout".into())),
-        "{labels:?}"
-    );
-    assert!(function_names(&cpu.samples[0].raw_profile).contains(&"main.hotCPULeaf".to_string()));
-    assert_eq!(
-        metrics
-            .sink_sent
-            .get_or_create(&SinkLabels {
-                sink: "pyro".into()
-            })
-            .get(),
-        2
-    );
+            ..Default::default()
+        }),
+        queue,
+        ..Default::default()
+    };
+    Outputs::start(&[spec], Arc::new(SecretsDir(None)), fast_retry(), metrics).unwrap()
 }
 
 #[tokio::test]
@@ -167,18 +102,14 @@ async fn a_sink_that_is_down_queues_to_the_limit_then_drains() {
     let (r, url) = receiver().await;
     r.status.store(503, Ordering::SeqCst);
     let metrics = Metrics::unregistered();
-    let queue = QueueConfig {
-        max_profiles: 5,
-        max_bytes: 1 << 20,
+    let queue = QueueSettings {
+        max_profiles: Some(5),
+        max_bytes: Some(1 << 20),
         when_full: WhenFull::DropOldest,
     };
-    let fanout = Fanout::start(
-        vec![("pyro".into(), pyroscope(&url), queue)],
-        fast_retry(),
-        &metrics,
-    );
+    let outputs = pyroscope(&url, Some(queue), &metrics);
     for i in 0..20 {
-        fanout.send(
+        outputs.handle().send(
             envelope("goroutine", "goroutine.pb.gz", i),
             &["pyro".into()],
         );
@@ -211,7 +142,7 @@ async fn a_sink_that_is_down_queues_to_the_limit_then_drains() {
     // The sink comes back: the queue drains.
     r.status.store(200, Ordering::SeqCst);
     eventually("the queue to drain", || {
-        fanout.pending() == 0 && !r.pushes.lock().unwrap().is_empty()
+        outputs.pending() == 0 && !r.pushes.lock().unwrap().is_empty()
     })
     .await;
     let delivered: usize = r
@@ -230,7 +161,7 @@ async fn a_sink_that_is_down_queues_to_the_limit_then_drains() {
         })
         .get();
     assert!(failures >= 3);
-    fanout.shutdown(Duration::from_secs(2)).await;
+    outputs.shutdown(Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -238,12 +169,8 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
     let (r, url) = receiver().await;
     r.status.store(400, Ordering::SeqCst);
     let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("pyro".into(), pyroscope(&url), QueueConfig::default())],
-        fast_retry(),
-        &metrics,
-    );
-    fanout.send(
+    let outputs = pyroscope(&url, None, &metrics);
+    outputs.handle().send(
         envelope("goroutine", "goroutine.pb.gz", 1),
         &["pyro".into()],
     );
@@ -261,7 +188,7 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
     assert_eq!(r.calls.load(Ordering::SeqCst), 1, "a 400 was retried");
 
     r.status.store(429, Ordering::SeqCst);
-    fanout.send(
+    outputs.handle().send(
         envelope("goroutine", "goroutine.pb.gz", 2),
         &["pyro".into()],
     );
@@ -271,25 +198,23 @@ async fn a_sink_answering_400_is_not_retried_and_429_is() {
         !r.pushes.lock().unwrap().is_empty()
     })
     .await;
-    fanout.shutdown(Duration::from_secs(2)).await;
+    outputs.shutdown(Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
 async fn profiles_for_no_sink_or_a_missing_one_go_nowhere_and_are_counted() {
     let (r, url) = receiver().await;
     let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("pyro".into(), pyroscope(&url), QueueConfig::default())],
-        fast_retry(),
-        &metrics,
-    );
+    let outputs = pyroscope(&url, None, &metrics);
     // An ungoverned job (no sinks) must not fall back to every sink of the node.
-    fanout.send(envelope("goroutine", "goroutine.pb.gz", 1), &[]);
-    fanout.send(
+    outputs
+        .handle()
+        .send(envelope("goroutine", "goroutine.pb.gz", 1), &[]);
+    outputs.handle().send(
         envelope("goroutine", "goroutine.pb.gz", 2),
         &["gone".into()],
     );
-    fanout.send(
+    outputs.handle().send(
         envelope("goroutine", "goroutine.pb.gz", 3),
         &["gone".into(), "pyro".into()],
     );
@@ -308,54 +233,6 @@ async fn profiles_for_no_sink_or_a_missing_one_go_nowhere_and_are_counted() {
         r.pushes.lock().unwrap().len() == 1
     })
     .await;
-    fanout.shutdown(Duration::from_secs(2)).await;
+    outputs.shutdown(Duration::from_secs(2)).await;
     assert_eq!(r.pushes.lock().unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn file_sink_writes_readable_profiles_and_keeps_to_its_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = FileSink::new(FileConfig {
-        directory: dir.path().into(),
-        retention_bytes: 6_000,
-    });
-    let first = envelope("process_cpu", "cpu.pb.gz", 1_000);
-    let path = sink.path_for(&first);
-    assert_eq!(
-        path,
-        dir.path().join("shop/checkout/process_cpu/1000.pb.gz")
-    );
-    sink.send(std::slice::from_ref(&first)).await.unwrap();
-    assert!(
-        function_names(&std::fs::read(&path).unwrap()).contains(&"main.hotCPULeaf".to_string())
-    );
-    let labels: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(path.with_extension("").with_extension("labels.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(labels["pod"], "checkout-1");
-
-    // Retention: ~850 bytes of profile + labels each; 6,000 bytes keep only the newest.
-    for ms in 2_000..2_010 {
-        sink.send(&[envelope("process_cpu", "cpu.pb.gz", ms)])
-            .await
-            .unwrap();
-    }
-    let mut kept: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".pb.gz"))
-        .collect();
-    kept.sort();
-    assert!(
-        !kept.contains(&"1000.pb.gz".to_string()),
-        "the oldest profile survived retention: {kept:?}"
-    );
-    assert!(kept.contains(&"2009.pb.gz".to_string()));
-    assert!(kept.len() < 8);
-
-    // Labels cannot escape the directory.
-    let mut evil = envelope("../../etc", "cpu.pb.gz", 3_000);
-    evil.labels.insert("service_name".into(), "../..".into());
-    assert!(sink.path_for(&evil).starts_with(dir.path()));
 }

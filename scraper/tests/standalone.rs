@@ -48,9 +48,7 @@ fn invalid_configs_exit_2_naming_the_field() {
 
 #[test]
 fn the_embedded_default_is_valid() {
-    let config =
-        kubeprof_scraper::config::Config::parse(kubeprof_scraper::config::EMBEDDED_DEFAULT)
-            .unwrap();
+    let config = kubeprof_scraper::Config::parse(kubeprof_scraper::EMBEDDED_DEFAULT).unwrap();
     let set = config.job_set();
     assert!(
         set.jobs
@@ -91,7 +89,7 @@ async fn run_writes_profiles_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Its own endpoints answer, and /metrics counts the scrapes.
-    kubeprof_scraper::tls::install_default_provider();
+    kubeprof_scraper::install_default_provider();
     let metrics = reqwest::get(format!("http://{listen}/metrics"))
         .await
         .unwrap()

@@ -2,12 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kubeprof_pprof::{self as pprof, DecodeLimits};
-use kubeprof_scraper::{metrics::Metrics, telemetry::Telemetry};
+use kubeprof_scraper::{Metrics, telemetry::Telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_readiness_and_self_profile() {
-    kubeprof_scraper::tls::install_default_provider();
+    kubeprof_scraper::install_default_provider();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
     metrics.missed_scrapes.inc_by(3);

@@ -165,7 +165,7 @@ impl Drop for KillOnDrop {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kubeprof_scraper::tls::install_default_provider();
+    kubeprof_scraper::install_default_provider();
     let args = Args::parse();
     let interval: kubeprof_crds::Duration = args.interval.parse()?;
     let duration: kubeprof_crds::Duration = args.duration.parse()?;

@@ -5,8 +5,12 @@
 //! `.`/`..` components are refused, so a label can never write outside DIR. Beside each profile,
 //! `<unix ms>.labels.json` holds its labels.
 
+mod config;
+mod store;
+#[cfg(test)]
+mod tests;
+
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::UNIX_EPOCH,
@@ -14,16 +18,10 @@ use std::{
 
 use kubeprof_crds::constants::labels;
 
-use super::{Envelope, SendError};
+pub use config::FileConfig;
 
-/// The file sink's settings.
-#[derive(Clone, Debug)]
-pub struct FileConfig {
-    /// Root directory.
-    pub directory: PathBuf,
-    /// Oldest files are deleted once the directory holds more than this.
-    pub retention_bytes: u64,
-}
+use super::{Backend, SendError};
+use crate::envelope::Envelope;
 
 /// Writes profiles to files.
 #[derive(Debug)]
@@ -49,6 +47,18 @@ fn component(s: &str) -> String {
     match c.as_str() {
         "" | "." | ".." => "_".repeat(c.len().max(1)),
         _ => c,
+    }
+}
+
+/// Where the labels of the profile at `path` go.
+fn labels_path(path: &Path) -> PathBuf {
+    path.with_extension("").with_extension("labels.json")
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> SendError {
+    SendError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -85,9 +95,15 @@ impl FileSink {
             .unwrap_or(0);
         dir.join(format!("{ms}.pb.gz"))
     }
+}
+
+impl Backend for FileSink {
+    fn max_batch(&self) -> usize {
+        64
+    }
 
     /// Writes every profile of the batch.
-    pub async fn send(&self, batch: &[Envelope]) -> Result<(), SendError> {
+    async fn send(&self, batch: &[Envelope]) -> Result<(), SendError> {
         let work: Vec<(PathBuf, Envelope)> = batch
             .iter()
             .map(|e| (self.path_for(e), e.clone()))
@@ -99,14 +115,14 @@ impl FileSink {
         let written = tokio::task::spawn_blocking(move || {
             let mut total = match *stored {
                 Some(total) => total,
-                None => tree_size(&root),
+                None => store::tree_size(&root),
             };
             let mut dirs = std::collections::BTreeSet::new();
             for (path, envelope) in &work {
-                write_atomic(path, &envelope.profile).map_err(|e| io_error(path, e))?;
-                let labels_path = path.with_extension("").with_extension("labels.json");
+                store::write_atomic(path, &envelope.profile).map_err(|e| io_error(path, e))?;
+                let labels_path = labels_path(path);
                 let json = serde_json::to_vec_pretty(&envelope.labels).unwrap_or_default();
-                write_atomic(&labels_path, &json).map_err(|e| io_error(&labels_path, e))?;
+                store::write_atomic(&labels_path, &json).map_err(|e| io_error(&labels_path, e))?;
                 total += (envelope.profile.len() + json.len()) as u64;
                 if let Some(dir) = path.parent() {
                     dirs.insert(dir.to_path_buf());
@@ -119,97 +135,13 @@ impl FileSink {
                     .map_err(|e| io_error(&dir, e))?;
             }
             if total > retention {
-                total = enforce_retention(&root, retention).map_err(|e| io_error(&root, e))?;
+                total =
+                    store::enforce_retention(&root, retention).map_err(|e| io_error(&root, e))?;
             }
             *stored = Some(total);
             Ok(())
         })
         .await;
-        written.unwrap_or_else(|e| Err(SendError::retryable("io", e.to_string())))
+        written.unwrap_or_else(|e| Err(SendError::Task(e)))
     }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> SendError {
-    // A full or read-only disk does not heal by itself quickly, but often does (cleanup,
-    // remount): retry with backoff rather than drop at once.
-    SendError::retryable("io", format!("{}: {e}", path.display()))
-}
-
-/// Writes to a temporary name in the same directory, fsyncs and renames (the caller fsyncs the
-/// directory once per batch).
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
-/// Bytes of all files below `root`.
-fn tree_size(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-/// Deletes the oldest profiles (and their labels) until the tree holds at most `limit` bytes;
-/// returns the bytes left.
-fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<u64> {
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(ms) = name
-                    .strip_suffix(".pb.gz")
-                    .and_then(|n| n.parse::<u128>().ok())
-                {
-                    files.push((ms, entry.path(), meta.len()));
-                }
-            }
-        }
-    }
-    if total <= limit {
-        return Ok(total);
-    }
-    files.sort();
-    for (_, path, len) in files {
-        if total <= limit {
-            break;
-        }
-        let labels = path.with_extension("").with_extension("labels.json");
-        let labels_len = std::fs::metadata(&labels).map(|m| m.len()).unwrap_or(0);
-        std::fs::remove_file(&path)?;
-        let _ = std::fs::remove_file(&labels);
-        total = total.saturating_sub(len + labels_len);
-    }
-    Ok(total)
 }

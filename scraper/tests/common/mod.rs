@@ -222,8 +222,8 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// Retries fast enough for tests.
-pub fn fast_retry() -> kubeprof_scraper::sinks::RetryConfig {
-    kubeprof_scraper::sinks::RetryConfig {
+pub fn fast_retry() -> kubeprof_scraper::RetryConfig {
+    kubeprof_scraper::RetryConfig {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(100),
     }

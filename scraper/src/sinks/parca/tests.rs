@@ -1,28 +1,26 @@
 //! The Parca sink against a gRPC server implementing ProfileStoreService.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{eventually, fast_retry};
-
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use kubeprof_pprof::{self as pprof, DecodeLimits};
-use kubeprof_scraper::{
+use tonic::{Request, Response, Status};
+
+use super::{ParcaConfig, ParcaSink};
+use crate::{
+    envelope::Envelope,
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
+    outputs::Fanout,
     proto::parca::profilestore::v1alpha1::{
         WriteRawRequest, WriteRawResponse,
         profile_store_service_server::{ProfileStoreService, ProfileStoreServiceServer},
     },
-    sinks::{
-        Backend, Envelope, Fanout, QueueConfig, RetryConfig,
-        parca::{ParcaConfig, ParcaSink},
-    },
+    sinks::RetryConfig,
+    test_support::{envelope as make, eventually, fast_retry, single_sink},
 };
-use tonic::{Request, Response, Status};
 
 /// A write as received: the authorization metadata and the request.
 type Write = (Option<String>, WriteRawRequest);
@@ -70,43 +68,34 @@ async fn server() -> (Store, String) {
 }
 
 fn envelope() -> Envelope {
-    Envelope {
-        labels: [
+    make(
+        &[
             ("__name__", "mutex"),
             ("service_name", "shop/checkout"),
             ("namespace", "shop"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        profile: common::fixture("mutex-2.pb.gz").into(),
-        start: SystemTime::now(),
-        end: SystemTime::now(),
-        job_id: "j".into(),
-    }
+        ],
+        "mutex-2.pb.gz",
+        SystemTime::now(),
+        Duration::ZERO,
+    )
 }
 
-fn sink(addr: &str) -> Backend {
-    Backend::Parca(
-        ParcaSink::new(ParcaConfig {
-            address: addr.into(),
-            insecure: true,
-            bearer_token: Some("s3cret".into()),
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap(),
-    )
+fn fanout(addr: &str, retry: RetryConfig, metrics: &Metrics) -> Fanout {
+    let sink = ParcaSink::new(ParcaConfig {
+        address: addr.into(),
+        insecure: true,
+        bearer_token: Some("s3cret".into()),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    single_sink("parca", sink, retry, metrics)
 }
 
 #[tokio::test]
 async fn parca_receives_labels_token_and_the_profile() {
     let (store, addr) = server().await;
     let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("parca".into(), sink(&addr), QueueConfig::default())],
-        RetryConfig::default(),
-        &metrics,
-    );
+    let fanout = fanout(&addr, RetryConfig::default(), &metrics);
     fanout.send(envelope(), &["parca".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
     let writes = store.writes.lock().unwrap();
@@ -150,11 +139,7 @@ async fn unavailable_is_retried_and_invalid_argument_is_not() {
     *store.refuse.lock().unwrap() = Some(tonic::Code::Unavailable);
     let metrics = Metrics::unregistered();
     let retry = fast_retry();
-    let fanout = Fanout::start(
-        vec![("parca".into(), sink(&addr), QueueConfig::default())],
-        retry,
-        &metrics,
-    );
+    let fanout = fanout(&addr, retry, &metrics);
     fanout.send(envelope(), &["parca".into()]);
     eventually("retries", || {
         metrics
@@ -194,11 +179,7 @@ async fn a_parca_that_is_not_there_is_retried_without_crashing() {
         .to_string();
     let metrics = Metrics::unregistered();
     let retry = fast_retry();
-    let fanout = Fanout::start(
-        vec![("parca".into(), sink(&addr), QueueConfig::default())],
-        retry,
-        &metrics,
-    );
+    let fanout = fanout(&addr, retry, &metrics);
     fanout.send(envelope(), &["parca".into()]);
     eventually("retries", || {
         metrics

@@ -27,7 +27,7 @@ pub enum FetchError {
     Timeout(Duration),
     /// No connection.
     #[error("cannot connect: {0}")]
-    Connect(String),
+    Connect(#[source] ConnectError),
     /// A non-2xx answer.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -48,10 +48,68 @@ pub enum FetchError {
     /// TLS failed: an unusable CA or client certificate, or a handshake the target's
     /// certificate (or its demand for ours) did not pass.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[source] TlsError),
+    /// The job's scheme, address and path do not make a URL.
+    #[error("request failed: invalid URL {url:?}: {source}")]
+    Url {
+        /// What they make.
+        url: String,
+        /// Why it is not a URL.
+        #[source]
+        source: url::ParseError,
+    },
     /// Anything else the HTTP client reported.
     #[error("request failed: {0}")]
-    Request(String),
+    Request(#[source] reqwest::Error),
+}
+
+/// Why no connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The target's name does not resolve.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// `host:port`.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target's name resolves to nothing.
+    #[error("{address} resolves to no address")]
+    NoAddress {
+        /// `host:port`.
+        address: String,
+    },
+    /// Refused, unreachable, reset (the innermost cause is shown).
+    #[error("{}", innermost(.0))]
+    Transport(#[source] reqwest::Error),
+}
+
+/// What went wrong with TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA bundle is not PEM certificates.
+    #[error("CA bundle: {0}")]
+    CaBundle(#[source] reqwest::Error),
+    /// The client certificate and key are not a usable PEM identity.
+    #[error("client certificate: {0}")]
+    ClientCertificate(#[source] reqwest::Error),
+    /// The HTTP client would not take the TLS settings.
+    #[error("{0}")]
+    Client(#[source] reqwest::Error),
+    /// The handshake failed (the innermost cause is shown).
+    #[error("{}", innermost(.0))]
+    Handshake(#[source] reqwest::Error),
+}
+
+/// The message of the innermost cause: the one that says why (refused, unknown issuer, ...).
+fn innermost(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(s) = source.source() {
+        source = s;
+    }
+    source.to_string()
 }
 
 impl FetchError {
@@ -64,7 +122,7 @@ impl FetchError {
             Self::BodyTooLarge { .. } => ScrapeFailure::BodyTooLarge,
             Self::Credential(_) => ScrapeFailure::Credential,
             Self::Tls(_) => ScrapeFailure::Tls,
-            Self::Request(_) => ScrapeFailure::Request,
+            Self::Url { .. } | Self::Request(_) => ScrapeFailure::Request,
         }
     }
 }
@@ -118,7 +176,7 @@ impl Fetcher {
             if let Some(ca) = &tls.ca {
                 let pem = credentials::resolve(ca, self.secrets.as_ref())?;
                 for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                    .map_err(|e| FetchError::Tls(format!("CA bundle: {e}")))?
+                    .map_err(|e| FetchError::Tls(TlsError::CaBundle(e)))?
                 {
                     builder = builder.add_root_certificate(cert);
                 }
@@ -128,7 +186,7 @@ impl Fetcher {
                 pem.push('\n');
                 pem.push_str(&credentials::resolve(key, self.secrets.as_ref())?);
                 let identity = reqwest::Identity::from_pem(pem.as_bytes())
-                    .map_err(|e| FetchError::Tls(format!("client certificate: {e}")))?;
+                    .map_err(|e| FetchError::Tls(TlsError::ClientCertificate(e)))?;
                 builder = builder.identity(identity);
             }
             if tls.insecure_skip_verify {
@@ -137,7 +195,7 @@ impl Fetcher {
         }
         let client = builder
             .build()
-            .map_err(|e| FetchError::Tls(e.to_string()))?;
+            .map_err(|e| FetchError::Tls(TlsError::Client(e)))?;
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -145,30 +203,32 @@ impl Fetcher {
         Ok(client)
     }
 
-    /// The URL a job pulls.
-    pub fn url(job: &ScrapeJob) -> String {
-        let mut url = format!(
+    /// The URL a job pulls: its address and path, its params, and `seconds` for a profile
+    /// sampled over a period (which replaces a `seconds` param).
+    pub fn url(job: &ScrapeJob) -> Result<reqwest::Url, FetchError> {
+        let base = format!(
             "{}://{}{}",
             job.scheme.as_str(),
             job.address,
             job.profile.path
         );
-        let mut query: Vec<(String, String)> = job
+        let mut url = reqwest::Url::parse(&base).map_err(|source| FetchError::Url {
+            url: base.clone(),
+            source,
+        })?;
+        let params = job
             .params
             .iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
-            .filter(|(k, _)| !(k == "seconds" && job.profile.seconds.is_some()))
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str())))
+            .filter(|(k, _)| !(*k == "seconds" && job.profile.seconds.is_some()));
+        let seconds = job.profile.seconds.map(|s| s.to_string());
+        let query: Vec<(&str, &str)> = params
+            .chain(seconds.as_deref().map(|s| ("seconds", s)))
             .collect();
-        if let Some(s) = job.profile.seconds {
-            query.push(("seconds".into(), s.to_string()));
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
-        for (i, (k, v)) in query.iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&urlencode(k));
-            url.push('=');
-            url.push_str(&urlencode(v));
-        }
-        url
+        Ok(url)
     }
 
     /// Pulls the job's profile; the body as sent, at most `limit` bytes.
@@ -194,9 +254,9 @@ impl Fetcher {
                 let client = self.client(job.tls.as_ref(), Some((name, addr)))?;
                 let mut pinned = job.clone();
                 pinned.address = format!("{name}:{}", addr.port());
-                (client, Self::url(&pinned))
+                (client, Self::url(&pinned)?)
             }
-            None => (self.client(job.tls.as_ref(), None)?, Self::url(job)),
+            None => (self.client(job.tls.as_ref(), None)?, Self::url(job)?),
         };
         let mut request = client
             .get(url)
@@ -244,54 +304,84 @@ async fn resolve(address: &str) -> Result<SocketAddr, FetchError> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    let connect = |e| FetchError::Connect(e);
     tokio::net::lookup_host(address)
         .await
-        .map_err(|e| FetchError::Connect(format!("cannot resolve {address}: {e}")))?
+        .map_err(|source| {
+            connect(ConnectError::Resolve {
+                address: address.to_owned(),
+                source,
+            })
+        })?
         .next()
-        .ok_or_else(|| FetchError::Connect(format!("{address} resolves to no address")))
+        .ok_or_else(|| {
+            connect(ConnectError::NoAddress {
+                address: address.to_owned(),
+            })
+        })
 }
 
 fn classify(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout(Duration::ZERO)
     } else if e.is_connect() {
-        // The innermost cause says why (refused, unreachable, TLS handshake).
-        let mut source: &dyn std::error::Error = &e;
-        let mut tls = false;
-        loop {
-            // Connectors wrap rustls' error in ways that hide its type; its messages are stable.
-            let text = source.to_string().to_ascii_lowercase();
-            tls |= source.is::<rustls::Error>()
-                || source
-                    .downcast_ref::<std::io::Error>()
-                    .and_then(|io| io.get_ref())
-                    .is_some_and(|inner| inner.is::<rustls::Error>())
-                || text.contains("certificate")
-                || text.contains("handshake")
-                || text.contains("tls");
-            match source.source() {
-                Some(s) => source = s,
-                None => break,
-            }
-        }
-        if tls {
-            FetchError::Tls(source.to_string())
+        if is_tls(&e) {
+            FetchError::Tls(TlsError::Handshake(e))
         } else {
-            FetchError::Connect(source.to_string())
+            FetchError::Connect(ConnectError::Transport(e))
         }
     } else {
-        FetchError::Request(e.to_string())
+        FetchError::Request(e)
     }
 }
 
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// Whether a connection failed in the TLS handshake.
+fn is_tls(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        // Connectors wrap rustls' error in ways that hide its type; its messages are stable.
+        let text = s.to_string().to_ascii_lowercase();
+        if s.is::<rustls::Error>()
+            || s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            || text.contains("certificate")
+            || text.contains("handshake")
+            || text.contains("tls")
+        {
+            return true;
         }
+        source = s.source();
     }
-    out
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::Fetcher;
+    use crate::config::Config;
+
+    #[test]
+    fn the_url_carries_the_params_encoded_and_the_sampling_period() {
+        let config = Config::parse(
+            "targets:\n  - name: a\n    addresses: [\"10.0.0.1:6060\"]\n    interval: 20s\n    params: {q: [\"a b&c\"], seconds: [\"5\"]}\n    profiles: {cpu: {seconds: 15}}\nsinks:\n  - name: local\n    file: {directory: ./p}\n",
+        )
+        .unwrap();
+        let set = config.job_set();
+        let url = |name: &str| {
+            let job = set.jobs.iter().find(|j| j.profile.name == name).unwrap();
+            Fetcher::url(job).unwrap().to_string()
+        };
+        // `seconds` of a sampled profile is the profile's; a param of that name is dropped.
+        assert_eq!(
+            url("process_cpu"),
+            "http://10.0.0.1:6060/debug/pprof/profile?q=a+b%26c&seconds=15"
+        );
+        assert_eq!(
+            url("goroutine"),
+            "http://10.0.0.1:6060/debug/pprof/goroutine?q=a+b%26c&seconds=5"
+        );
+    }
 }

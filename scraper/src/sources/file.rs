@@ -1,35 +1,26 @@
-//! Where jobs come from. Every source publishes complete job sets through a `watch` channel,
-//! so the scrape loop always sees the latest one and a slow consumer never queues stale sets.
-//!
-//! Standalone mode reads the YAML file ([`StaticFileSource`]); cluster mode (the operator's
-//! per-node objects) implements the same trait.
+//! The standalone file as a job source, re-read when it changes or on SIGHUP.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::{JobSet, JobSource};
 use crate::{
-    config::{Config, JobSet},
+    config::Config,
     metrics::{Metrics, OutcomeLabels},
 };
-
-/// A source of job sets.
-pub trait JobSource {
-    /// The latest job set, and every later one.
-    fn subscribe(&self) -> watch::Receiver<Arc<JobSet>>;
-}
 
 /// The standalone file, re-read when it changes (checked every `poll`) or on SIGHUP. An invalid
 /// new version is logged and counted, and the previous jobs keep running.
 #[derive(Debug)]
-pub struct StaticFileSource {
+pub struct FileSource {
     rx: watch::Receiver<Arc<JobSet>>,
     // Held for fixed sources, whose set never changes.
     _fixed: Option<watch::Sender<Arc<JobSet>>>,
 }
 
-impl JobSource for StaticFileSource {
+impl JobSource for FileSource {
     fn subscribe(&self) -> watch::Receiver<Arc<JobSet>> {
         self.rx.clone()
     }
@@ -41,7 +32,7 @@ fn fingerprint(path: &PathBuf) -> Option<u64> {
         .map(|b| xxhash_rust::xxh3::xxh3_64(&b))
 }
 
-impl StaticFileSource {
+impl FileSource {
     /// Watches `path`, whose current content is `initial`.
     pub fn start(
         path: PathBuf,

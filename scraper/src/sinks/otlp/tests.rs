@@ -1,10 +1,6 @@
-//! The OTLP profiles sink against a receiver that decodes the real `ExportProfilesServiceRequest`
-//! (opentelemetry-proto v1.7.0, `v1development`).
+//! The OTLP profiles sink against a receiver that decodes the real
+//! `ExportProfilesServiceRequest` (opentelemetry-proto v1.7.0, `v1development`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::fast_retry;
 
 use std::{
     collections::BTreeMap,
@@ -16,20 +12,19 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
-use kubeprof_crds::relabel::Labels;
 use kubeprof_pprof::{self as pprof, DecodeLimits};
-use kubeprof_scraper::{
+use prost::Message as _;
+
+use super::{OtlpConfig, OtlpSink, PATH, convert::PROFILE_TYPE_ATTRIBUTE};
+use crate::{
+    envelope::Envelope,
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
     proto::opentelemetry::proto::{
         collector::profiles::v1development::ExportProfilesServiceRequest,
         common::v1::{KeyValue, any_value},
     },
-    sinks::{
-        Backend, Envelope, Fanout, QueueConfig,
-        otlp::{OtlpConfig, OtlpSink, PATH, PROFILE_TYPE_ATTRIBUTE},
-    },
+    test_support::{envelope as make, fast_retry, fixture, single_sink},
 };
-use prost::Message as _;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -66,34 +61,27 @@ async fn receiver() -> (Receiver, String) {
     (r, url)
 }
 
-fn otlp(url: &str) -> Backend {
-    Backend::Otlp(
-        OtlpSink::new(OtlpConfig {
-            endpoint: url.into(),
-            headers: [("authorization".to_string(), "Bearer t0ken".to_string())].into(),
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap(),
-    )
+fn otlp(url: &str) -> OtlpSink {
+    OtlpSink::new(OtlpConfig {
+        endpoint: url.into(),
+        headers: [("authorization".to_string(), "Bearer t0ken".to_string())].into(),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap()
 }
 
 fn envelope(kind: &str, fixture: &str) -> Envelope {
-    let labels: Labels = [
-        ("__name__", kind),
-        ("service_name", "shop/checkout"),
-        ("pod", "checkout-1"),
-        ("namespace", "shop"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    Envelope {
-        labels,
-        profile: common::fixture(fixture).into(),
-        start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_015),
-        job_id: "job-1".into(),
-    }
+    make(
+        &[
+            ("__name__", kind),
+            ("service_name", "shop/checkout"),
+            ("pod", "checkout-1"),
+            ("namespace", "shop"),
+        ],
+        fixture,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        Duration::from_secs(15),
+    )
 }
 
 fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
@@ -107,8 +95,8 @@ fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 
 /// Per leaf function name, the sum of the first sample type: the same figure, computed from
 /// the pprof and from the OTLP request independently, must match.
-fn pprof_leaf_totals(fixture: &str) -> BTreeMap<String, i64> {
-    let p = pprof::decode(&common::fixture(fixture), &DecodeLimits::default()).unwrap();
+fn pprof_leaf_totals(name: &str) -> BTreeMap<String, i64> {
+    let p = pprof::decode(&fixture(name), &DecodeLimits::default()).unwrap();
     let mut out = BTreeMap::new();
     for s in &p.sample {
         let loc = p
@@ -131,11 +119,7 @@ fn pprof_leaf_totals(fixture: &str) -> BTreeMap<String, i64> {
 async fn otlp_receives_resource_attributes_and_the_same_profile() {
     let (r, url) = receiver().await;
     let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("otel".into(), otlp(&url), QueueConfig::default())],
-        fast_retry(),
-        &metrics,
-    );
+    let fanout = single_sink("otel", otlp(&url), fast_retry(), &metrics);
     fanout.send(envelope("process_cpu", "cpu.pb.gz"), &["otel".into()]);
     fanout.send(envelope("memory", "heap.pb.gz"), &["otel".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
@@ -209,11 +193,7 @@ async fn an_otlp_receiver_answering_400_is_not_retried() {
     let (r, url) = receiver().await;
     r.status.store(400, Ordering::SeqCst);
     let metrics = Metrics::unregistered();
-    let fanout = Fanout::start(
-        vec![("otel".into(), otlp(&url), QueueConfig::default())],
-        fast_retry(),
-        &metrics,
-    );
+    let fanout = single_sink("otel", otlp(&url), fast_retry(), &metrics);
     fanout.send(envelope("process_cpu", "cpu.pb.gz"), &["otel".into()]);
     fanout.shutdown(Duration::from_secs(5)).await;
     assert_eq!(r.calls.load(Ordering::SeqCst), 1, "no retry after a 400");
@@ -227,49 +207,4 @@ async fn an_otlp_receiver_answering_400_is_not_retried() {
             .get(),
         1
     );
-}
-
-#[tokio::test]
-async fn sink_specs_build_every_backend() {
-    use kubeprof_crds::policy::{OtlpSink as OtlpSpec, ParcaSink as ParcaSpec, SinkSpec};
-    use kubeprof_scraper::{credentials::SecretsDir, sinks::build_backend};
-    let secrets = SecretsDir(None);
-    let otlp = SinkSpec {
-        name: "otel".into(),
-        otlp: Some(OtlpSpec {
-            endpoint: "http://127.0.0.1:4318".into(),
-            headers: Default::default(),
-        }),
-        ..Default::default()
-    };
-    assert!(matches!(
-        build_backend(&otlp, &secrets),
-        Ok(Backend::Otlp(_))
-    ));
-    let parca = SinkSpec {
-        name: "parca".into(),
-        parca: Some(ParcaSpec {
-            address: "127.0.0.1:7070".into(),
-            insecure: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    assert!(matches!(
-        build_backend(&parca, &secrets),
-        Ok(Backend::Parca(_))
-    ));
-    let bad = SinkSpec {
-        name: "otel".into(),
-        otlp: Some(OtlpSpec {
-            endpoint: "http://127.0.0.1:4318".into(),
-            headers: [("bad header".to_string(), "x".to_string())].into(),
-        }),
-        ..Default::default()
-    };
-    let e = build_backend(&bad, &secrets)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(e.contains("sink otel") && e.contains("bad header"), "{e}");
 }

@@ -1,0 +1,143 @@
+//! The pull loop: jobs -> [`Scheduler`] (one timer per job, stable phases, a global
+//! concurrency limit) -> [`Fetcher`] (HTTP pull with deadlines and size limits) -> decode,
+//! validate, delta -> labels -> the outputs, through an [`OutputsHandle`].
+
+mod fetch;
+mod health;
+mod process;
+mod scheduler;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use kubeprof_pprof::{DecodeLimits, DeltaTracker};
+use tokio::sync::Semaphore;
+
+pub use fetch::{FetchError, Fetcher};
+pub use health::JobHealth;
+pub use scheduler::{Scheduler, phase};
+
+use self::{health::HealthBook, scheduler::RunningJob};
+use crate::{
+    envelope::Envelope,
+    metrics::{Metrics, ScrapeLabels, TypeLabels},
+    outputs::OutputsHandle,
+};
+
+/// What every job task shares.
+#[derive(Debug)]
+pub struct Pipeline {
+    fetcher: Fetcher,
+    outputs: OutputsHandle,
+    metrics: Metrics,
+    limits: DecodeLimits,
+    permits: Arc<Semaphore>,
+    health: HealthBook,
+}
+
+impl Pipeline {
+    /// A pipeline sending to `outputs`, with at most `max_concurrent` scrapes in flight.
+    pub fn new(
+        fetcher: Fetcher,
+        outputs: OutputsHandle,
+        metrics: Metrics,
+        limits: DecodeLimits,
+        max_concurrent: usize,
+    ) -> Self {
+        Self {
+            fetcher,
+            outputs,
+            metrics,
+            limits,
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            health: HealthBook::default(),
+        }
+    }
+
+    /// Health of every job, by id.
+    pub fn health(&self) -> HashMap<String, JobHealth> {
+        self.health.snapshot()
+    }
+
+    /// One scrape of `running`: fetch, process, send.
+    async fn scrape_once(&self, running: &RunningJob, tracker: &mut DeltaTracker) {
+        let job = &running.job;
+        let type_label = running.type_label();
+        let count = |outcome: &str| {
+            self.metrics
+                .scrapes
+                .get_or_create(&ScrapeLabels {
+                    r#type: type_label.clone(),
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
+        };
+        // A job waits for a slot at most one interval; past that the tick is missed.
+        let permit =
+            match tokio::time::timeout(job.interval.std(), self.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    self.metrics.missed_scrapes.inc();
+                    return;
+                }
+            };
+        let start = SystemTime::now();
+        let t0 = Instant::now();
+        let limit = job.max_profile_bytes.unwrap_or(16 << 20);
+        let fetched = self.fetcher.fetch(job, limit).await;
+        drop(permit);
+        self.metrics
+            .scrape_duration
+            .get_or_create(&TypeLabels {
+                r#type: type_label.clone(),
+            })
+            .observe(t0.elapsed().as_secs_f64());
+        let body = match fetched {
+            Ok(body) => body,
+            Err(e) => {
+                count(e.reason().as_str());
+                self.health.record(job, Err((e.reason(), e.to_string())));
+                return;
+            }
+        };
+        self.metrics.scrape_bytes.inc_by(body.len() as u64);
+        let processed = process::process(
+            body,
+            job.profile.delta,
+            tracker,
+            &self.limits,
+            &self.metrics,
+        );
+        let ready = match processed {
+            Ok(ready) => ready,
+            Err(rejected) => {
+                count(rejected.outcome);
+                self.health
+                    .record(job, Err((rejected.reason, rejected.message)));
+                return;
+            }
+        };
+        self.health.record(job, Ok(()));
+        let Some(ready) = ready else {
+            count("baseline");
+            return;
+        };
+        count("success");
+        let Some(labels) = running.labels.clone() else {
+            return;
+        };
+        let envelope = Envelope {
+            labels,
+            profile: ready.profile,
+            start,
+            end: SystemTime::now(),
+            job_id: running.job_id.clone(),
+        };
+        self.outputs.send(envelope, &job.sinks);
+    }
+}

@@ -1,0 +1,82 @@
+//! The file system side of the file sink: atomic writes and retention.
+
+use std::{io::Write as _, path::Path};
+
+/// Writes to a temporary name in the same directory, fsyncs and renames (the caller fsyncs the
+/// directory once per batch).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Bytes of all files below `root`.
+pub fn tree_size(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Deletes the oldest profiles (and their labels) until the tree holds at most `limit` bytes;
+/// returns the bytes left.
+pub fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<u64> {
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(ms) = name
+                    .strip_suffix(".pb.gz")
+                    .and_then(|n| n.parse::<u128>().ok())
+                {
+                    files.push((ms, entry.path(), meta.len()));
+                }
+            }
+        }
+    }
+    if total <= limit {
+        return Ok(total);
+    }
+    files.sort();
+    for (_, path, len) in files {
+        if total <= limit {
+            break;
+        }
+        let labels = super::labels_path(&path);
+        let labels_len = std::fs::metadata(&labels).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(&path)?;
+        let _ = std::fs::remove_file(&labels);
+        total = total.saturating_sub(len + labels_len);
+    }
+    Ok(total)
+}

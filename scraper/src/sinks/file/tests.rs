@@ -1,0 +1,72 @@
+//! The file sink on a real directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, SystemTime};
+
+use super::{FileConfig, FileSink};
+use crate::{
+    envelope::Envelope,
+    sinks::Backend as _,
+    test_support::{envelope as make, function_names},
+};
+
+fn envelope(kind: &str, fixture: &str, ms: u64) -> Envelope {
+    make(
+        &[
+            ("__name__", kind),
+            ("service_name", "shop/checkout"),
+            ("pod", "checkout-1"),
+        ],
+        fixture,
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+        Duration::from_millis(10),
+    )
+}
+
+#[tokio::test]
+async fn file_sink_writes_readable_profiles_and_keeps_to_its_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FileSink::new(FileConfig {
+        directory: dir.path().into(),
+        retention_bytes: 6_000,
+    });
+    let first = envelope("process_cpu", "cpu.pb.gz", 1_000);
+    let path = sink.path_for(&first);
+    assert_eq!(
+        path,
+        dir.path().join("shop/checkout/process_cpu/1000.pb.gz")
+    );
+    sink.send(std::slice::from_ref(&first)).await.unwrap();
+    assert!(
+        function_names(&std::fs::read(&path).unwrap()).contains(&"main.hotCPULeaf".to_string())
+    );
+    let labels: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path.with_extension("").with_extension("labels.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(labels["pod"], "checkout-1");
+
+    // Retention: ~850 bytes of profile + labels each; 6,000 bytes keep only the newest.
+    for ms in 2_000..2_010 {
+        sink.send(&[envelope("process_cpu", "cpu.pb.gz", ms)])
+            .await
+            .unwrap();
+    }
+    let mut kept: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".pb.gz"))
+        .collect();
+    kept.sort();
+    assert!(
+        !kept.contains(&"1000.pb.gz".to_string()),
+        "the oldest profile survived retention: {kept:?}"
+    );
+    assert!(kept.contains(&"2009.pb.gz".to_string()));
+    assert!(kept.len() < 8);
+
+    // Labels cannot escape the directory.
+    let mut evil = envelope("../../etc", "cpu.pb.gz", 3_000);
+    evil.labels.insert("service_name".into(), "../..".into());
+    assert!(sink.path_for(&evil).starts_with(dir.path()));
+}

@@ -1,0 +1,35 @@
+//! The `WriteRawRequest` of a batch: labels as a `LabelSet` (Parca reads the profile type from
+//! `__name__`), profiles as gzip-compressed pprof, which Parca decompresses.
+
+use crate::{
+    envelope::Envelope,
+    proto::parca::profilestore::v1alpha1::{
+        Label, LabelSet, RawProfileSeries, RawSample, WriteRawRequest,
+    },
+};
+
+/// The request for a batch.
+pub fn write_raw_request(batch: &[Envelope]) -> WriteRawRequest {
+    WriteRawRequest {
+        tenant: String::new(),
+        normalized: false,
+        series: batch
+            .iter()
+            .map(|e| RawProfileSeries {
+                labels: Some(LabelSet {
+                    labels: e
+                        .labels
+                        .iter()
+                        .map(|(k, v)| Label {
+                            name: k.clone(),
+                            value: v.clone(),
+                        })
+                        .collect(),
+                }),
+                samples: vec![RawSample {
+                    raw_profile: e.profile.clone(),
+                }],
+            })
+            .collect(),
+    }
+}

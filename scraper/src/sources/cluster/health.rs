@@ -1,0 +1,142 @@
+//! Scrape health, reported back in a ConfigMap beside the shard.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use kubeprof_crds::{
+    constants::{
+        COMPONENT_HEALTH, COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SHARD_NODE_LABEL,
+    },
+    health::{
+        FailingJob, HEALTH_DATA_KEY, HEALTH_FORMAT_VERSION, HealthReport, health_object_name,
+        node_label_value, origin_key,
+    },
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{pull::Pipeline, sources::JobSet};
+
+/// Field manager of the scraper's health reports.
+pub const HEALTH_FIELD_MANAGER: &str = "kubeprof.io/scraper";
+
+/// Reports scrape health for this node every `every`, writing only when something changed
+/// (a job starts or stops failing) or, for last-success times, at most once a minute.
+pub fn spawn_health_reporter(
+    client: Client,
+    namespace: &str,
+    node: Option<String>,
+    pipeline: Arc<Pipeline>,
+    jobs: watch::Receiver<Arc<JobSet>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let name = health_object_name(node.as_deref());
+    tokio::spawn(async move {
+        let mut last_written: Option<(HealthReport, Instant)> = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let report = health_report(node.clone(), &jobs.borrow(), &pipeline, every);
+            let due = match &last_written {
+                None => true,
+                Some((prev, at)) => {
+                    prev.failing != report.failing
+                        || prev.jobs != report.jobs
+                        || (prev.last_success != report.last_success
+                            && at.elapsed() >= Duration::from_secs(60))
+                }
+            };
+            if !due {
+                continue;
+            }
+            let mut labels = BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                (COMPONENT_LABEL.to_string(), COMPONENT_HEALTH.to_string()),
+            ]);
+            if let Some(n) = node.as_deref().and_then(node_label_value) {
+                labels.insert(SHARD_NODE_LABEL.into(), n.into());
+            }
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    HEALTH_DATA_KEY.to_string(),
+                    report.to_json(),
+                )])),
+                ..Default::default()
+            };
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
+                    &Patch::Apply(&cm),
+                )
+                .await
+            {
+                Ok(_) => last_written = Some((report, Instant::now())),
+                Err(e) => tracing::warn!(error = %e, "cannot write the scrape-health report"),
+            }
+        }
+    })
+}
+
+/// The report for the current jobs.
+pub fn health_report(
+    node: Option<String>,
+    set: &JobSet,
+    pipeline: &Pipeline,
+    resolution: Duration,
+) -> HealthReport {
+    let health = pipeline.health();
+    let step = resolution.as_secs().max(1);
+    let mut report = HealthReport {
+        format_version: HEALTH_FORMAT_VERSION,
+        node,
+        jobs: u32::try_from(set.jobs.len()).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    for job in &set.jobs {
+        let Some(h) = health.get(&job.id) else {
+            continue;
+        };
+        if h.consecutive_failures > 0 {
+            report.failing.insert(
+                job.id.clone(),
+                FailingJob {
+                    reason: h.last_reason.unwrap_or_default(),
+                    message: h.last_error.clone().unwrap_or_default(),
+                    // Capped so that a long outage does not rewrite the report at every scrape.
+                    consecutive_failures: h.consecutive_failures.min(3),
+                },
+            );
+        }
+        if let Some(t) = h.last_success
+            && let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH)
+        {
+            let secs = since.as_secs() / step * step;
+            let e = report
+                .last_success
+                .entry(origin_key(&job.origin))
+                .or_default();
+            *e = (*e).max(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+    }
+    report
+}
