@@ -58,7 +58,7 @@ impl Fanout {
     /// Queues `envelope` for every sink in `names`. A name no sink has, or an empty list, is
     /// counted as dropped (`no_such_sink`, `no_sink`): an empty list never means "every sink",
     /// or one team's profiles could reach another team's store.
-    pub(crate) fn send(&self, envelope: Envelope, names: &[String]) {
+    pub(crate) fn send(&self, mut envelope: Envelope, names: &[String]) {
         if names.is_empty() {
             self.count_unrouted("", "no_sink");
             return;
@@ -74,7 +74,14 @@ impl Fanout {
             return;
         };
         for s in rest {
-            s.push(envelope.clone());
+            let mut copy = envelope.clone();
+            if !s.wants_decoded() {
+                copy.decoded = None;
+            }
+            s.push(copy);
+        }
+        if !last.wants_decoded() {
+            envelope.decoded = None;
         }
         last.push(envelope);
     }

@@ -134,6 +134,7 @@ impl Pipeline {
         let envelope = Envelope {
             labels,
             profile: ready.profile,
+            decoded: Some(ready.decoded),
             start,
             end: SystemTime::now(),
             job_id: running.job_id.clone(),

@@ -36,6 +36,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Profiles per request.
     fn max_batch(&self) -> usize;
 
+    /// Whether it reads [`Envelope::decoded`]; the outputs hand the decoded profile only to
+    /// the sinks that want it.
+    fn wants_decoded(&self) -> bool {
+        false
+    }
+
     /// Sends a batch, all or nothing.
     fn send(&self, batch: &[Envelope]) -> impl Future<Output = Result<(), SendError>> + Send;
 }
@@ -137,6 +143,15 @@ impl Backend for AnyBackend {
             Self::Pyroscope(s) => s.max_batch(),
             Self::Parca(s) => s.max_batch(),
             Self::Otlp(s) => s.max_batch(),
+        }
+    }
+
+    fn wants_decoded(&self) -> bool {
+        match self {
+            Self::File(s) => s.wants_decoded(),
+            Self::Pyroscope(s) => s.wants_decoded(),
+            Self::Parca(s) => s.wants_decoded(),
+            Self::Otlp(s) => s.wants_decoded(),
         }
     }
 

@@ -36,6 +36,7 @@ pub fn envelope(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         profile: self::fixture(fixture).into(),
+        decoded: None,
         start,
         end: start + took,
         job_id: "job-1".into(),

@@ -76,6 +76,7 @@ async fn go_tool_pprof_reads_deltas_stored_by_the_file_sink() {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             profile: pprof::encode_delta(&raw, &d).into(),
+            decoded: None,
             start: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + i as u64),
             end: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001 + i as u64),
             job_id: "job".into(),

@@ -37,6 +37,7 @@ fn envelope(kind: &str, fixture: &str, ms: u64) -> Envelope {
     Envelope {
         labels,
         profile: common::fixture(fixture).into(),
+        decoded: None,
         start: SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
         end: SystemTime::UNIX_EPOCH + Duration::from_millis(ms + 10),
         job_id: "job-1".into(),

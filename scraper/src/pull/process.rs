@@ -2,11 +2,13 @@
 //! and turn cumulative profiles into deltas. A profile nothing changed is forwarded as the
 //! bytes the target sent; only a delta (or an uncompressed body) is encoded again.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use kubeprof_crds::health::ScrapeFailure;
 
 use kubeprof_pprof::{
-    self as pprof, DecodeError, DecodeLimits, DeltaOutcome, DeltaTracker, ValidateError,
+    self as pprof, DecodeError, DecodeLimits, DeltaOutcome, DeltaTracker, Profile, ValidateError,
 };
 
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -16,6 +18,8 @@ use crate::metrics::{Metrics, OutcomeLabels};
 pub(super) struct Ready {
     /// gzip-compressed pprof.
     pub profile: Bytes,
+    /// The same profile, decoded.
+    pub decoded: Arc<Profile>,
 }
 
 /// A body that is not a usable profile.
@@ -65,6 +69,7 @@ pub(super) fn process(
         };
         return Ok(Some(Ready {
             profile: profile_bytes,
+            decoded: Arc::new(profile),
         }));
     }
     let send = match tracker.apply(profile) {
@@ -81,6 +86,7 @@ pub(super) fn process(
     };
     Ok(send.map(|p| Ready {
         profile: pprof::encode_delta(&raw, &p).into(),
+        decoded: Arc::new(p),
     }))
 }
 

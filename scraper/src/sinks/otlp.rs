@@ -1,7 +1,8 @@
 //! OTLP profiles over HTTP (**experimental**, as upstream's `v1development` data model is):
 //! `POST {endpoint}/v1development/profiles` with a protobuf `ExportProfilesServiceRequest` of
 //! opentelemetry-proto release v1.7.0, converted from pprof by [`convert`]. One profile per
-//! request: the dictionary is per request.
+//! request: the dictionary is per request. The sink reads the decoded profile the source
+//! carries in the envelope, and decodes the bytes only when there is none.
 
 mod config;
 mod convert;
@@ -71,13 +72,20 @@ impl OtlpSink {
 
 /// The export request of one envelope.
 fn request(envelope: &Envelope) -> Result<ExportProfilesServiceRequest, SendError> {
-    let profile = decode(&envelope.profile, &DecodeLimits::default())
-        .map_err(|e| SendError::Convert(e.into()))?;
+    let decoded;
+    let profile = match &envelope.decoded {
+        Some(p) => p.as_ref(),
+        None => {
+            decoded = decode(&envelope.profile, &DecodeLimits::default())
+                .map_err(|e| SendError::Convert(e.into()))?;
+            &decoded
+        }
+    };
     let duration = envelope
         .end
         .duration_since(envelope.start)
         .unwrap_or_default();
-    let mut request = convert::convert(&profile, &envelope.labels, duration)
+    let mut request = convert::convert(profile, &envelope.labels, duration)
         .map_err(|e| SendError::Convert(e.into()))?;
     if let Some(p) = request
         .resource_profiles
@@ -98,6 +106,10 @@ impl Backend for OtlpSink {
     fn max_batch(&self) -> usize {
         // One profile per request: each request carries its own dictionary.
         1
+    }
+
+    fn wants_decoded(&self) -> bool {
+        true
     }
 
     /// Sends each profile of the batch as one request.

@@ -23,6 +23,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Sink {
     queue: Arc<Queue>,
+    wants_decoded: bool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -36,9 +37,11 @@ impl Sink {
         metrics: &Metrics,
     ) -> Self {
         let queue = Arc::new(Queue::new(name, config, metrics.clone()));
+        let wants_decoded = backend.wants_decoded();
         let task = tokio::spawn(drain(queue.clone(), backend, retry, metrics.clone()));
         Self {
             queue,
+            wants_decoded,
             task: Mutex::new(Some(task)),
         }
     }
@@ -46,6 +49,11 @@ impl Sink {
     /// The name profiles are routed by.
     pub fn name(&self) -> &str {
         self.queue.sink()
+    }
+
+    /// Whether the backend reads [`Envelope::decoded`].
+    pub fn wants_decoded(&self) -> bool {
+        self.wants_decoded
     }
 
     /// Queues `envelope`; never waits for the backend.

@@ -15,7 +15,7 @@ use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use kubeprof_pprof::{self as pprof, DecodeLimits};
 use prost::Message as _;
 
-use super::{OtlpConfig, OtlpSink, PATH, convert::PROFILE_TYPE_ATTRIBUTE};
+use super::{OtlpConfig, OtlpSink, PATH, convert::PROFILE_TYPE_ATTRIBUTE, request};
 use crate::{
     envelope::Envelope,
     metrics::{Metrics, SinkLabels, SinkReasonLabels},
@@ -207,4 +207,22 @@ async fn an_otlp_receiver_answering_400_is_not_retried() {
             .get(),
         1
     );
+}
+
+#[test]
+fn a_decoded_profile_in_the_envelope_gives_the_request_its_bytes_give() {
+    for (kind, file) in [("process_cpu", "cpu.pb.gz"), ("memory", "heap.pb.gz")] {
+        let plain = envelope(kind, file);
+        let mut carrying = plain.clone();
+        carrying.decoded = Some(Arc::new(
+            pprof::decode(&plain.profile, &DecodeLimits::default()).unwrap(),
+        ));
+        // Not the profile the bytes hold: proves the sink reads the decoded one.
+        carrying.profile = bytes::Bytes::from_static(b"not a profile");
+        assert_eq!(
+            request(&carrying).unwrap(),
+            request(&plain).unwrap(),
+            "{kind}"
+        );
+    }
 }
