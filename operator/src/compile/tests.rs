@@ -637,3 +637,79 @@ fn objects_a_cel_enforcing_server_would_refuse_are_reported_and_not_applied() {
         && j.interval == Duration::from_secs(15)));
     assert_eq!(c.shards[&Some("n".to_string())].sinks.len(), 1);
 }
+
+#[test]
+fn an_invalid_selector_is_reported_and_selects_nothing() {
+    let bad = LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "Matches".into(),
+                values: Some(vec!["web".into()]),
+            },
+        ]),
+    };
+    let mut target = mk_target("shop", "web", "web", port("pprof"));
+    target.spec.selector = bad.clone();
+    let inputs = Inputs {
+        policies: vec![
+            mk_policy("broken", 10, |s| s.namespace_selector = Some(bad.clone())),
+            mk_policy("fallback", 0, |_| {}),
+        ],
+        targets: vec![target],
+        pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    assert!(jobs(&c).is_empty());
+    let f = facts(&c, "shop", "web");
+    assert_eq!(reasons(f), ["InvalidSpec", "NoMatchingPods"]);
+    assert!(
+        f.problems
+            .iter()
+            .any(|p| p.message.starts_with("selector: ")),
+        "{:?}",
+        f.problems
+    );
+    // A policy whose namespaceSelector is invalid governs nothing; the next one takes over.
+    let broken = &c.policies["broken"];
+    assert_eq!(broken.matched_namespaces, 0);
+    assert_eq!(
+        broken.problems.iter().map(|p| p.reason).collect::<Vec<_>>(),
+        ["InvalidSpec"]
+    );
+    assert_eq!(c.policies["fallback"].matched_namespaces, 1);
+}
+
+#[test]
+fn a_target_namespace_selector_picks_namespaces_by_name_and_label() {
+    let mut target = mk_target("ops", "web", "web", port("pprof"));
+    target.spec.namespace_selector = Some(kubeprof_crds::NamespaceSelector {
+        match_names: Some(vec!["a".into()]),
+        match_labels: Some(map(&[("env", "prod")])),
+        ..Default::default()
+    });
+    let inputs = Inputs {
+        targets: vec![target],
+        pods: ["ops", "a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| mk_pod(ns, "w", &[("app", "web")], "n", &format!("127.0.0.{i}")))
+            .collect(),
+        namespaces: vec![
+            mk_ns("ops", &[]),
+            mk_ns("a", &[]),
+            mk_ns("b", &[("env", "prod")]),
+            mk_ns("c", &[("env", "dev")]),
+        ],
+        ..Default::default()
+    };
+    let c = compile(&inputs);
+    let namespaces: std::collections::BTreeSet<&str> = jobs(&c)
+        .iter()
+        .map(|j| j.labels["namespace"].as_str())
+        .collect();
+    assert_eq!(namespaces, ["a", "b"].into());
+    assert_eq!(facts(&c, "ops", "web").matched_pods, 2);
+}
