@@ -22,6 +22,7 @@
 //! - Output is sorted, so unchanged inputs give byte-identical shards.
 
 mod annotations;
+mod selector;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -40,7 +41,7 @@ use kubeprof_crds::{
     target::{Endpoint, ProfilingTargetSpec},
 };
 
-use crate::selector;
+use kube::core::{Selector, SelectorExt};
 
 /// A container port as the pod declares it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -182,31 +183,29 @@ fn governing<'a>(
             .cmp(&a.spec.priority)
             .then_with(|| a.name.cmp(&b.name))
     });
+    // A policy whose selector is invalid governs nothing.
+    let mut candidates: Vec<(&PolicyInput, Selector)> = Vec::new();
+    for p in sorted {
+        match p.spec.namespace_selector.as_ref().map(selector::parse) {
+            None => candidates.push((p, Selector::default())),
+            Some(Ok(s)) => candidates.push((p, s)),
+            Some(Err(e)) => {
+                facts
+                    .entry(p.name.clone())
+                    .or_default()
+                    .problems
+                    .insert(Problem {
+                        reason: conditions::REASON_INVALID_SPEC,
+                        message: format!("namespaceSelector: {e}"),
+                    });
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     for ns in namespaces {
-        for p in &sorted {
-            let selected = match &p.spec.namespace_selector {
-                None => Ok(true),
-                Some(sel) => selector::matches(sel, &ns.labels),
-            };
-            match selected {
-                Ok(true) => {
-                    out.insert(ns.name.clone(), *p);
-                    facts.entry(p.name.clone()).or_default().matched_namespaces += 1;
-                    break;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    facts
-                        .entry(p.name.clone())
-                        .or_default()
-                        .problems
-                        .insert(Problem {
-                            reason: conditions::REASON_INVALID_SPEC,
-                            message: format!("namespaceSelector: {e}"),
-                        });
-                }
-            }
+        if let Some((p, _)) = candidates.iter().find(|(_, s)| s.matches(&ns.labels)) {
+            out.insert(ns.name.clone(), *p);
+            facts.entry(p.name.clone()).or_default().matched_namespaces += 1;
         }
     }
     out
@@ -527,19 +526,18 @@ fn target_namespaces(
     }
     let mut out: BTreeSet<String> = sel.match_names.iter().flatten().cloned().collect();
     if let Some(labels) = sel.label_selector() {
-        for ns in namespaces {
-            match selector::matches(&labels, &ns.labels) {
-                Ok(true) => {
-                    out.insert(ns.name.clone());
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    problems.insert(Problem {
-                        reason: conditions::REASON_INVALID_SPEC,
-                        message: format!("namespaceSelector: {e}"),
-                    });
-                    break;
-                }
+        match selector::parse(&labels) {
+            Ok(s) => out.extend(
+                namespaces
+                    .iter()
+                    .filter(|ns| s.matches(&ns.labels))
+                    .map(|ns| ns.name.clone()),
+            ),
+            Err(e) => {
+                problems.insert(Problem {
+                    reason: conditions::REASON_INVALID_SPEC,
+                    message: format!("namespaceSelector: {e}"),
+                });
             }
         }
     }
@@ -581,22 +579,21 @@ pub fn compile(inputs: &Inputs) -> Compiled {
             continue;
         }
         let namespaces = target_namespaces(t, &inputs.namespaces, &mut facts.problems);
-        for pod in inputs
-            .pods
-            .iter()
-            .filter(|p| namespaces.contains(&p.namespace))
-        {
-            match selector::matches(&t.spec.selector, &pod.labels) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    facts.problems.insert(Problem {
-                        reason: conditions::REASON_INVALID_SPEC,
-                        message: format!("selector: {e}"),
-                    });
-                    break;
-                }
+        // An invalid selector selects no pod.
+        let selector = match selector::parse(&t.spec.selector) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                facts.problems.insert(Problem {
+                    reason: conditions::REASON_INVALID_SPEC,
+                    message: format!("selector: {e}"),
+                });
+                None
             }
+        };
+        for pod in inputs.pods.iter().filter(|p| {
+            namespaces.contains(&p.namespace)
+                && selector.as_ref().is_some_and(|s| s.matches(&p.labels))
+        }) {
             let Some(ip) = pod.ip.as_ref().filter(|_| pod.running) else {
                 continue;
             };

@@ -11,7 +11,6 @@ mod metrics;
 mod mock;
 mod publish;
 mod runtime;
-mod selector;
 mod status;
 
 pub use cli::{main, main_from};

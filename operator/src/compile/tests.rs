@@ -680,6 +680,16 @@ fn an_invalid_selector_is_reported_and_selects_nothing() {
         ["InvalidSpec"]
     );
     assert_eq!(c.policies["fallback"].matched_namespaces, 1);
+
+    // Reported whatever the cluster holds, not only once a pod reaches the bad expression.
+    let c = compile(&Inputs {
+        pods: vec![],
+        ..inputs
+    });
+    assert_eq!(
+        reasons(facts(&c, "shop", "web")),
+        ["InvalidSpec", "NoMatchingPods"]
+    );
 }
 
 #[test]

@@ -1,49 +1,71 @@
-//! Kubernetes label selector matching (`matchLabels` AND `matchExpressions`).
+//! Label selectors: kube's [`Selector`] matches, after the checks Kubernetes applies to the
+//! selector of a Deployment, so that a mistake is reported with the expression that holds it.
+//!
+//! kube's conversion alone would do but for two things a user would notice: its errors do not
+//! say which expression is wrong ("Invalid expression operator"; a `NotIn` without values is
+//! reported as an `In`), and it tells `values: []` from no `values` (a `NotIn` with `[]` would
+//! select everything, one without `values` would be refused).
 
-use std::collections::BTreeMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{ParseExpressionError, Selector};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-
-/// Why a selector cannot be evaluated.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid label selector: operator {0:?} (use In, NotIn, Exists or DoesNotExist)")]
-pub struct SelectorError(pub String);
-
-fn requirement(
-    r: &LabelSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, SelectorError> {
-    let value = labels.get(&r.key);
-    let values = r.values.as_deref().unwrap_or_default();
-    Ok(match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        other => return Err(SelectorError(other.to_owned())),
-    })
+/// Why a label selector cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SelectorError {
+    /// An operator Kubernetes does not define.
+    #[error(
+        "matchExpressions[{index}]: operator {operator:?} (key {key:?}) is not In, NotIn, Exists or DoesNotExist"
+    )]
+    UnknownOperator {
+        index: usize,
+        key: String,
+        operator: String,
+    },
+    /// `In` or `NotIn` with nothing to compare with.
+    #[error("matchExpressions[{index}]: {operator} (key {key:?}) needs at least one value")]
+    NoValues {
+        index: usize,
+        key: String,
+        operator: String,
+    },
+    /// kube refused what the checks above let through.
+    #[error("{0}")]
+    Parse(#[from] ParseExpressionError),
 }
 
-/// Whether `labels` satisfy `selector`. An empty selector matches everything.
-pub fn matches(
-    selector: &LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, SelectorError> {
-    for (k, v) in selector.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return Ok(false);
+/// The selector to match with ([`kube::core::SelectorExt::matches`]), or why it is invalid,
+/// whatever objects it would be matched against. An empty selector selects everything;
+/// `matchLabels` and `matchExpressions` are ANDed; `Exists` and `DoesNotExist` ignore `values`.
+pub(super) fn parse(selector: &LabelSelector) -> Result<Selector, SelectorError> {
+    for (index, r) in selector.match_expressions.iter().flatten().enumerate() {
+        match r.operator.as_str() {
+            "In" | "NotIn" if r.values.as_ref().is_none_or(Vec::is_empty) => {
+                return Err(SelectorError::NoValues {
+                    index,
+                    key: r.key.clone(),
+                    operator: r.operator.clone(),
+                });
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            _ => {
+                return Err(SelectorError::UnknownOperator {
+                    index,
+                    key: r.key.clone(),
+                    operator: r.operator.clone(),
+                });
+            }
         }
     }
-    for r in selector.match_expressions.iter().flatten() {
-        if !requirement(r, labels)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(Selector::try_from(selector.clone())?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use kube::core::SelectorExt;
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -70,9 +92,9 @@ mod tests {
     use Outcome::*;
 
     fn outcome(sel: &LabelSelector, on: &BTreeMap<String, String>) -> Outcome {
-        match matches(sel, on) {
-            Ok(true) => Match,
-            Ok(false) => NoMatch,
+        match parse(sel) {
+            Ok(s) if s.matches(on) => Match,
+            Ok(_) => NoMatch,
             Err(_) => Invalid,
         }
     }
@@ -193,26 +215,34 @@ mod tests {
                 sel(&[], vec![expr("app", "Exists", Some(&["db"]))]),
                 Match,
             ),
-            // Today's evaluation is lazy and lenient: these rows change with kube's Selector.
+            // An invalid selector is invalid whatever it is matched against (the old matcher
+            // reported it only when an object got as far as the bad expression), and `In` or
+            // `NotIn` without values is invalid, as Kubernetes has it (the old matcher selected
+            // nothing with `In` and everything with `NotIn`).
             (
                 "unknown operator after a failed matchLabels",
                 sel(&[("app", "db")], vec![expr("app", "Matches", None)]),
-                NoMatch,
+                Invalid,
             ),
             (
                 "In without values",
                 sel(&[], vec![expr("app", "In", None)]),
-                NoMatch,
+                Invalid,
             ),
             (
                 "In with an empty list",
                 sel(&[], vec![expr("app", "In", Some(&[]))]),
-                NoMatch,
+                Invalid,
             ),
             (
                 "NotIn without values",
                 sel(&[], vec![expr("app", "NotIn", None)]),
-                Match,
+                Invalid,
+            ),
+            (
+                "NotIn with an empty list",
+                sel(&[], vec![expr("app", "NotIn", Some(&[]))]),
+                Invalid,
             ),
         ];
         for (name, selector, want) in cases {
@@ -230,12 +260,19 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_selector_says_which_operator() {
-        let sel = LabelSelector {
+    fn an_invalid_selector_says_which_expression_is_wrong() {
+        let sel = |r| LabelSelector {
             match_labels: None,
-            match_expressions: Some(vec![expr("app", "Matches", None)]),
+            match_expressions: Some(vec![expr("app", "Exists", None), r]),
         };
-        let e = matches(&sel, &labels(&[("app", "web")])).unwrap_err();
-        assert!(e.to_string().contains("\"Matches\""), "{e}");
+        let message = |r| parse(&sel(r)).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(
+            message(expr("tier", "Matches", Some(&["fe"]))),
+            r#"matchExpressions[1]: operator "Matches" (key "tier") is not In, NotIn, Exists or DoesNotExist"#
+        );
+        assert_eq!(
+            message(expr("tier", "NotIn", None)),
+            r#"matchExpressions[1]: NotIn (key "tier") needs at least one value"#
+        );
     }
 }
