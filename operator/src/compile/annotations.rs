@@ -21,8 +21,56 @@ use kubeprof_crds::{
 };
 
 use super::{
-    EndpointSettings, PodInfo, Problem, Rules, build_jobs, discovery_labels, resolve_port,
+    Covered, Placed, PodInfo, PolicyFacts, Problem,
+    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
+    policies::{Governing, Rules},
 };
+
+/// The jobs of every running pod's annotations, as the policy governing its namespace allows,
+/// leaving out what a target already covers. A pod with jobs counts towards that policy's
+/// targets; its problems are the policy's, prefixed with the pod.
+pub(super) fn jobs(
+    pods: &[PodInfo],
+    governing: &Governing<'_>,
+    covered: &Covered,
+    policy_facts: &mut BTreeMap<String, PolicyFacts>,
+) -> Vec<Placed> {
+    let mut jobs = Vec::new();
+    for pod in pods {
+        if !(pod.running && pod.ip.is_some()) {
+            continue;
+        }
+        let rules = governing.rules(&pod.namespace);
+        let settings = rules
+            .policy
+            .map(|p| p.spec.annotations.clone())
+            .unwrap_or_default();
+        if !settings.enabled {
+            continue;
+        }
+        let mut problems = BTreeSet::new();
+        let pod_jobs = pod_jobs(pod, &settings, &rules, covered, &mut problems);
+        if !pod_jobs.is_empty()
+            && let Some(p) = rules.policy
+        {
+            policy_facts.entry(p.name.clone()).or_default().targets += 1;
+        }
+        for problem in problems {
+            if let Some(p) = rules.policy {
+                policy_facts
+                    .entry(p.name.clone())
+                    .or_default()
+                    .problems
+                    .insert(Problem {
+                        reason: problem.reason,
+                        message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
+                    });
+            }
+        }
+        jobs.extend(pod_jobs.into_iter().map(|j| (pod.node.clone(), j)));
+    }
+    jobs
+}
 
 /// One profile type requested by annotations.
 #[derive(Debug, Default, Clone)]
@@ -126,11 +174,11 @@ fn pyroscope_types(pod: &PodInfo, defaults: &[ProfileKind]) -> BTreeMap<String, 
 }
 
 /// The jobs a pod's annotations ask for, skipping (pod, type) pairs a target already covers.
-pub(super) fn jobs(
+fn pod_jobs(
     pod: &PodInfo,
     settings: &AnnotationSettings,
     rules: &Rules<'_>,
-    covered: &BTreeSet<(String, String)>,
+    covered: &Covered,
     problems: &mut BTreeSet<Problem>,
 ) -> Vec<ScrapeJob> {
     let mut requests = BTreeMap::new();

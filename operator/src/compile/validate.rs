@@ -25,11 +25,11 @@ fn refusals(messages: Vec<String>) -> BTreeSet<Problem> {
 }
 
 /// Why a CEL-enforcing API server would refuse this ProfilingTarget (empty: it would not).
-pub(crate) fn target(spec: &ProfilingTargetSpec) -> BTreeSet<Problem> {
+pub(super) fn target(spec: &ProfilingTargetSpec) -> BTreeSet<Problem> {
     refusals(VALIDATOR.target(spec))
 }
 
 /// Why a CEL-enforcing API server would refuse this ProfilingPolicy (empty: it would not).
-pub(crate) fn policy(spec: &ProfilingPolicySpec) -> BTreeSet<Problem> {
+pub(super) fn policy(spec: &ProfilingPolicySpec) -> BTreeSet<Problem> {
     refusals(VALIDATOR.policy(spec))
 }

@@ -1,0 +1,163 @@
+//! Policies: which one governs each namespace, and the defaults and limits it puts in force.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::core::{Selector, SelectorExt};
+use kubeprof_crds::{Duration, ResolvedProfile, conditions, job::sink_key, policy::PolicyDefaults};
+
+use super::{NamespaceInfo, PolicyFacts, PolicyInput, Problem, selector};
+
+/// The policy governing each namespace: the matching policy with the highest `priority`, ties
+/// to the name that sorts first.
+pub(super) struct Governing<'a>(BTreeMap<String, &'a PolicyInput>);
+
+impl<'a> Governing<'a> {
+    /// Counts the namespaces each policy governs into `facts`, and reports invalid selectors.
+    pub(super) fn of(
+        policies: &[&'a PolicyInput],
+        namespaces: &[NamespaceInfo],
+        facts: &mut BTreeMap<String, PolicyFacts>,
+    ) -> Self {
+        let mut sorted: Vec<&PolicyInput> = policies.to_vec();
+        sorted.sort_by(|a, b| {
+            b.spec
+                .priority
+                .cmp(&a.spec.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        // A policy whose selector is invalid governs nothing.
+        let mut candidates: Vec<(&PolicyInput, Selector)> = Vec::new();
+        for p in sorted {
+            match p.spec.namespace_selector.as_ref().map(selector::parse) {
+                None => candidates.push((p, Selector::default())),
+                Some(Ok(s)) => candidates.push((p, s)),
+                Some(Err(e)) => {
+                    facts
+                        .entry(p.name.clone())
+                        .or_default()
+                        .problems
+                        .insert(Problem {
+                            reason: conditions::REASON_INVALID_SPEC,
+                            message: format!("namespaceSelector: {e}"),
+                        });
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ns in namespaces {
+            if let Some((p, _)) = candidates.iter().find(|(_, s)| s.matches(&ns.labels)) {
+                out.insert(ns.name.clone(), *p);
+                facts.entry(p.name.clone()).or_default().matched_namespaces += 1;
+            }
+        }
+        Self(out)
+    }
+
+    /// The policy governing `namespace`, if any.
+    pub(super) fn policy(&self, namespace: &str) -> Option<&'a PolicyInput> {
+        self.0.get(namespace).copied()
+    }
+
+    /// The rules in force in `namespace`.
+    pub(super) fn rules(&self, namespace: &str) -> Rules<'a> {
+        Rules::of(self.policy(namespace))
+    }
+}
+
+/// Defaults and limits in force in one namespace.
+#[derive(Clone, Debug)]
+pub(super) struct Rules<'a> {
+    pub(super) policy: Option<&'a PolicyInput>,
+    pub(super) defaults: PolicyDefaults,
+}
+
+impl<'a> Rules<'a> {
+    fn of(policy: Option<&'a PolicyInput>) -> Self {
+        Self {
+            policy,
+            defaults: policy.map(|p| p.spec.defaults.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The interval after the policy's minimum; a problem when it was raised.
+    pub(super) fn interval(
+        &self,
+        wanted: Option<Duration>,
+        problems: &mut BTreeSet<Problem>,
+    ) -> Duration {
+        let interval = wanted.unwrap_or(self.defaults.interval);
+        match self.policy.and_then(|p| p.spec.limits.min_interval) {
+            Some(min) if interval < min => {
+                problems.insert(Problem {
+                    reason: conditions::REASON_LIMIT_EXCEEDED,
+                    message: format!(
+                        "interval {interval} raised to the policy's minInterval {min}"
+                    ),
+                });
+                min
+            }
+            _ => interval,
+        }
+    }
+
+    /// Profiles the policy allows; a problem for each removed one.
+    pub(super) fn allowed(
+        &self,
+        profiles: Vec<ResolvedProfile>,
+        problems: &mut BTreeSet<Problem>,
+    ) -> Vec<ResolvedProfile> {
+        let Some(allowed) = self
+            .policy
+            .map(|p| &p.spec.limits.allowed_profile_types)
+            .filter(|a| !a.is_empty())
+        else {
+            return profiles;
+        };
+        profiles
+            .into_iter()
+            .filter(|p| {
+                let name: &str = match p.kind {
+                    Some(k) => k.api_name(),
+                    None => &p.name,
+                };
+                let ok = allowed.iter().any(|a| a == name || *a == p.name);
+                if !ok {
+                    problems.insert(Problem {
+                        reason: conditions::REASON_LIMIT_EXCEEDED,
+                        message: format!(
+                            "profile type {name} is not allowed by policy {}",
+                            self.policy.map_or("", |p| p.name.as_str())
+                        ),
+                    });
+                }
+                ok
+            })
+            .collect()
+    }
+
+    /// Keys ([`sink_key`]) of the governing policy's sinks a target wants (all of them when it
+    /// names none); a problem for each name the policy does not define.
+    pub(super) fn sinks(&self, wanted: &[String], problems: &mut BTreeSet<Problem>) -> Vec<String> {
+        let Some(policy) = self.policy else {
+            return Vec::new();
+        };
+        let defined = || policy.spec.sinks.iter().map(|s| s.name.as_str());
+        if wanted.is_empty() {
+            return defined().map(|n| sink_key(&policy.name, n)).collect();
+        }
+        wanted
+            .iter()
+            .filter(|w| {
+                let ok = defined().any(|d| d == w.as_str());
+                if !ok {
+                    problems.insert(Problem {
+                        reason: conditions::REASON_INVALID_SPEC,
+                        message: format!("sink {w:?} is not defined by the governing policy"),
+                    });
+                }
+                ok
+            })
+            .map(|w| sink_key(&policy.name, w))
+            .collect()
+    }
+}
