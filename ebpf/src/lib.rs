@@ -36,7 +36,11 @@
 //! - **Frame-pointer unwinding.** The kernel walks stacks by frame pointers: full stacks for Go
 //!   (which keeps them) and for C, C++ and Rust built with `-fno-omit-frame-pointer` (or
 //!   `-C force-frame-pointers=yes`); for code built without them, the leaf function and a
-//!   garbled or truncated rest. Unwinding with `.eh_frame` tables (as the OpenTelemetry profiler
+//!   garbled or truncated rest. A leaf function without a frame of its own (GCC's
+//!   `-momit-leaf-frame-pointer`, the default on some distributions; Go's frameless leaf
+//!   functions; GCC 12 keeps leaf functions frameless above -O0 even with
+//!   `-mno-omit-leaf-frame-pointer`) loses its caller from the stack.
+//!   Unwinding with `.eh_frame` tables (as the OpenTelemetry profiler
 //!   and Parca Agent do) would give full stacks for nearly every native binary, at the cost of
 //!   parsing each binary's tables in user space, loading them into BPF maps (megabytes per
 //!   node), and a much larger BPF program (bounded loops over the tables per frame).
@@ -111,6 +115,24 @@ pub enum SamplerError {
         /// libbpf's error.
         source: libbpf_rs::Error,
     },
+}
+
+impl SamplerError {
+    /// Whether the process may not use BPF or perf events here (not root, no CAP_BPF /
+    /// CAP_PERFMON, or a seccomp profile that forbids `bpf`): the profiler cannot run on this
+    /// node, as opposed to a bug or a resource limit.
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Self::Load { source, .. } | Self::UpdateMap { source, .. } => {
+                source.kind() == libbpf_rs::ErrorKind::PermissionDenied
+            }
+            Self::PerfEvent { source, .. } => {
+                source.kind() == std::io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EACCES)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The cgroup v2 id of the cgroup directory `path` (e.g. `/sys/fs/cgroup/<...>`, or

@@ -13,7 +13,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeSet, HashMap},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _, OwnedFd},
     rc::Rc,
     time::Duration,
 };
@@ -188,9 +188,8 @@ pub(crate) struct Sampler {
     maps: Maps,
     ring: RingBuffer<'static>,
     announced: Rc<RefCell<Vec<u32>>>,
-    // Kept for their Drop: detaching, then closing the events, then the object.
+    // Kept for their Drop: detaching and closing the perf events, then the object.
     _links: Vec<Link>,
-    _perf_events: Vec<OwnedFd>,
     _object: Object,
     active: u32,
     selection: Selection,
@@ -269,22 +268,22 @@ impl Sampler {
             .ok()
             .and_then(|s| parse_cpu_list(&s))
             .ok_or(SamplerError::OnlineCpus)?;
-        let mut perf_events = Vec::with_capacity(cpus.len());
         let mut links = Vec::with_capacity(cpus.len() + 1);
         for prog in object.progs_mut() {
             match prog.name().to_str() {
                 Some("on_cpu_clock") => {
                     for &cpu in &cpus {
                         let fd = open_cpu_clock(cpu, rate_hz)?;
-                        links.push(
-                            prog.attach_perf_event(fd.as_raw_fd())
-                                .map_err(load("attach to the perf event"))?,
-                        );
-                        perf_events.push(fd);
+                        let link = prog
+                            .attach_perf_event(fd.as_raw_fd())
+                            .map_err(load("attach to the perf event"))?;
+                        // The link owns the event now: it closes it when dropped.
+                        let _ = fd.into_raw_fd();
+                        links.push(link);
                     }
                 }
                 Some("on_exec") => links.push(
-                    prog.attach()
+                    prog.attach_raw_tracepoint("sched_process_exec")
                         .map_err(load("attach to sched_process_exec"))?,
                 ),
                 _ => {}
@@ -295,7 +294,6 @@ impl Sampler {
             ring,
             announced,
             _links: links,
-            _perf_events: perf_events,
             _object: object,
             active: 0,
             selection: Selection::default(),

@@ -190,7 +190,8 @@ int on_cpu_clock(struct bpf_perf_event_data *ctx)
 
 // The exec of a known process changes its mappings: forget it, so its next sample announces it
 // again.
-SEC("tracepoint/sched/sched_process_exec")
+// A raw tracepoint: attached by name, with no tracefs mounted.
+SEC("raw_tracepoint/sched_process_exec")
 int on_exec(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
