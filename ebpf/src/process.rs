@@ -131,6 +131,8 @@ pub(crate) struct Process {
     pub facts: ProcessFacts,
     pub start_time: Option<u64>,
     pub mappings: Vec<Mapping>,
+    /// Collections in a row without a sample of it.
+    pub idle_collections: u32,
 }
 
 impl Process {
@@ -250,6 +252,7 @@ pub(crate) fn read_process(proc_root: &Path, pid: u32, cache: &mut ObjectCache) 
         },
         start_time,
         mappings,
+        idle_collections: 0,
     })
 }
 

@@ -179,6 +179,9 @@ pub struct Profiler {
     period_start: SystemTime,
 }
 
+/// Collections without a sample after which a live process is forgotten.
+const MAX_IDLE_COLLECTIONS: u32 = 4;
+
 /// Name of the frame standing for a stack the kernel could not record.
 pub const LOST_STACK: &str = "[lost stack]";
 
@@ -221,6 +224,11 @@ impl Profiler {
         if let Some(p) = process::read_process(&self.config.proc_root, tgid, &mut self.objects) {
             self.processes.insert(tgid, p);
         }
+    }
+
+    /// What the kernel side could not record since the start.
+    pub fn losses(&self) -> Losses {
+        self.sampler.losses()
     }
 
     /// Polls for new processes until `period` has passed, then collects.
@@ -301,7 +309,21 @@ impl Profiler {
             })
             .collect();
 
-        for pid in dead {
+        // Forget the dead, and the long idle (no longer selected, or asleep): were one sampled
+        // again, the program announces it anew.
+        let sampled: HashSet<u32> = raw.samples.iter().map(|s| s.tgid).collect();
+        let mut forget = dead;
+        for (pid, p) in &mut self.processes {
+            p.idle_collections = if sampled.contains(pid) {
+                0
+            } else {
+                p.idle_collections + 1
+            };
+            if p.idle_collections > MAX_IDLE_COLLECTIONS {
+                forget.push(*pid);
+            }
+        }
+        for pid in forget {
             self.processes.remove(&pid);
             self.sampler.forget_process(pid);
         }

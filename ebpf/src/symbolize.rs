@@ -26,6 +26,9 @@ pub(crate) type Frames = Arc<[FrameFn]>;
 
 /// The blazesym symboliser and the cache of what it answered.
 pub(crate) struct Symbols {
+    /// One for the process's life: blazesym keeps each file's parsed tables (and its mapping)
+    /// until the file is evicted, when the last process mapping it is forgotten. (Dropping a
+    /// blazesym symboliser after each period was tried: its mappings stayed, so it leaked.)
     symbolizer: Symbolizer,
     /// Symboliser path of a file -> file offset -> frames.
     user: HashMap<PathBuf, HashMap<u64, Frames>>,
@@ -46,11 +49,7 @@ impl Symbols {
     /// A symboliser caching at most `max_cached` addresses.
     pub fn new(max_cached: usize) -> Self {
         Self {
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
+            symbolizer: new_symbolizer(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             cached: 0,
@@ -157,6 +156,14 @@ impl Symbols {
                 ));
         }
     }
+}
+
+fn new_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build()
 }
 
 fn frames(s: &Symbolized<'_>) -> Frames {
