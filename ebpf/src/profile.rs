@@ -64,10 +64,8 @@ impl Tables {
 
     fn mapping(&mut self, m: &Arc<MappingInfo>, named: bool) -> u64 {
         if let Some(&id) = self.mapping_ids.get(m) {
-            if named {
-                if let Some(mapping) = self.mappings.get_mut(id as usize - 1) {
-                    mapping.has_functions = true;
-                }
+            if named && let Some(mapping) = self.mappings.get_mut(id as usize - 1) {
+                mapping.has_functions = true;
             }
             return id;
         }
@@ -133,14 +131,14 @@ impl Tables {
                 column: 0,
             })
             .collect();
-        if let (Some(m), true) = (frame.mapping.as_ref(), frame.fns.iter().any(|f| f.line > 0)) {
-            if let Some(&mid) = self.mapping_ids.get(m) {
-                if let Some(mapping) = self.mappings.get_mut(mid as usize - 1) {
-                    mapping.has_filenames = true;
-                    mapping.has_line_numbers = true;
-                    mapping.has_inline_frames |= frame.fns.len() > 1;
-                }
-            }
+        if let Some(m) = frame.mapping.as_ref()
+            && frame.fns.iter().any(|f| f.line > 0)
+            && let Some(&mid) = self.mapping_ids.get(m)
+            && let Some(mapping) = self.mappings.get_mut(mid as usize - 1)
+        {
+            mapping.has_filenames = true;
+            mapping.has_line_numbers = true;
+            mapping.has_inline_frames |= frame.fns.len() > 1;
         }
         self.locations.push(Location {
             id,

@@ -281,10 +281,10 @@ impl Profiler {
             };
             if !refreshed.contains(&s.tgid) && stack.iter().any(|&a| p.mapping(a).is_none()) {
                 refreshed.insert(s.tgid);
-                if let Some(m) = process::read_mappings(&proc_root, s.tgid, &mut self.objects) {
-                    if let Some(p) = self.processes.get_mut(&s.tgid) {
-                        p.mappings = m;
-                    }
+                if let Some(m) = process::read_mappings(&proc_root, s.tgid, &mut self.objects)
+                    && let Some(p) = self.processes.get_mut(&s.tgid)
+                {
+                    p.mappings = m;
                 }
             }
         }

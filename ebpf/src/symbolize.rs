@@ -120,10 +120,12 @@ impl Symbols {
         missing.dedup();
         if !missing.is_empty() {
             self.make_room(missing.len());
-            let mut kernel = Kernel::default();
             // kallsyms only: a vmlinux image found on disk may not match the running kernel.
-            kernel.vmlinux = blazesym::MaybeDefault::None;
-            kernel.debug_syms = false;
+            let kernel = Kernel {
+                vmlinux: blazesym::MaybeDefault::None,
+                debug_syms: false,
+                ..Kernel::default()
+            };
             let src = Source::Kernel(kernel);
             let found = self
                 .symbolizer

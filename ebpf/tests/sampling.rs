@@ -3,6 +3,7 @@
 //!
 //! They need root with BPF allowed (as on CI); elsewhere each prints one `SKIPPED ...` line and
 //! passes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::{
     collections::BTreeSet,

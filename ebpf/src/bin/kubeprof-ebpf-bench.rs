@@ -167,7 +167,29 @@ fn machine_busy_ticks() -> u64 {
     v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
 }
 
+/// `/usr/bin/time`, writing the whole run's CPU and peak RSS to a file named after `what`.
+fn timed(tmp: &Path, what: &str, rate: u32) -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "%U %S %M", "-o"])
+        .arg(tmp.join(format!("{what}-{rate}.time")));
+    c
+}
+
+/// Whole run: (CPU seconds, peak RSS KiB) from `timed`'s file.
+fn whole_run(tmp: &Path, what: &str, rate: u32) -> Option<(f64, u64)> {
+    let text = std::fs::read_to_string(tmp.join(format!("{what}-{rate}.time"))).ok()?;
+    let f: Vec<&str> = text.lines().last()?.split_whitespace().collect();
+    let (u, s, m): (f64, f64, u64) = (
+        f.first()?.parse().ok()?,
+        f.get(1)?.parse().ok()?,
+        f.get(2)?.parse().ok()?,
+    );
+    Some((u + s, m))
+}
+
 struct Peer {
+    /// The file name `timed` writes.
+    what: &'static str,
     name: String,
     child: Child,
     /// The pid whose CPU counts (perf's own process; bcc's python).
@@ -187,12 +209,20 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
         std::fs::read_to_string("/proc/loadavg")?.trim()
     );
     println!(
-        "{:<24} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9} {:>12}",
-        "profiler", "rate", "CPU %", "of which", "RSS MiB", "anon MiB", "samples", "samples per"
+        "{:<24} {:>5} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "profiler",
+        "rate",
+        "CPU %",
+        "of which",
+        "CPU %",
+        "RSS MiB",
+        "anon MiB",
+        "samples",
+        "samples per"
     );
     println!(
-        "{:<24} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9} {:>12}",
-        "", "Hz", "(1 CPU)", "BPF %", "(peak)", "(end)", "", "CPU-second"
+        "{:<24} {:>5} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "", "Hz", "(window)", "BPF %", "whole run", "(peak)", "(window)", "", "CPU-second"
     );
     for &rate in rates {
         let total = secs + WARMUP.as_secs() + 1;
@@ -200,12 +230,14 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
         let bcc_out = tmp.join(format!("bcc-{rate}.folded"));
         let mut peers = vec![
             {
-                let child = Command::new(&me)
+                let child = timed(&tmp, "kubeprof", rate)
+                    .arg(&me)
                     .args(["profile", &rate.to_string(), &total.to_string()])
                     .stdout(Stdio::piped())
                     .spawn()?;
                 Peer {
                     name: "kubeprof-ebpf".into(),
+                    what: "kubeprof",
                     pid: child.id(),
                     child,
                 }
@@ -224,12 +256,14 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
                     .spawn()?;
                 Peer {
                     name: "kubeprof-ebpf (2 pids)".into(),
+                    what: "kubeprof-pids",
                     pid: child.id(),
                     child,
                 }
             },
             {
-                let child = Command::new("perf")
+                let child = timed(&tmp, "perf", rate)
+                    .arg("perf")
                     .args(["record", "-q", "-F", &rate.to_string(), "-a", "-g", "-o"])
                     .arg(&perf_data)
                     .args(["--", "sleep", &total.to_string()])
@@ -238,6 +272,7 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
                     .spawn()?;
                 Peer {
                     name: "perf record -a -g".into(),
+                    what: "perf",
                     pid: child.id(),
                     child,
                 }
@@ -247,18 +282,27 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
             .into_iter()
             .find(|p| Path::new(p).exists());
         if let Some(bcc) = bcc {
-            let child = Command::new(bcc)
+            let child = timed(&tmp, "bcc", rate)
+                .arg(bcc)
                 .args(["-F", &rate.to_string(), "-af", &total.to_string()])
                 .stdout(std::fs::File::create(&bcc_out)?)
                 .stderr(Stdio::null())
                 .spawn()?;
             peers.push(Peer {
                 name: "bcc profile -af".into(),
+                what: "bcc",
                 pid: child.id(),
                 child,
             });
         }
         std::thread::sleep(WARMUP);
+        // The profiler is the child of /usr/bin/time.
+        for p in &mut peers {
+            p.pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(p.pid);
+        }
         let before: Vec<Cpu> = peers.iter().map(|p| proc_cpu(p.pid)).collect();
         let busy_before = machine_busy_ticks();
         let t0 = Instant::now();
@@ -290,12 +334,19 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
             let cpu = (after[i].ticks - before[i].ticks) as f64 / ticks_per_sec() / wall * 100.0;
             let bpf = (after[i].bpf_ns - before[i].bpf_ns) as f64 / 1e9 / wall * 100.0;
             let per_cpu_sec = samples.map(|s| s as f64 / busy_total_secs);
+            // Whole run: start-up (bcc compiles its program) and exit (bcc and perf symbolise
+            // then) included, BPF time not.
+            let whole = whole_run(&tmp, peer.what, rate);
             println!(
-                "{:<24} {:>5} {:>8.2}% {:>9.3}% {:>10.1} {:>9.1} {:>9} {:>12}{}",
+                "{:<24} {:>5} {:>8.2}% {:>9.3}% {:>10} {:>10.1} {:>9.1} {:>9} {:>12}{}",
                 peer.name,
                 rate,
                 cpu + bpf,
                 bpf,
+                whole.map_or("?".into(), |(c, _)| format!(
+                    "{:.2}%",
+                    c / total as f64 * 100.0
+                )),
                 rss[i].0 as f64 / 1024.0,
                 rss[i].1 as f64 / 1024.0,
                 samples.map_or("?".into(), |s| s.to_string()),
