@@ -393,3 +393,58 @@ fn selection_by_cgroup_id_samples_the_processes_of_that_cgroup() {
     assert_eq!(pids, BTreeSet::from([inside.id()]), "{:?}", c.stats);
     assert!(c.processes().all(|p| p.cgroup_id == id));
 }
+
+/// CPU seconds (utime + stime) of `pid` once it has exited but is not yet reaped.
+fn cpu_seconds_at_exit(pid: u32, profiler: &mut Profiler) -> f64 {
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        if fields[0] == "Z" {
+            let ticks: u64 =
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            return ticks as f64 / 100.0; // USER_HZ
+        }
+        profiler.poll(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn draining_often_neither_loses_nor_counts_twice() {
+    let Some(mut profiler) = profiler("draining_often_neither_loses_nor_counts_twice") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_c(dir.path(), "drainspin", &["-O1", "-fno-omit-frame-pointer"]);
+    let mut child = spawn(&exe, "2");
+    let pid = child.id();
+    profiler
+        .set_selection(&Selection {
+            tgids: BTreeSet::from([pid]),
+            ..Selection::default()
+        })
+        .unwrap();
+    // Many drains while it runs, each flipping the buffers under a sampling program.
+    let mut samples = 0u64;
+    let mut drains = 0;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        profiler.poll(Duration::from_millis(50));
+        samples += profiler.collect().unwrap().stats.samples;
+        drains += 1;
+    }
+    let cpu = cpu_seconds_at_exit(pid, &mut profiler);
+    samples += profiler.collect().unwrap().stats.samples;
+    child.wait().unwrap();
+    // The CPU clock fires 97 times per second of CPU the process uses: a lost buffer or one
+    // drained twice would be far off.
+    let expected = cpu * 97.0;
+    assert!(drains > 5, "only {drains} drains");
+    assert!(
+        (samples as f64 - expected).abs() <= expected * 0.15 + 5.0,
+        "{samples} samples over {drains} drains for {cpu:.2} CPU seconds (expected about {expected:.0})"
+    );
+}

@@ -37,6 +37,7 @@ fn main() -> Result<()> {
         Some("profile") => profile(
             args.get(2).ok_or("rate")?.parse()?,
             args.get(3).ok_or("secs")?.parse()?,
+            args.get(4).map(String::as_str),
         ),
         _ => {
             let secs: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
@@ -59,40 +60,40 @@ fn spin() -> Result<()> {
     }
 }
 
-/// The kubeprof side: samples everything for `secs`, then prints the samples it collected.
-fn profile(rate: u32, secs: u64) -> Result<()> {
+/// The kubeprof side: samples everything (or the comma-separated `pids`) for `secs`, then
+/// prints the samples it collected.
+fn profile(rate: u32, secs: u64, pids: Option<&str>) -> Result<()> {
     let mut p = Profiler::start(ProfilerConfig {
         sample_rate_hz: rate,
         ..ProfilerConfig::default()
     })?;
-    p.set_selection(&Selection {
-        all: true,
-        ..Selection::default()
-    })?;
+    let selection = match pids {
+        Some(pids) => Selection {
+            tgids: pids
+                .split(',')
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()?,
+            ..Selection::default()
+        },
+        None => Selection {
+            all: true,
+            ..Selection::default()
+        },
+    };
+    p.set_selection(&selection)?;
     let start = Instant::now();
     let (mut samples, mut frames, mut named, mut profiles) = (0u64, 0u64, 0u64, 0usize);
-    let mut window_samples = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
         let left = Duration::from_secs(secs).saturating_sub(start.elapsed());
-        // Periods of 15 s, as deployed; the first ends with the warm-up, so the window's
-        // samples can be told apart.
-        let period = if samples == 0 && start.elapsed() < WARMUP {
-            WARMUP
-        } else {
-            left.min(Duration::from_secs(15))
-        };
-        let c = p.run_period(period)?;
-        let in_window = start.elapsed() > WARMUP + Duration::from_millis(100);
+        // Periods of 15 s, as deployed.
+        let c = p.run_period(left.min(Duration::from_secs(15)))?;
         samples += c.stats.samples;
-        if in_window {
-            window_samples += c.stats.samples;
-        }
         frames += c.stats.frames;
         named += c.stats.frames_named;
         profiles += c.profiles(|p| Some(p.pid)).len();
     }
     println!(
-        "samples={samples} window_samples={window_samples} profiles={profiles} coverage={:.3} losses={:?}",
+        "samples={samples} profiles={profiles} coverage={:.3} losses={:?}",
         named as f64 / frames.max(1) as f64,
         p.losses()
     );
@@ -245,7 +246,8 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
             {
                 // What eBPF mode costs as deployed: only the selected processes.
                 let pids: Vec<String> = spinners.iter().map(|c| c.id().to_string()).collect();
-                let child = Command::new(&me)
+                let child = timed(&tmp, "kubeprof-pids", rate)
+                    .arg(&me)
                     .args([
                         "profile",
                         &rate.to_string(),
