@@ -77,6 +77,10 @@ pub use sampler::{Losses, MapCapacities, Selection};
 
 use std::path::Path;
 
+/// The profile type of every profile this crate builds: the `__name__` the label pipeline gives
+/// it (`kubeprof_crds::labels::finalize`), as Grafana Alloy's and Pyroscope's eBPF profilers do.
+pub const PROFILE_NAME: &str = "process_cpu";
+
 /// Why the profiler could not start or collect.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
