@@ -103,6 +103,8 @@ pub(crate) struct ObjectFile {
     pub build_id: Option<Vec<u8>>,
     /// `/proc/self/fd/<n>` of `file`: how the symboliser opens it.
     pub open_path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
     _file: File,
 }
 
@@ -204,6 +206,7 @@ impl ObjectCache {
             Arc::new(ObjectFile {
                 build_id,
                 open_path,
+                size: file.metadata().map_or(0, |m| m.len()),
                 _file: file,
             })
         });

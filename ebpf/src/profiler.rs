@@ -34,6 +34,10 @@ pub struct ProfilerConfig {
     pub max_open_files: usize,
     /// Addresses whose symbols are cached.
     pub max_cached_addresses: usize,
+    /// Files larger than this are symbolised from their ELF symbol table only, without reading
+    /// their DWARF (no file names or line numbers): parsing the debug info of a binary of
+    /// hundreds of megabytes (a compiler, a browser) would take about as much memory.
+    pub max_debug_info_file_bytes: u64,
     /// Where `/proc` is (`/host/proc` in a container that mounts the host's).
     pub proc_root: PathBuf,
 }
@@ -46,6 +50,7 @@ impl Default for ProfilerConfig {
             max_processes: 8_192,
             max_open_files: 1_024,
             max_cached_addresses: 500_000,
+            max_debug_info_file_bytes: 64 << 20,
             proc_root: PathBuf::from("/proc"),
         }
     }
@@ -360,7 +365,8 @@ impl Profiler {
         let lookup_addr = |i: usize, a: u64| if i == 0 { a } else { a.saturating_sub(1) };
 
         // Every (file, offset) and kernel address first, so each file is read in one batch.
-        let mut wanted: HashMap<PathBuf, Vec<u64>> = HashMap::new();
+        // File -> (whether to read its DWARF, offsets).
+        let mut wanted: HashMap<PathBuf, (bool, Vec<u64>)> = HashMap::new();
         let mut kernel_wanted = Vec::new();
         for s in samples {
             if let Some(Ok(k)) = stack(s.kernel_stack) {
@@ -372,16 +378,18 @@ impl Profiler {
             for (i, &a) in u.iter().enumerate() {
                 let a = lookup_addr(i, a);
                 if let Some((m, o)) = p.mapping(a).and_then(|m| m.object.as_ref().map(|o| (m, o))) {
+                    let debug = o.size <= self.config.max_debug_info_file_bytes;
                     wanted
                         .entry(o.open_path.clone())
-                        .or_default()
-                        .push(a - m.start + m.offset);
+                        .or_insert_with(|| (debug, Vec::new()))
+                        .1
+                        .push(file_offset(m, a));
                 }
             }
         }
         let mut user_frames: HashMap<(PathBuf, u64), Frames> = HashMap::new();
-        for (path, offsets) in wanted {
-            let frames = self.symbols.user(&path, &offsets);
+        for (path, (debug, offsets)) in wanted {
+            let frames = self.symbols.user(&path, &offsets, debug);
             for (o, f) in offsets.into_iter().zip(frames) {
                 user_frames.insert((path.clone(), o), f);
             }
@@ -443,7 +451,7 @@ impl Profiler {
                             .and_then(|m| {
                                 let o = m.object.as_ref()?;
                                 user_frames
-                                    .get(&(o.open_path.clone(), la - m.start + m.offset))
+                                    .get(&(o.open_path.clone(), file_offset(m, la)))
                                     .cloned()
                             })
                             .unwrap_or_else(|| Arc::from([]));
@@ -493,4 +501,10 @@ impl Profiler {
         }
         out
     }
+}
+
+/// The offset in its file of `addr`, an address inside `m` (wrapping: the offset comes from
+/// `/proc`, and a wrong one must not panic).
+fn file_offset(m: &process::Mapping, addr: u64) -> u64 {
+    addr.wrapping_sub(m.start).wrapping_add(m.offset)
 }

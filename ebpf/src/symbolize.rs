@@ -66,8 +66,9 @@ impl Symbols {
         }
     }
 
-    /// Frames of `offsets` (file offsets) in the ELF file at `path`.
-    pub fn user(&mut self, path: &Path, offsets: &[u64]) -> Vec<Frames> {
+    /// Frames of `offsets` (file offsets) in the ELF file at `path`, with its DWARF when
+    /// `debug_syms`.
+    pub fn user(&mut self, path: &Path, offsets: &[u64], debug_syms: bool) -> Vec<Frames> {
         let missing: Vec<u64> = {
             let cache = self.user.get(path);
             let mut m: Vec<u64> = offsets
@@ -82,7 +83,7 @@ impl Symbols {
         if !missing.is_empty() {
             self.make_room(missing.len());
             let mut elf = Elf::new(path);
-            elf.debug_syms = true;
+            elf.debug_syms = debug_syms;
             let src = Source::Elf(elf);
             let found = self
                 .symbolizer

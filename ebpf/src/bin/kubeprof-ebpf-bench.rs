@@ -315,7 +315,7 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
             .map(|p| (status_kib(p.pid, "VmHWM"), status_kib(p.pid, "RssAnon")))
             .collect();
         let wall = t0.elapsed().as_secs_f64();
-        let busy_secs = (machine_busy_ticks() - busy_before) as f64 / ticks_per_sec();
+        let busy_secs = machine_busy_ticks().saturating_sub(busy_before) as f64 / ticks_per_sec();
         let busy_total_secs = busy_secs * (total as f64 / wall);
         for (i, peer) in peers.iter_mut().enumerate() {
             let status = peer.child.wait()?;
@@ -333,8 +333,10 @@ fn bench(secs: u64, rates: &[u32]) -> Result<()> {
                 "perf record -a -g" => perf_samples(&perf_data),
                 _ => bcc_samples(&bcc_out),
             };
-            let cpu = (after[i].ticks - before[i].ticks) as f64 / ticks_per_sec() / wall * 100.0;
-            let bpf = (after[i].bpf_ns - before[i].bpf_ns) as f64 / 1e9 / wall * 100.0;
+            let cpu =
+                after[i].ticks.saturating_sub(before[i].ticks) as f64 / ticks_per_sec() / wall
+                    * 100.0;
+            let bpf = after[i].bpf_ns.saturating_sub(before[i].bpf_ns) as f64 / 1e9 / wall * 100.0;
             let per_cpu_sec = samples.map(|s| s as f64 / busy_total_secs);
             // Whole run: start-up (bcc compiles its program) and exit (bcc and perf symbolise
             // then) included, BPF time not.
