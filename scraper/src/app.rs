@@ -21,6 +21,7 @@ use crate::{
     sinks::{RetryConfig, SinkBuildError},
     sources::{ClusterSource, FileSource, JobSet, JobSource, KubeSecrets, spawn_health_reporter},
     telemetry::{Telemetry, init_logging},
+    ui::{UiState, live::LiveTargets},
 };
 
 const PROGRAM: &str = "kubeprof-scraper";
@@ -37,10 +38,18 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::CheckConfig { config } => commands::check_config(&config),
         Command::Flamegraph {
-            profile,
+            profiles,
             output,
             sample_type,
-        } => commands::flamegraph(&profile, output, sample_type.as_deref()),
+            base,
+            no_normalize,
+        } => commands::flamegraph(commands::FlamegraphArgs {
+            profiles,
+            base,
+            output,
+            sample_type,
+            normalize: !no_normalize,
+        }),
     }
 }
 
@@ -126,7 +135,10 @@ struct Cluster {
 
 async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
     let shutdown = CancellationToken::new();
-    let (telemetry, metrics) = start_telemetry(&args, &shutdown).await?;
+    // The pages serve from the start; they show the pull loop once it exists.
+    let ui = UiState::default();
+    let routes = args.ui.then(|| crate::ui::router(ui.clone()));
+    let (telemetry, metrics) = start_telemetry(&args, &shutdown, routes).await?;
     let cluster = connect(&args).await?;
     let secrets: Arc<dyn SecretSource> = match &cluster {
         Some(c) => c.secrets.clone(),
@@ -144,6 +156,12 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
     let pipeline = pull_loop(&config, secrets, outputs.handle(), &metrics);
     let mut scheduler = Scheduler::new(pipeline.clone(), shutdown.child_token());
     scheduler.apply(initial.jobs.clone());
+    ui.set_source(Arc::new(LiveTargets::new(
+        pipeline.clone(),
+        source.subscribe(),
+        metrics.clone(),
+        mode(&args),
+    )));
     telemetry.set_ready(true);
     let reporter = cluster.map(|c| {
         spawn_health_reporter(
@@ -175,10 +193,14 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
 async fn start_telemetry(
     args: &RunArgs,
     shutdown: &CancellationToken,
+    routes: Option<axum::Router>,
 ) -> Result<(Telemetry, Metrics), StartError> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let telemetry = Telemetry::new(registry);
+    let mut telemetry = Telemetry::new(registry);
+    if let Some(routes) = routes {
+        telemetry = telemetry.with_routes(routes);
+    }
     if !telemetry
         .serve_or_report(args.listen, shutdown.clone(), PROGRAM)
         .await
@@ -186,6 +208,18 @@ async fn start_telemetry(
         return Err(StartError::Telemetry);
     }
     Ok((telemetry, metrics))
+}
+
+/// How the scraper runs, as `/targets` says on top.
+fn mode(args: &RunArgs) -> String {
+    match (&args.config, args.cluster) {
+        (_, true) => format!(
+            "cluster mode, node {}",
+            args.node.as_deref().unwrap_or("<none>")
+        ),
+        (Some(path), false) => format!("standalone, {}", path.display()),
+        (None, false) => "standalone, the embedded default configuration".into(),
+    }
 }
 
 /// The API client and Secret cache in cluster mode; nothing standalone.

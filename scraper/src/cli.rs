@@ -21,16 +21,26 @@ pub(crate) enum Command {
         /// The file.
         config: PathBuf,
     },
-    /// Render a stored profile as a flame graph SVG.
+    /// Render stored profiles as a flame graph SVG: one, several merged, or the difference
+    /// from `--base` profiles. An empty profile renders an SVG that says so.
     Flamegraph {
-        /// A pprof file (gzip or raw), e.g. profiles/<service>/process_cpu/<ms>.pb.gz.
-        profile: PathBuf,
-        /// Where to write the SVG (default: the profile's path with .svg).
+        /// pprof files (gzip or raw), e.g. profiles/<service>/process_cpu/<ms>.pb.gz; several
+        /// are merged.
+        #[arg(required = true)]
+        profiles: Vec<PathBuf>,
+        /// Where to write the SVG (default: the first profile's path with .svg).
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Sample type to draw (default: cpu, inuse_space, delay or the last one).
         #[arg(long)]
         sample_type: Option<String>,
+        /// Draw the difference from these profiles (merged) to PROFILES: red frames take more
+        /// in PROFILES, blue ones less. Give it after the profiles, or once per file.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        base: Vec<PathBuf>,
+        /// With --base, compare absolute values instead of scaling the base to the same total.
+        #[arg(long)]
+        no_normalize: bool,
     },
 }
 
@@ -59,6 +69,9 @@ pub(crate) struct RunArgs {
     /// Address of /metrics, /healthz, /readyz and /debug/pprof/*.
     #[arg(long, env = "KUBEPROF_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// Serve `/targets` and the profile browser `/ui` on the --listen port (read-only).
+    #[arg(long, env = "KUBEPROF_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ui: bool,
     /// Log format: text or json.
     #[arg(long, env = "KUBEPROF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -6,6 +6,7 @@
 //! - `sinks`: one folder per backend (file, Pyroscope, Parca, OTLP) and the queue, retry and
 //!   worker they share.
 //! - `app`: the assembly the binary runs; `cli`: its arguments.
+//! - `ui`: `/targets` and the profile browser `/ui`, served on the telemetry port.
 #![forbid(unsafe_code)]
 
 mod app;
@@ -23,6 +24,7 @@ mod sources;
 #[cfg(test)]
 mod test_support;
 mod tls;
+pub mod ui;
 
 pub use app::main;
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT};

@@ -101,7 +101,8 @@ impl Pipeline {
             Ok(body) => body,
             Err(e) => {
                 count(e.reason().as_str());
-                self.health.record(job, Err((e.reason(), e.to_string())));
+                self.health
+                    .record(job, (start, t0.elapsed()), Err((e.reason(), e.to_string())));
                 return;
             }
         };
@@ -117,12 +118,16 @@ impl Pipeline {
             Ok(ready) => ready,
             Err(rejected) => {
                 count(rejected.outcome);
-                self.health
-                    .record(job, Err((rejected.reason, rejected.message)));
+                self.health.record(
+                    job,
+                    (start, t0.elapsed()),
+                    Err((rejected.reason, rejected.message)),
+                );
                 return;
             }
         };
-        self.health.record(job, Ok(()));
+        self.health
+            .record(job, (start, t0.elapsed()), Ok(ready.is_some()));
         let Some(ready) = ready else {
             count("baseline");
             return;

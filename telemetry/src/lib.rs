@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 mod self_profile;
+mod threads;
 
 /// Shared state of the endpoints.
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ pub struct Telemetry {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
     cpu_profile_running: Arc<AtomicBool>,
+    /// More routes served on the same port (the scraper's `/targets` and `/ui`).
+    extra: Option<Router>,
 }
 
 impl Telemetry {
@@ -39,7 +42,14 @@ impl Telemetry {
             registry: Arc::new(registry),
             ready: Arc::default(),
             cpu_profile_running: Arc::default(),
+            extra: None,
         }
+    }
+
+    /// Also serves `routes` (merged into [`Telemetry::router`]).
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = Some(routes);
+        self
     }
 
     /// Marks the process ready (jobs loaded).
@@ -49,13 +59,18 @@ impl Telemetry {
 
     /// The router, for tests or embedding.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/debug/pprof/profile", get(cpu_profile))
             .route("/debug/pprof/heap", get(heap_profile))
-            .with_state(self.clone())
+            .route("/debug/pprof/threads", get(threads_profile))
+            .with_state(self.clone());
+        match &self.extra {
+            Some(extra) => router.merge(extra.clone()),
+            None => router,
+        }
     }
 
     /// Binds `addr` and serves until `shutdown`; returns the bound address.
@@ -167,6 +182,20 @@ async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfilePar
             tracing::warn!(error = %e, "cannot serve a CPU profile of this process");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
         }
+    }
+}
+
+async fn threads_profile() -> Response {
+    match tokio::task::spawn_blocking(threads::threads_profile).await {
+        Ok(Ok(body)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::NOT_IMPLEMENTED,
+            format!("cannot read this process's threads from /proc/self/task: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

@@ -6,6 +6,8 @@ use std::{
 };
 
 use super::PROGRAM;
+use kubeprof_pprof::{DecodeLimits, Profile};
+
 use crate::{config::Config, flamegraph};
 
 /// `check-config FILE`: 0 when valid, 2 when not.
@@ -37,6 +39,12 @@ enum FlamegraphCommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: {source}", path.display())]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: flamegraph::FlamegraphError,
+    },
     #[error(transparent)]
     Render(#[from] flamegraph::FlamegraphError),
     #[error("cannot write {}: {source}", path.display())]
@@ -47,20 +55,46 @@ enum FlamegraphCommandError {
     },
 }
 
-/// `flamegraph PROFILE [-o SVG]`: 0 when written, 1 when not.
-pub fn flamegraph(profile: &Path, output: Option<PathBuf>, sample_type: Option<&str>) -> ExitCode {
-    let output = output.unwrap_or_else(|| {
-        let name = profile
+/// What `flamegraph` draws.
+#[derive(Debug)]
+pub struct FlamegraphArgs {
+    /// Profiles, merged.
+    pub profiles: Vec<PathBuf>,
+    /// Base profiles for a difference (none: a plain flame graph).
+    pub base: Vec<PathBuf>,
+    /// Where to write (default: beside the first profile).
+    pub output: Option<PathBuf>,
+    /// The sample type.
+    pub sample_type: Option<String>,
+    /// Scale the base to the same total.
+    pub normalize: bool,
+}
+
+/// `flamegraph PROFILE... [-o SVG] [--base PROFILE...]`: 0 when written (an empty profile
+/// too: the SVG says so, and so does stderr), 1 when not.
+pub fn flamegraph(args: FlamegraphArgs) -> ExitCode {
+    let Some(first) = args.profiles.first() else {
+        eprintln!("{PROGRAM}: no profile given");
+        return ExitCode::from(1);
+    };
+    let output = args.output.clone().unwrap_or_else(|| {
+        let name = first
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        profile.with_file_name(format!(
+        first.with_file_name(format!(
             "{}.svg",
             name.trim_end_matches(".gz").trim_end_matches(".pb")
         ))
     });
-    match render(profile, &output, sample_type) {
-        Ok(()) => {
+    match render(&args, &output) {
+        Ok(written) => {
+            if written.empty {
+                eprintln!(
+                    "{PROGRAM}: the profile has no samples of type {} (an idle process's CPU profile is empty); the SVG says so",
+                    written.title
+                );
+            }
             println!("wrote {}", output.display());
             ExitCode::SUCCESS
         }
@@ -71,19 +105,41 @@ pub fn flamegraph(profile: &Path, output: Option<PathBuf>, sample_type: Option<&
     }
 }
 
+fn read(paths: &[PathBuf]) -> Result<Vec<Profile>, FlamegraphCommandError> {
+    paths
+        .iter()
+        .map(|path| {
+            let body = std::fs::read(path).map_err(|source| FlamegraphCommandError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            flamegraph::decode(&body, &DecodeLimits::default()).map_err(|source| {
+                FlamegraphCommandError::Decode {
+                    path: path.clone(),
+                    source,
+                }
+            })
+        })
+        .collect()
+}
+
 fn render(
-    profile: &Path,
+    args: &FlamegraphArgs,
     output: &Path,
-    sample_type: Option<&str>,
-) -> Result<(), FlamegraphCommandError> {
-    let body = std::fs::read(profile).map_err(|source| FlamegraphCommandError::Read {
-        path: profile.to_path_buf(),
-        source,
-    })?;
+) -> Result<flamegraph::Written, FlamegraphCommandError> {
+    let profiles = read(&args.profiles)?;
+    let base = read(&args.base)?;
     let mut svg = Vec::new();
-    flamegraph::render(&body, sample_type, &mut svg)?;
+    let written = flamegraph::render_profiles(
+        &profiles,
+        &base,
+        args.sample_type.as_deref(),
+        args.normalize,
+        &mut svg,
+    )?;
     std::fs::write(output, svg).map_err(|source| FlamegraphCommandError::Write {
         path: output.to_path_buf(),
         source,
-    })
+    })?;
+    Ok(written)
 }

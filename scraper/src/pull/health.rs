@@ -1,6 +1,10 @@
 //! What the pull loop knows of each job's recent scrapes, read by health reporting.
 
-use std::{collections::HashMap, sync::Mutex, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
 
 use kubeprof_crds::{health::ScrapeFailure, job::ScrapeJob};
 
@@ -15,6 +19,15 @@ pub struct JobHealth {
     pub last_reason: Option<ScrapeFailure>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// When the last scrape started (success or failure).
+    pub last_scrape: Option<SystemTime>,
+    /// How long the last scrape took, fetch to hand-off.
+    pub last_duration: Option<Duration>,
+    /// The last scrape succeeded but sent nothing: the first scrape of a delta type (a
+    /// baseline).
+    pub baseline: bool,
+    /// When the next scrape is due.
+    pub next_scrape: Option<SystemTime>,
 }
 
 /// The health of every running job, by id.
@@ -31,13 +44,22 @@ impl HealthBook {
         self.lock().clone()
     }
 
-    /// Records a scrape of `job`; logs when the job starts failing or recovers, not at every
-    /// interval.
-    pub fn record(&self, job: &ScrapeJob, result: Result<(), (ScrapeFailure, String)>) {
+    /// Records a scrape of `job` that started at `start` and took `took`; `Ok(sent)` tells
+    /// whether a profile was sent (a delta baseline sends none). Logs when the job starts
+    /// failing or recovers, not at every interval.
+    pub fn record(
+        &self,
+        job: &ScrapeJob,
+        (start, took): (SystemTime, Duration),
+        result: Result<bool, (ScrapeFailure, String)>,
+    ) {
         let mut health = self.lock();
         let h = health.entry(job.id.clone()).or_default();
+        h.last_scrape = Some(start);
+        h.last_duration = Some(took);
         match result {
-            Ok(()) => {
+            Ok(sent) => {
+                h.baseline = !sent;
                 if h.consecutive_failures > 0 {
                     tracing::info!(job = %job.origin.name, address = %job.address, profile = %job.profile.name, "scrapes recovered");
                 }
@@ -57,6 +79,12 @@ impl HealthBook {
                 h.consecutive_failures = h.consecutive_failures.saturating_add(1);
             }
         }
+    }
+
+    /// Notes when the next scrape of `id` is due.
+    pub fn schedule(&self, id: &str, next: tokio::time::Instant) {
+        let at = SystemTime::now() + next.saturating_duration_since(tokio::time::Instant::now());
+        self.lock().entry(id.to_owned()).or_default().next_scrape = Some(at);
     }
 
     /// Forgets a job that stopped.

@@ -175,6 +175,7 @@ async fn run_job(
     let mut tracked_bytes = 0i64;
     let first = updates.borrow().clone();
     let mut next = tokio::time::Instant::now() + phase(&first.job.id, first.job.interval.std());
+    pipeline.health.schedule(&first.job.id, next);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -221,6 +222,7 @@ async fn run_job(
                 next + interval * (1 + (late.as_nanos() / interval.as_nanos().max(1)) as u32)
             };
         }
+        pipeline.health.schedule(&running.job.id, next);
     }
     pipeline.metrics.delta_state_bytes.dec_by(tracked_bytes);
 }
