@@ -351,7 +351,7 @@ pub fn render_diff(
         &folded.unit,
         subtitle,
     );
-    inferno::flamegraph::from_lines(&mut options, lines.into_iter(), out)
+    inferno::flamegraph::from_lines(&mut options, lines, out)
         .map_err(|e| FlamegraphError::Render(std::io::Error::other(e.to_string())))
 }
 

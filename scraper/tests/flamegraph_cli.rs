@@ -32,9 +32,16 @@ fn scaled_cpu(factor: i64) -> Vec<u8> {
 
 fn total_of(svg: &str, frame: &str) -> u64 {
     // inferno's title: `<title>main.hotCPULeaf (1,230,000,000 nanoseconds, 42.00%)</title>`
-    let at = svg.find(&format!("<title>{frame} (")).unwrap_or_else(|| panic!("no {frame}"));
+    let at = svg
+        .find(&format!("<title>{frame} ("))
+        .unwrap_or_else(|| panic!("no {frame}"));
     let rest = &svg[at + "<title>".len() + frame.len() + " (".len()..];
-    rest.split(' ').next().unwrap().replace(',', "").parse().unwrap()
+    rest.split(' ')
+        .next()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -48,7 +55,11 @@ fn several_profiles_are_merged() {
         .arg(&one)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(BIN)
         .args(["flamegraph", "-o"])
         .arg(dir.path().join("both.svg"))
@@ -56,7 +67,11 @@ fn several_profiles_are_merged() {
         .arg(&two)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let one = std::fs::read_to_string(dir.path().join("one.svg")).unwrap();
     let both = std::fs::read_to_string(dir.path().join("both.svg")).unwrap();
     assert_eq!(
@@ -81,7 +96,11 @@ fn base_profiles_give_a_differential_flame_graph() {
         .arg(&base)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("difference"), "not a differential graph");
     // Three times the base: every frame grew (inferno gives the change as a share of the new
@@ -105,7 +124,10 @@ fn an_empty_profile_renders_an_svg_that_says_so() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("no samples of type cpu (nanoseconds)"), "{stderr}");
+    assert!(
+        stderr.contains("no samples of type cpu (nanoseconds)"),
+        "{stderr}"
+    );
     let svg = std::fs::read_to_string(dir.path().join("cpu.svg")).unwrap();
     assert!(svg.contains("empty"), "{svg}");
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::{
     UiState,
     html::{self, Html},
-    store::{self, Stored, StoreError},
+    store::{self, StoreError, Stored},
 };
 use kubeprof_pprof::Profile;
 
@@ -72,9 +72,10 @@ pub fn parse_time(s: &str) -> Option<u64> {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Unix ms as RFC 3339 (what the forms show).
+/// Unix ms as RFC 3339 with milliseconds (what the forms show: a range typed back includes
+/// exactly the profiles shown).
 pub fn ms_time(ms: u64) -> String {
-    html::time(UNIX_EPOCH + Duration::from_millis(ms))
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// A page's failure: a status and a message for the user.
@@ -146,8 +147,11 @@ pub fn select(root: &Path, sel: &Selection) -> Result<(Vec<Stored>, bool), PageE
     let bound = |v: &Option<String>, default: u64| -> Result<u64, PageError> {
         match v.as_deref().map(str::trim) {
             None | Some("") => Ok(default),
-            Some(s) => parse_time(s)
-                .ok_or_else(|| PageError::bad(format!("{s:?} is neither Unix milliseconds nor an RFC 3339 time"))),
+            Some(s) => parse_time(s).ok_or_else(|| {
+                PageError::bad(format!(
+                    "{s:?} is neither Unix milliseconds nor an RFC 3339 time"
+                ))
+            }),
         }
     };
     let from = bound(&sel.from, 0)?;
@@ -167,7 +171,11 @@ pub fn select(root: &Path, sel: &Selection) -> Result<(Vec<Stored>, bool), PageE
         return Err(PageError::missing(format!(
             "no profile between {} and {}",
             ms_time(from),
-            if to == u64::MAX { "now".into() } else { ms_time(to) }
+            if to == u64::MAX {
+                "now".into()
+            } else {
+                ms_time(to)
+            }
         )));
     }
     Ok((chosen, truncated))
@@ -452,18 +460,24 @@ pub async fn timeline(
     h.el(
         "p",
         "",
-        format!("{} profiles stored; this page shows {} (newest first).", all.len(), shown.len()),
+        format!(
+            "{} profiles stored; this page shows {} (newest first).",
+            all.len(),
+            shown.len()
+        ),
     );
     if let (Some(newest), Some(oldest)) = (shown.first(), shown.last()) {
         strip(&mut h, &q, &shown, oldest.ms, newest.ms);
         let (newest_t, oldest_t) = (ms_time(newest.ms), ms_time(oldest.ms));
-        // Default diff: the older half of this page against the newer half.
-        let mid = shown[shown.len() / 2].ms;
+        // Default diff: the older half of this page (newest first) against the newer half.
+        let split = (shown.len() / 2).max(1);
+        let base_to = shown.get(split).map_or(oldest.ms, |p| p.ms);
+        let new_from = shown[split - 1].ms;
         range_form(&mut h, &q, &oldest_t, &newest_t);
         diff_form(
             &mut h,
             &q,
-            [&oldest_t, &ms_time(mid.saturating_sub(1)), &ms_time(mid), &newest_t],
+            [&oldest_t, &ms_time(base_to), &ms_time(new_from), &newest_t],
         );
         h.raw("<table class=\"timeline\"><thead><tr><th>taken</th><th>size</th><th></th></tr></thead><tbody>");
         let now = SystemTime::now();
@@ -475,9 +489,15 @@ pub async fn timeline(
                 .raw("</span></td><td>")
                 .text(format!("{} B", p.bytes))
                 .raw("</td><td>")
-                .link(&flame_link(&q.sink, &q.service, &q.kind, p.ms), "flame graph")
+                .link(
+                    &flame_link(&q.sink, &q.service, &q.kind, p.ms),
+                    "flame graph",
+                )
                 .raw(" · ")
-                .link(&download_link(&q.sink, &q.service, &q.kind, p.ms), "download .pb.gz");
+                .link(
+                    &download_link(&q.sink, &q.service, &q.kind, p.ms),
+                    "download .pb.gz",
+                );
             if let Some(prev) = shown.get(i + 1) {
                 let (b, n) = (prev.ms.to_string(), p.ms.to_string());
                 h.raw(" · ").link(
@@ -602,17 +622,16 @@ pub async fn download(
     let body = tokio::fs::read(&path)
         .await
         .map_err(|_| PageError::missing("no such profile"))?;
-    let name = format!(
-        "{}-{}-{at}.pb.gz",
-        sel.service.replace('/', "_"),
-        sel.kind
-    );
+    let name = format!("{}-{}-{at}.pb.gz", sel.service.replace('/', "_"), sel.kind);
     // `name` is made of checked components and digits only.
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         body,
@@ -627,8 +646,15 @@ mod tests {
     #[test]
     fn times_parse_as_unix_ms_or_rfc3339() {
         assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000));
-        assert_eq!(parse_time(" 2023-11-14T22:13:20Z "), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_time(" 2023-11-14T22:13:20Z "),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(parse_time("yesterday"), None);
-        assert_eq!(ms_time(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(ms_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
     }
 }

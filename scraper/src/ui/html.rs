@@ -73,11 +73,20 @@ impl Html {
 
     /// A link.
     pub fn link(&mut self, href: &str, text: impl AsRef<str>) -> &mut Self {
-        self.raw("<a href=\"").text(href).raw("\">").text(text).raw("</a>")
+        self.raw("<a href=\"")
+            .text(href)
+            .raw("\">")
+            .text(text)
+            .raw("</a>")
     }
 
     /// An element with escaped text: `<tag class="class">text</tag>`.
-    pub fn el(&mut self, tag: &'static str, class: &'static str, text: impl AsRef<str>) -> &mut Self {
+    pub fn el(
+        &mut self,
+        tag: &'static str,
+        class: &'static str,
+        text: impl AsRef<str>,
+    ) -> &mut Self {
         self.raw("<").raw(tag);
         if !class.is_empty() {
             self.raw(" class=\"").raw(class).raw("\"");
@@ -192,7 +201,14 @@ mod tests {
     #[test]
     fn query_values_are_percent_encoded() {
         assert_eq!(
-            query("/ui/flame", &[("service", "shop/checkout & co"), ("at", ""), ("type", "cpu")]),
+            query(
+                "/ui/flame",
+                &[
+                    ("service", "shop/checkout & co"),
+                    ("at", ""),
+                    ("type", "cpu")
+                ]
+            ),
             "/ui/flame?service=shop%2Fcheckout%20%26%20co&type=cpu"
         );
     }

@@ -70,7 +70,12 @@ fn inside(root: &Path, path: &Path) -> bool {
 }
 
 /// The stored profile of `service`, `kind`, taken at `ms`.
-pub fn profile_path(root: &Path, service: &str, kind: &str, ms: u64) -> Result<PathBuf, StoreError> {
+pub fn profile_path(
+    root: &Path,
+    service: &str,
+    kind: &str,
+    ms: u64,
+) -> Result<PathBuf, StoreError> {
     let path = type_dir(root, service, kind)?.join(format!("{ms}.pb.gz"));
     if !inside(root, &path) {
         return Err(StoreError::NotFound);
@@ -128,9 +133,9 @@ pub fn list_types(root: &Path) -> Vec<TypeEntry> {
             }
         }
         if holds_profiles && parts.len() >= 2 {
-            let (kind, service) = parts.split_last().map_or((String::new(), &[][..]), |(k, s)| {
-                (k.clone(), s)
-            });
+            let (kind, service) = parts
+                .split_last()
+                .map_or((String::new(), &[][..]), |(k, s)| (k.clone(), s));
             out.push(TypeEntry {
                 service: service.join("/"),
                 kind,
@@ -169,7 +174,10 @@ pub fn list_profiles(root: &Path, service: &str, kind: &str) -> Result<Vec<Store
         return Err(StoreError::NotFound);
     }
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|_| StoreError::NotFound)?.flatten() {
+    for entry in std::fs::read_dir(&dir)
+        .map_err(|_| StoreError::NotFound)?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(ms) = parse_ms(&name) else {
             continue;
@@ -179,7 +187,7 @@ pub fn list_profiles(root: &Path, service: &str, kind: &str) -> Result<Vec<Store
             _ => {}
         }
     }
-    out.sort_by(|a, b| b.ms.cmp(&a.ms));
+    out.sort_by_key(|p| std::cmp::Reverse(p.ms));
     Ok(out)
 }
 
@@ -193,7 +201,11 @@ mod tests {
         std::fs::create_dir_all(&t).unwrap();
         std::fs::write(t.join("1000.pb.gz"), b"x").unwrap();
         std::fs::write(t.join("2000.pb.gz"), b"yy").unwrap();
-        std::fs::write(t.join("2000.labels.json"), br#"{"service_name":"shop/checkout"}"#).unwrap();
+        std::fs::write(
+            t.join("2000.labels.json"),
+            br#"{"service_name":"shop/checkout"}"#,
+        )
+        .unwrap();
         std::fs::write(t.join(".2000.pb.gz.tmp-1"), b"partial").unwrap();
         let t = dir.path().join("root/solo/memory");
         std::fs::create_dir_all(&t).unwrap();
@@ -228,10 +240,7 @@ mod tests {
             vec![Stored { ms: 2000, bytes: 2 }, Stored { ms: 1000, bytes: 1 }]
         );
         let path = profile_path(&root, "shop/checkout", "process_cpu", 2000).unwrap();
-        assert_eq!(
-            labels_of(&path).unwrap()["service_name"],
-            "shop/checkout"
-        );
+        assert_eq!(labels_of(&path).unwrap()["service_name"], "shop/checkout");
     }
 
     #[test]
@@ -261,10 +270,7 @@ mod tests {
             assert!(list_profiles(&root, service, "cpu").is_err(), "{service:?}");
         }
         for kind in ["..", "../outside", "/", "cpu/../..", ""] {
-            assert!(
-                profile_path(&root, "solo", kind, 5).is_err(),
-                "{kind:?}"
-            );
+            assert!(profile_path(&root, "solo", kind, 5).is_err(), "{kind:?}");
         }
         // The parent's files exist, and still cannot be reached.
         assert!(profile_path(&root, "..", "cpu", 7).is_err());

@@ -351,14 +351,24 @@ pub fn build(snapshot: &TargetsSnapshot, derived: &Derived, query: &TargetsQuery
             active.push((state, job, d));
         }
     }
-    let dropped_total = derived.jobs.iter().filter(|d| d.dropped_by.is_some()).count();
+    let dropped_total = derived
+        .jobs
+        .iter()
+        .filter(|d| d.dropped_by.is_some())
+        .count();
     active.sort_by(|a, b| {
-        (a.0 != JobState::Failing, origin(a.1), &a.1.address, &a.1.profile.name).cmp(&(
-            b.0 != JobState::Failing,
-            origin(b.1),
-            &b.1.address,
-            &b.1.profile.name,
-        ))
+        (
+            a.0 != JobState::Failing,
+            origin(a.1),
+            &a.1.address,
+            &a.1.profile.name,
+        )
+            .cmp(&(
+                b.0 != JobState::Failing,
+                origin(b.1),
+                &b.1.address,
+                &b.1.profile.name,
+            ))
     });
     let active = paged(active, query.page, per_page);
     let items = active
@@ -551,7 +561,9 @@ fn render(page: &TargetsPage, query: &TargetsQuery, now: SystemTime) -> Response
         JobState::Pending,
     ] {
         let n = page.summary.get(&state).copied().unwrap_or(0);
-        h.raw(" · <span class=\"state-").raw(state.as_str()).raw("\">");
+        h.raw(" · <span class=\"state-")
+            .raw(state.as_str())
+            .raw("\">");
         h.link(
             &page_link(
                 &TargetsQuery {
@@ -602,7 +614,11 @@ fn render(page: &TargetsPage, query: &TargetsQuery, now: SystemTime) -> Response
             .raw("\"><td>");
         h.el("div", "origin", &r.origin);
         h.el("div", "address", format!("{}{}", r.address, r.path));
-        h.el("div", "profile", format!("{} every {}", r.profile, r.interval));
+        h.el(
+            "div",
+            "profile",
+            format!("{} every {}", r.profile, r.interval),
+        );
         h.raw("</td><td><span class=\"badge\">")
             .raw(r.state.as_str())
             .raw("</span>");
@@ -688,7 +704,9 @@ fn render(page: &TargetsPage, query: &TargetsQuery, now: SystemTime) -> Response
     if page.dropped.items.is_empty() {
         h.el("p", "muted", "No target is dropped.");
     }
-    h.raw("<p class=\"muted\">As JSON: the same URL with <code>Accept: application/json</code>.</p>");
+    h.raw(
+        "<p class=\"muted\">As JSON: the same URL with <code>Accept: application/json</code>.</p>",
+    );
     html::page("Targets", "Targets", h)
 }
 

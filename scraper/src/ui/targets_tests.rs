@@ -160,8 +160,16 @@ fn dropped_targets_name_the_rule_that_dropped_them() {
     let d = &p.dropped.items[0];
     assert_eq!(d.address, "10.0.0.9:6060");
     assert_eq!(d.dropped_by.rule_index, Some(1));
-    assert!(d.dropped_by.rule.contains("\"action\":\"drop\""), "{}", d.dropped_by.rule);
-    assert!(d.dropped_by.rule.contains("10\\\\.0\\\\.0\\\\.9"), "{}", d.dropped_by.rule);
+    assert!(
+        d.dropped_by.rule.contains("\"action\":\"drop\""),
+        "{}",
+        d.dropped_by.rule
+    );
+    assert!(
+        d.dropped_by.rule.contains("10\\\\.0\\\\.0\\\\.9"),
+        "{}",
+        d.dropped_by.rule
+    );
     // A dropped target is not an active job.
     assert!(!p.active.items.iter().any(|r| r.address == "10.0.0.9:6060"));
 }
@@ -198,7 +206,10 @@ fn filters_and_pages_bound_the_answer() {
             ..Default::default()
         },
     );
-    assert_eq!((p.active.page, p.active.pages, p.active.items.len()), (2, 2, 1));
+    assert_eq!(
+        (p.active.page, p.active.pages, p.active.items.len()),
+        (2, 2, 1)
+    );
     let p = page(
         &s,
         TargetsQuery {
@@ -251,8 +262,8 @@ fn the_html_escapes_label_values() {
     let s = snapshot();
     let p = page(&s, TargetsQuery::default());
     let response = render(&p, &TargetsQuery::default(), SystemTime::now());
-    let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 24))
-        .unwrap();
+    let body =
+        futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 24)).unwrap();
     let body = String::from_utf8(body.to_vec()).unwrap();
     assert!(!body.contains("<b>payments</b>"), "unescaped label value");
     assert!(body.contains("&lt;b&gt;payments&lt;/b&gt;"));

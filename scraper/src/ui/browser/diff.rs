@@ -64,10 +64,7 @@ impl DiffQuery {
             ("from", o(&self.from)),
             ("to", o(&self.to)),
             ("sample_type", o(&self.sample_type)),
-            (
-                "normalize",
-                self.normalize.unwrap_or(false).to_string(),
-            ),
+            ("normalize", self.normalize.unwrap_or(false).to_string()),
         ]
     }
 }
@@ -185,7 +182,11 @@ pub async fn diff_page(
         .link(
             &html::query(
                 "/ui/profiles",
-                &[("sink", &q.sink), ("service", &q.service), ("type", &q.kind)],
+                &[
+                    ("sink", &q.sink),
+                    ("service", &q.service),
+                    ("type", &q.kind),
+                ],
             ),
             format!("{} · {}", q.service, q.kind),
         )

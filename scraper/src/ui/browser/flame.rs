@@ -134,11 +134,8 @@ pub async fn flame_page(
         h.raw("</p>");
     }
     let total = folded.total();
-    h.raw("<p>").text(format!(
-        "Total: {} {}.",
-        total,
-        folded.unit
-    ));
+    h.raw("<p>")
+        .text(format!("Total: {} {}.", total, folded.unit));
     h.raw("</p>");
     h.raw("<form class=\"search\" method=\"get\" action=\"/ui/flame\">");
     for (k, v) in &pairs {
