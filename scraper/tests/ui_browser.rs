@@ -172,6 +172,7 @@ fn targets_and_flame_graphs_in_a_real_browser() {
     eprintln!("ui_browser: targets checked");
     // /ui -> the newest CPU flame graph; its hot function is a frame of the SVG.
     page.goto(&format!("{base}/ui"));
+    page.screenshot(&out.join("profiles.png"));
     let href = page
         .eval("document.querySelector('a[href*=\"/ui/flame\"][href*=\"type=process_cpu\"]').href");
     page.goto(href.as_str().unwrap());
@@ -203,6 +204,7 @@ fn targets_and_flame_graphs_in_a_real_browser() {
     page.goto(&format!(
         "{base}/ui/profiles?sink=local&service=demo&type=process_cpu"
     ));
+    page.screenshot(&out.join("timeline.png"));
     page.eval("document.querySelector('form.diff').submit()");
     page.wait_for(
         "the diff page",
