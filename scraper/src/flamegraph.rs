@@ -197,6 +197,37 @@ fn add_stacks(p: &Profile, index: usize, into: &mut BTreeMap<String, i64>) {
     }
 }
 
+impl Folded {
+    /// An empty sum of `sample_type` (default: `p`'s default type), to [`Folded::add`] `p`
+    /// and more profiles to.
+    pub fn for_profile(p: &Profile, sample_type: Option<&str>) -> Result<Self, FlamegraphError> {
+        let index = match sample_type {
+            Some(wanted) => index_of(p, wanted)?,
+            None => default_index(p),
+        };
+        let vt = p.sample_type.get(index);
+        Ok(Self {
+            sample_type: vt.map(|vt| string(p, vt.r#type)).unwrap_or("").to_owned(),
+            unit: vt.map(|vt| string(p, vt.unit)).unwrap_or("").to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// Whether `p` has this sum's sample type.
+    pub fn accepts(&self, p: &Profile) -> bool {
+        index_of(p, &self.sample_type).is_ok()
+    }
+
+    /// Adds the stacks of `p` (which must have this sum's sample type). One profile at a
+    /// time, so that merging many holds one decoded profile in memory, not all of them.
+    pub fn add(&mut self, p: &Profile) -> Result<(), FlamegraphError> {
+        let index = index_of(p, &self.sample_type)?;
+        add_stacks(p, index, &mut self.stacks);
+        self.profiles += 1;
+        Ok(())
+    }
+}
+
 /// Folds and sums `profiles` for `sample_type` (default: the first profile's default type).
 /// Profiles without that sample type are an error, as their values could not be compared.
 pub fn fold_all(
@@ -206,24 +237,9 @@ pub fn fold_all(
     let Some(first) = profiles.first() else {
         return Ok(Folded::default());
     };
-    let wanted = match sample_type {
-        Some(s) => s.to_owned(),
-        None => sample_types(first)
-            .get(default_index(first))
-            .cloned()
-            .unwrap_or_default(),
-    };
-    let mut folded = Folded {
-        sample_type: wanted.clone(),
-        ..Default::default()
-    };
+    let mut folded = Folded::for_profile(first, sample_type)?;
     for p in profiles {
-        let index = index_of(p, &wanted)?;
-        if folded.unit.is_empty() {
-            folded.unit = string(p, p.sample_type[index].unit).to_owned();
-        }
-        add_stacks(p, index, &mut folded.stacks);
-        folded.profiles += 1;
+        folded.add(p)?;
     }
     Ok(folded)
 }

@@ -256,3 +256,65 @@ async fn targets_tell_a_healthy_and_a_failing_job_apart() {
     scheduler.stop().await;
     drop(outputs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_is_merged_and_profiles_of_another_kind_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("profiles");
+    let t = root.join("demo/process_cpu");
+    std::fs::create_dir_all(&t).unwrap();
+    for ms in [1000, 2000, 3000] {
+        std::fs::write(t.join(format!("{ms}.pb.gz")), common::fixture("cpu.pb.gz")).unwrap();
+    }
+    // A heap profile has no `cpu` sample type; garbage does not decode.
+    std::fs::write(t.join("500.pb.gz"), common::fixture("heap.pb.gz")).unwrap();
+    std::fs::write(t.join("5000.pb.gz"), b"not a profile").unwrap();
+    let state = UiState::with_source(Arc::new(Fixed(TargetsSnapshot {
+        jobs: file_sink_set(&root),
+        ..Default::default()
+    })));
+    let addr = serve(ui::router(state)).await;
+    let self_of_hot = |page: &str| -> u64 {
+        // The top functions table: `<td>self</td>...<a ...>main.hotCPULeaf</a>`.
+        let row = page
+            .split("<tr class=\"function\">")
+            .find(|r| r.contains(">main.hotCPULeaf</a>"))
+            .unwrap_or_else(|| panic!("{page}"));
+        row.trim_start_matches("<td>")
+            .split("</td>")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (status, one) = get(
+        addr,
+        "/ui/flame?sink=local&service=demo&type=process_cpu&at=1000",
+        "text/html",
+    )
+    .await;
+    assert_eq!(status, 200, "{one}");
+    let (status, merged) = get(
+        addr,
+        "/ui/flame?sink=local&service=demo&type=process_cpu&from=1000&to=3000",
+        "text/html",
+    )
+    .await;
+    assert_eq!(status, 200, "{merged}");
+    assert!(merged.contains("3 profiles merged"), "{merged}");
+    assert_eq!(self_of_hot(&merged), 3 * self_of_hot(&one));
+    let (status, all) = get(
+        addr,
+        "/ui/flame?sink=local&service=demo&type=process_cpu&from=0",
+        "text/html",
+    )
+    .await;
+    assert_eq!(status, 200, "{all}");
+    // The newest readable profile decides the sample type; the heap one is skipped.
+    assert!(all.contains("3 profiles merged"), "{all}");
+    assert!(
+        all.contains("2 could not be read or lack this sample type"),
+        "{all}"
+    );
+    assert_eq!(self_of_hot(&all), 3 * self_of_hot(&one));
+}

@@ -19,8 +19,6 @@ use super::{
     html::{self, Html},
     store::{self, StoreError, Stored},
 };
-use kubeprof_pprof::Profile;
-
 use crate::flamegraph::{self, Folded};
 
 mod diff;
@@ -231,50 +229,45 @@ pub async fn load(
     let limits = state.inner.limits;
     let wanted = sel.sample_type.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let mut profiles: Vec<Profile> = Vec::new();
-        let mut skipped = 0;
+        // Decoded one at a time and folded at once: a merge of hundreds of profiles holds one.
+        let mut loaded = Loaded::default();
+        let mut folded: Option<Folded> = None;
         for path in &paths {
-            match std::fs::read(path)
+            let Some(p) = std::fs::read(path)
                 .ok()
                 .and_then(|body| flamegraph::decode(&body, &limits).ok())
-            {
-                Some(p) => profiles.push(p),
-                None => skipped += 1,
+            else {
+                loaded.skipped += 1;
+                continue;
+            };
+            let sum = match &mut folded {
+                Some(sum) => sum,
+                None => {
+                    // The newest readable profile decides the sample type.
+                    loaded.sample_types = flamegraph::sample_types(&p);
+                    if let Some(w) = &wanted
+                        && !loaded.sample_types.contains(w)
+                    {
+                        return Err(PageError::bad(format!(
+                            "no sample type {w:?}; the profile has: {}",
+                            loaded.sample_types.join(", ")
+                        )));
+                    }
+                    let sum = Folded::for_profile(&p, wanted.as_deref())
+                        .map_err(|e| PageError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                    folded.insert(sum)
+                }
+            };
+            // Profiles of one folder share their sample types; one that does not is skipped.
+            if sum.accepts(&p) {
+                sum.add(&p)
+                    .map_err(|e| PageError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            } else {
+                loaded.skipped += 1;
             }
         }
-        let sample_types = profiles
-            .first()
-            .map(flamegraph::sample_types)
-            .unwrap_or_default();
-        let wanted = match wanted {
-            Some(w) => {
-                if !sample_types.contains(&w) {
-                    return Err(PageError::bad(format!(
-                        "no sample type {w:?}; the profile has: {}",
-                        sample_types.join(", ")
-                    )));
-                }
-                Some(w)
-            }
-            None => None,
-        };
-        // Profiles of one folder share their sample types; one that does not is skipped.
-        let first_default = profiles.first().and_then(|p| {
-            flamegraph::fold_all(std::slice::from_ref(p), wanted.as_deref())
-                .ok()
-                .map(|f| f.sample_type)
-        });
-        let name = wanted.or(first_default).unwrap_or_default();
-        let before = profiles.len();
-        profiles.retain(|p| flamegraph::sample_types(p).contains(&name));
-        skipped += before - profiles.len();
-        let folded = flamegraph::fold_all(&profiles, Some(&name))
-            .map_err(|e| PageError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        Ok(Loaded {
-            folded,
-            sample_types,
-            skipped,
-        })
+        loaded.folded = folded.unwrap_or_default();
+        Ok(loaded)
     })
     .await
     .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;

@@ -92,7 +92,7 @@ pub async fn flame_page(
     } else {
         h.text(format!(
             "{} profiles merged, taken {} … {}.",
-            chosen.len(),
+            folded.profiles,
             ms_time(oldest),
             ms_time(newest)
         ));
