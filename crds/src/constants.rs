@@ -29,6 +29,31 @@ pub const GRAFANA_PREFIX: &str = "profiles.grafana.com/";
 /// Fields understood after `profiles.grafana.com/<type>.`.
 pub const GRAFANA_FIELDS: [&str; 5] = ["scrape", "port", "port_name", "path", "scheme"];
 
+/// Annotations naming the service, highest precedence first (Grafana's Pyroscope docs and
+/// Alloy's Kubernetes examples read them in this order; OpenTelemetry's resource annotation is
+/// the one the k8s-monitoring chart reads). The first non-empty one becomes `service_name`,
+/// above a ProfilingTarget's `serviceName` and the `<namespace>/<container>` default.
+pub const SERVICE_NAME_ANNOTATIONS: [&str; 4] = [
+    "profiles.grafana.com/service_name",
+    "resource.opentelemetry.io/service.name",
+    "pyroscope.io/service_name",
+    pyroscope::APPLICATION_NAME,
+];
+
+/// Annotations copied to the labels Pyroscope's source-code (GitHub) integration reads:
+/// (annotation, label).
+pub const SOURCE_CODE_ANNOTATIONS: [(&str, &str); 3] = [
+    (
+        "profiles.grafana.com/service_repository",
+        "service_repository",
+    ),
+    ("profiles.grafana.com/service_git_ref", "service_git_ref"),
+    (
+        "profiles.grafana.com/service_root_path",
+        "service_root_path",
+    ),
+];
+
 /// Legacy Pyroscope annotations (the `pyroscope.io/*` keys of the Pyroscope Helm chart).
 pub mod pyroscope {
     /// `"true"` opts the pod in.
@@ -61,6 +86,14 @@ pub mod labels {
     pub const PROFILE_PATH: &str = "__profile_path__";
     /// Profile type name (`process_cpu`, `memory`, ...), kept when sending.
     pub const NAME: &str = "__name__";
+    /// Pyroscope's delta marker. `"false"` tells Pyroscope's v1 ingester not to compute deltas
+    /// of a profile's cumulative values itself (it does, for memory alloc_* values, unless told
+    /// so: grafana/pyroscope `pkg/phlaredb/head.go`, `Ingest`). Kept when sending, as
+    /// Alloy's `pyroscope.write` keeps it (grafana/alloy `internal/component/pyroscope/write`).
+    pub const DELTA: &str = "__delta__";
+    /// `host:port` the profile was pulled from, as Prometheus and Alloy's `pyroscope.scrape`
+    /// set it.
+    pub const INSTANCE: &str = "instance";
     /// Service name shown by Pyroscope/Parca; defaults to `<namespace>/<container>`.
     pub const SERVICE_NAME: &str = "service_name";
     /// Scrape job name (target name).

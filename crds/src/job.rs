@@ -316,6 +316,7 @@ mod tests {
                 path: "/debug/pprof/profile".into(),
                 delta: false,
                 seconds: Some(15),
+                pre_delta: false,
             },
             params: BTreeMap::new(),
             interval: Duration::from_secs(15),

@@ -2,13 +2,18 @@
 //! targets, the scraper's standalone targets, and the eBPF mode):
 //!
 //! 1. discovery labels ([`pod_discovery_labels`], or a static target's `__address__`/`job`), plus
-//!    the target's static labels and `service_name` when it names one;
+//!    the target's static labels; `service_name` from the first non-empty of the pod's
+//!    [`SERVICE_NAME_ANNOTATIONS`], else the target's `serviceName`; the source-code labels of
+//!    [`SOURCE_CODE_ANNOTATIONS`]; `__delta__="false"` for profiles that hold deltas
+//!    ([`mark_delta`]);
 //! 2. `__name__` set to the profile type, so rules can match on it;
 //! 3. relabel rules (Prometheus semantics; a `drop` ends here with `None`);
 //! 4. `service_name`, when no rule or label set it: `<namespace>/<container>` from the Kubernetes
 //!    discovery labels (as Grafana Alloy does), else the `job` label, else [`UNKNOWN_SERVICE`];
 //! 5. `__name__`: the value the rules left, or the profile type when they removed it;
-//! 6. every other `__*` label is removed;
+//! 6. `instance` is set to `__address__` when no rule set it (Prometheus and Alloy do); every
+//!    other `__*` label but `__delta__` is removed (Alloy's `pyroscope.write` keeps `__name__`
+//!    and `__delta__`; sinks of stores that do not know `__delta__` drop it themselves);
 //! 7. external labels are added, never overriding.
 //!
 //! [`finalize`] is idempotent on its own output when no further rules are given, so the operator
@@ -18,7 +23,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    constants::labels as names,
+    ResolvedProfile,
+    constants::{SERVICE_NAME_ANNOTATIONS, SOURCE_CODE_ANNOTATIONS, labels as names},
     relabel::{CompiledRelabel, Labels, relabel, sanitize_label_name},
 };
 
@@ -105,7 +111,32 @@ pub fn pod_discovery_labels(pod: &PodContainer<'_>, port: Option<&TargetPort<'_>
     l.insert("namespace".into(), pod.namespace.into());
     l.insert("pod".into(), pod.pod.into());
     l.insert("container".into(), pod.container.into());
+    let annotation = |key: &str| {
+        pod.annotations
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(service) = SERVICE_NAME_ANNOTATIONS.into_iter().find_map(annotation) {
+        l.insert(names::SERVICE_NAME.into(), service.into());
+    }
+    for (key, label) in SOURCE_CODE_ANNOTATIONS {
+        if let Some(v) = annotation(key) {
+            l.insert(label.into(), v.into());
+        }
+    }
     l
+}
+
+/// Marks the labels of a profile that holds deltas (computed by the scraper, or by a
+/// godeltaprof endpoint) with `__delta__="false"`, so that Pyroscope does not compute deltas
+/// of it again; removes a stale mark otherwise.
+pub fn mark_delta(l: &mut Labels, profile: &ResolvedProfile) {
+    if profile.sends_deltas() {
+        l.insert(names::DELTA.into(), "false".into());
+    } else {
+        l.remove(names::DELTA);
+    }
 }
 
 /// The `service_name` of labels that do not set one (step 4 of the pipeline).
@@ -154,7 +185,12 @@ pub fn finish(mut l: Labels, profile_name: &str, external: &Labels) -> Labels {
         .remove(names::NAME)
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| profile_name.to_owned());
-    l.retain(|k, _| !k.starts_with(names::RESERVED_PREFIX));
+    if !l.contains_key(names::INSTANCE) {
+        if let Some(address) = l.get(names::ADDRESS).filter(|a| !a.is_empty()).cloned() {
+            l.insert(names::INSTANCE.to_owned(), address);
+        }
+    }
+    l.retain(|k, _| !k.starts_with(names::RESERVED_PREFIX) || k == names::DELTA);
     l.insert(names::NAME.to_owned(), name);
     for (k, v) in external {
         l.entry(k.clone()).or_insert_with(|| v.clone());
@@ -236,6 +272,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn annotations_name_the_service_and_its_source() {
+        let of = |pairs: &[(&str, &str)]| {
+            let ann = labels(pairs);
+            let l = pod_discovery_labels(
+                &PodContainer {
+                    namespace: "shop",
+                    pod: "checkout-1",
+                    uid: "u-1",
+                    ip: None,
+                    node: None,
+                    labels: &Labels::new(),
+                    annotations: &ann,
+                    container: "app",
+                },
+                None,
+            );
+            finish(l, "memory", &Labels::new())
+        };
+        let service = |pairs: &[(&str, &str)]| of(pairs)["service_name"].clone();
+        let all = [
+            ("pyroscope.io/application-name", "legacy"),
+            ("pyroscope.io/service_name", "pyro"),
+            ("resource.opentelemetry.io/service.name", "otel"),
+            ("profiles.grafana.com/service_name", "grafana"),
+        ];
+        // Each source beats the ones after it; an empty value counts as unset.
+        assert_eq!(service(&all), "grafana");
+        assert_eq!(service(&all[..3]), "otel");
+        assert_eq!(service(&all[..2]), "pyro");
+        assert_eq!(service(&all[..1]), "legacy");
+        assert_eq!(
+            service(&[("profiles.grafana.com/service_name", " "), all[0]]),
+            "legacy"
+        );
+        assert_eq!(service(&[]), "shop/app");
+        let l = of(&[
+            (
+                "profiles.grafana.com/service_repository",
+                "https://github.com/acme/shop",
+            ),
+            ("profiles.grafana.com/service_git_ref", "v1.2.3"),
+            ("profiles.grafana.com/service_root_path", "src/checkout"),
+        ]);
+        assert_eq!(l["service_repository"], "https://github.com/acme/shop");
+        assert_eq!(l["service_git_ref"], "v1.2.3");
+        assert_eq!(l["service_root_path"], "src/checkout");
+    }
+
+    #[test]
+    fn only_profiles_holding_deltas_are_marked() {
+        let mut l = Labels::new();
+        let memory = crate::Profiles::default().resolve(&crate::ProfileKind::ALL, 15);
+        for p in &memory {
+            mark_delta(&mut l, p);
+            let want = matches!(p.name.as_str(), "memory" | "mutex" | "block");
+            assert_eq!(l.get("__delta__").is_some(), want, "{}", p.name);
+        }
+    }
+
     /// One row: rules, external labels, the expected result (`None`: dropped).
     struct Case {
         name: &'static str,
@@ -257,6 +353,7 @@ mod tests {
                     ("__name__", "process_cpu"),
                     ("cluster", "eu"),
                     ("container", "app"),
+                    ("instance", "10.0.0.1:6060"),
                     ("namespace", "shop"),
                     ("node", "node-a"),
                     ("pod", "checkout-1"),
@@ -270,6 +367,7 @@ mod tests {
                 external: Labels::new(),
                 want: Some(labels(&[
                     ("__name__", "process_cpu"),
+                    ("instance", "127.0.0.1:6060"),
                     ("job", "demo"),
                     ("service_name", "demo"),
                 ])),
@@ -281,6 +379,7 @@ mod tests {
                 external: Labels::new(),
                 want: Some(labels(&[
                     ("__name__", "process_cpu"),
+                    ("instance", "127.0.0.1:6060"),
                     ("service_name", UNKNOWN_SERVICE),
                 ])),
             },
@@ -298,6 +397,7 @@ mod tests {
                 external: Labels::new(),
                 want: Some(labels(&[
                     ("__name__", "process_cpu"),
+                    ("instance", "10.0.0.1:6060"),
                     ("service_name", "checkout"),
                 ])),
             },
@@ -365,10 +465,31 @@ mod tests {
                     ("__name__", "process_cpu"),
                     ("app", "checkout"),
                     ("container", "app"),
+                    ("instance", "10.0.0.1:6060"),
                     ("namespace", "shop"),
                     ("node", "node-a"),
                     ("pod", "checkout-1"),
                     ("service_name", "shop/app"),
+                ])),
+            },
+            Case {
+                name: "__delta__ is kept, like __name__; a rule's instance is kept",
+                input: labels(&[
+                    ("__address__", "10.0.0.1:6060"),
+                    ("__delta__", "false"),
+                    ("job", "demo"),
+                ]),
+                rules: vec![rule(|r| {
+                    r.target_label = Some("instance".into());
+                    r.replacement = "checkout-1".into();
+                })],
+                external: Labels::new(),
+                want: Some(labels(&[
+                    ("__delta__", "false"),
+                    ("__name__", "process_cpu"),
+                    ("instance", "checkout-1"),
+                    ("job", "demo"),
+                    ("service_name", "demo"),
                 ])),
             },
         ];

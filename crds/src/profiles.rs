@@ -75,6 +75,64 @@ impl std::fmt::Display for ProfileKind {
     }
 }
 
+/// An endpoint beyond Go's `net/http/pprof` that Alloy's `pyroscope.scrape` knows by name
+/// (grafana/alloy `internal/component/pyroscope/scrape/scrape.go`, its `profiling_config`
+/// defaults and `target.go`, which sends godeltaprof under the plain type's name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownEndpoint {
+    /// The name in annotations and `profiles.custom[].name` (`fgprof`, `godeltaprof_memory`).
+    pub name: &'static str,
+    /// The `__name__` profiles are sent with: godeltaprof lands in the same profile types as
+    /// the pull profiles (`memory`, `mutex`, `block`).
+    pub metric_name: &'static str,
+    /// Default HTTP path.
+    pub path: &'static str,
+    /// The endpoint samples over `?seconds=N`, like the CPU profile (fgprof).
+    pub sampled: bool,
+    /// The endpoint already returns deltas (godeltaprof): no client-side delta, and
+    /// `__delta__="false"` so Pyroscope does not compute one either.
+    pub pre_delta: bool,
+}
+
+/// The endpoints [`KnownEndpoint`] describes.
+pub const KNOWN_ENDPOINTS: [KnownEndpoint; 4] = [
+    KnownEndpoint {
+        name: "fgprof",
+        metric_name: "fgprof",
+        path: "/debug/fgprof",
+        sampled: true,
+        pre_delta: false,
+    },
+    KnownEndpoint {
+        name: "godeltaprof_memory",
+        metric_name: "memory",
+        path: "/debug/pprof/delta_heap",
+        sampled: false,
+        pre_delta: true,
+    },
+    KnownEndpoint {
+        name: "godeltaprof_mutex",
+        metric_name: "mutex",
+        path: "/debug/pprof/delta_mutex",
+        sampled: false,
+        pre_delta: true,
+    },
+    KnownEndpoint {
+        name: "godeltaprof_block",
+        metric_name: "block",
+        path: "/debug/pprof/delta_block",
+        sampled: false,
+        pre_delta: true,
+    },
+];
+
+impl KnownEndpoint {
+    /// The known endpoint called `name`, if any.
+    pub fn named(name: &str) -> Option<&'static KnownEndpoint> {
+        KNOWN_ENDPOINTS.iter().find(|k| k.name == name)
+    }
+}
+
 /// The CPU profile of an endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -115,7 +173,10 @@ pub struct ProfileSettings {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomProfile {
-    /// Profile type name, sent as `__name__` (e.g. `fgprof`, `godeltaprof_memory`).
+    /// Profile type name, sent as `__name__`. The names Alloy knows get its defaults:
+    /// `fgprof` is sampled over `seconds` (default: as CPU); `godeltaprof_memory`,
+    /// `godeltaprof_mutex` and `godeltaprof_block` are sent as `memory`, `mutex` and `block`
+    /// with `__delta__="false"`, their `delta` ignored (the endpoint already returns deltas).
     #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(max = crate::limits::MAX_DNS_LABEL_LENGTH))]
     pub name: String,
     /// Pull this profile (default true).
@@ -177,6 +238,48 @@ pub struct ResolvedProfile {
     /// `?seconds=N` for profiles sampled over time; the request may last N plus the timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<u32>,
+    /// The endpoint already returns deltas (godeltaprof): nothing to compute, but the store
+    /// must be told, like for [`Self::delta`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_delta: bool,
+}
+
+impl ResolvedProfile {
+    /// Whether the profiles sent hold deltas of cumulative values (computed by the scraper or
+    /// by the target), so they carry `__delta__="false"`: Pyroscope must not delta them again.
+    pub fn sends_deltas(&self) -> bool {
+        self.delta || self.pre_delta
+    }
+
+    /// A profile of a known or custom endpoint called `name` (an annotation's type or
+    /// `profiles.custom[].name`), with Alloy's defaults for the names it knows.
+    /// `sampled_seconds` is the `seconds` of a sampled endpoint when none is given.
+    pub fn custom(
+        name: &str,
+        path: Option<&str>,
+        delta: bool,
+        seconds: Option<u32>,
+        sampled_seconds: u32,
+    ) -> Self {
+        match KnownEndpoint::named(name) {
+            Some(k) => Self {
+                name: k.metric_name.to_owned(),
+                kind: None,
+                path: path.unwrap_or(k.path).to_owned(),
+                delta: delta && !k.pre_delta,
+                seconds: seconds.or(k.sampled.then_some(sampled_seconds.max(1))),
+                pre_delta: k.pre_delta,
+            },
+            None => Self {
+                name: name.to_owned(),
+                kind: None,
+                path: path.map_or_else(|| format!("/debug/pprof/{name}"), str::to_owned),
+                delta,
+                seconds,
+                pre_delta: false,
+            },
+        }
+    }
 }
 
 impl Profiles {
@@ -226,19 +329,20 @@ impl Profiles {
                 path: path.unwrap_or(kind.default_path()).to_owned(),
                 delta: kind.cumulative() && delta.unwrap_or(true),
                 seconds,
+                pre_delta: false,
             });
         }
         for custom in &self.custom {
             if custom.enabled == Some(false) {
                 continue;
             }
-            out.push(ResolvedProfile {
-                name: custom.name.clone(),
-                kind: None,
-                path: custom.path.clone(),
-                delta: custom.delta,
-                seconds: custom.seconds,
-            });
+            out.push(ResolvedProfile::custom(
+                &custom.name,
+                Some(&custom.path),
+                custom.delta,
+                custom.seconds,
+                default_cpu_seconds,
+            ));
         }
         out
     }
@@ -314,8 +418,48 @@ mod tests {
                 // delta is meaningless for goroutines, which are not cumulative
                 ("goroutine", "/debug/pprof/goroutine", false, None),
                 ("mutex", "/m", false, None),
-                ("godeltaprof_memory", "/debug/pprof/delta_heap", false, None),
+                ("memory", "/debug/pprof/delta_heap", false, None),
             ]
         );
+        assert!(resolved[3].sends_deltas(), "godeltaprof is already a delta");
+        assert!(
+            !resolved[2].sends_deltas(),
+            "delta switched off: cumulative"
+        );
+    }
+
+    #[test]
+    fn known_endpoints_follow_alloy() {
+        let of = |name: &str| ResolvedProfile::custom(name, None, false, None, 15);
+        let got: Vec<_> = [
+            "fgprof",
+            "godeltaprof_memory",
+            "godeltaprof_mutex",
+            "godeltaprof_block",
+            "wall",
+        ]
+        .into_iter()
+        .map(of)
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.path.clone(),
+                p.delta,
+                p.seconds,
+                p.sends_deltas(),
+            )
+        })
+        .collect();
+        let want = [
+            ("fgprof", "/debug/fgprof", false, Some(15), false),
+            ("memory", "/debug/pprof/delta_heap", false, None, true),
+            ("mutex", "/debug/pprof/delta_mutex", false, None, true),
+            ("block", "/debug/pprof/delta_block", false, None, true),
+            ("wall", "/debug/pprof/wall", false, None, false),
+        ]
+        .map(|(n, p, d, s, sd)| (n.to_owned(), p.to_owned(), d, s, sd));
+        assert_eq!(got, want);
+        // A godeltaprof endpoint is never delta'd again, whatever the spec says.
+        assert!(!ResolvedProfile::custom("godeltaprof_mutex", None, true, None, 15).delta);
     }
 }

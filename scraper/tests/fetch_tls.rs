@@ -172,6 +172,7 @@ fn job(address: &str, tls: ScrapeTls) -> ScrapeJob {
             path: "/debug/pprof/goroutine".into(),
             delta: false,
             seconds: None,
+            pre_delta: false,
         },
         params: Default::default(),
         interval: ApiDuration::from_secs(15),
