@@ -8,8 +8,13 @@
 //!
 //! Pyroscope (legacy): `pyroscope.io/scrape: "true"` with `pyroscope.io/port`; the policy's
 //! default types, switched by `pyroscope.io/profile-{cpu,mem,goroutines,mutex,block}-enabled`;
-//! `pyroscope.io/application-name` becomes `service_name`. When both conventions are present,
-//! the Grafana keys win for the types they name.
+//! `pyroscope.io/application-name` names the service (see the label pipeline for every
+//! service-name annotation). When both conventions are present, the Grafana keys win for the
+//! types they name.
+//!
+//! `fgprof` (at `/debug/fgprof`, sampled over `seconds` like CPU) and `godeltaprof_memory`,
+//! `godeltaprof_mutex`, `godeltaprof_block` (at `/debug/pprof/delta_{heap,mutex,block}`, sent
+//! as `memory`, `mutex`, `block` with no client-side delta) follow Alloy's `pyroscope.scrape`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -189,11 +194,6 @@ fn pod_jobs(
         requests.extend(grafana(pod, problems));
     }
     let Some(ip) = &pod.ip else { return Vec::new() };
-    let service_name = pod
-        .annotations
-        .get(pyroscope::APPLICATION_NAME)
-        .filter(|_| settings.pyroscope)
-        .cloned();
     let origin = JobOrigin {
         kind: OriginKind::Annotations,
         namespace: pod.namespace.clone(),
@@ -212,16 +212,20 @@ fn pod_jobs(
     let mut out = Vec::new();
     for (name, req) in requests {
         let kind = kind_of(&name);
-        let profile = ResolvedProfile {
-            name: kind.map_or(name.clone(), |k| k.metric_name().to_owned()),
-            kind,
-            path: req.path.clone().unwrap_or_else(|| {
-                kind.map_or(format!("/debug/pprof/{name}"), |k| {
-                    k.default_path().to_owned()
-                })
-            }),
-            delta: kind.is_some_and(ProfileKind::cumulative),
-            seconds: (kind == Some(ProfileKind::Cpu)).then_some(cpu_seconds),
+        let profile = match kind {
+            Some(kind) => ResolvedProfile {
+                name: kind.metric_name().to_owned(),
+                kind: Some(kind),
+                path: req
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| kind.default_path().to_owned()),
+                delta: kind.cumulative(),
+                seconds: (kind == ProfileKind::Cpu).then_some(cpu_seconds),
+                pre_delta: false,
+            },
+            // fgprof and godeltaprof_* get Alloy's paths and names; others /debug/pprof/<name>.
+            None => ResolvedProfile::custom(&name, req.path.as_deref(), false, None, cpu_seconds),
         };
         if covered.contains(&(pod.uid.clone(), profile.name.clone())) {
             continue;
@@ -259,7 +263,8 @@ fn pod_jobs(
             auth: None,
             tls: None,
             sinks: rules.sinks(&[], problems),
-            service_name: service_name.clone(),
+            // The service-name annotations are read by the label pipeline.
+            service_name: None,
             static_labels: Default::default(),
         };
         out.extend(build_jobs(

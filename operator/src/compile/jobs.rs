@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kubeprof_crds::{
     Duration, ResolvedProfile, Scheme, conditions,
     constants::labels,
-    job::{JobOrigin, ScrapeAuth, ScrapeJob, ScrapeTls},
+    job::{JobOrigin, OriginKind, ScrapeAuth, ScrapeJob, ScrapeTls},
     labels as pipeline,
     relabel::{Labels, compile_all},
 };
@@ -89,6 +89,15 @@ pub(super) fn resolve_port(
     }
 }
 
+/// The `job` label of jobs from `origin`: `<namespace>/<target>` for a ProfilingTarget,
+/// `kubeprof/annotations` for annotated pods (Alloy names it after its scrape component).
+pub(super) fn job_label(origin: &JobOrigin) -> String {
+    match origin.kind {
+        OriginKind::Annotations => "kubeprof/annotations".to_owned(),
+        _ => format!("{}/{}", origin.namespace, origin.name),
+    }
+}
+
 /// One job per profile, with relabelling applied here: `None` when the rules drop the target.
 pub(super) fn build_jobs(
     origin: &JobOrigin,
@@ -112,12 +121,20 @@ pub(super) fn build_jobs(
             return Vec::new();
         }
     };
+    // The pod's service-name annotations (already in the discovery labels) beat the target's
+    // `serviceName`, as in Grafana's annotation conventions.
     if let Some(service) = &endpoint.service_name {
-        labels.insert(labels::SERVICE_NAME.into(), service.clone());
+        labels
+            .entry(labels::SERVICE_NAME.into())
+            .or_insert_with(|| service.clone());
     }
     for (k, v) in &endpoint.static_labels {
         labels.insert(k.clone(), v.clone());
     }
+    // Prometheus and Alloy set `job` before relabelling; a static label may override it.
+    labels
+        .entry(labels::JOB.into())
+        .or_insert_with(|| job_label(origin));
     let external = rules
         .policy
         .map(|p| p.spec.external_labels.clone())
@@ -135,6 +152,10 @@ pub(super) fn build_jobs(
         // Relabelling is done here, once: publishing only the final labels keeps shards small
         // (a pod's annotations alone can be kilobytes). External labels travel separately and
         // are added by the scraper, which runs the same pipeline again without rules.
+        // After the rules, as Alloy's delta appender does: a rule cannot lose the mark that
+        // keeps Pyroscope from computing deltas of deltas.
+        let mut l = l;
+        pipeline::mark_delta(&mut l, profile);
         let l = pipeline::finish(l, &profile.name, &Labels::new());
         jobs.push(ScrapeJob {
             id: ScrapeJob::identity(origin, &address, &profile.name, &profile.path),
