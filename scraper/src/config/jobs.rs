@@ -50,6 +50,7 @@ impl Config {
                     l.insert(labels::SCHEME.into(), t.scheme.as_str().into());
                     l.insert(labels::PROFILE_PATH.into(), profile.path.clone());
                     l.insert(labels::JOB.into(), t.name.clone());
+                    kubeprof_crds::labels::mark_delta(&mut l, profile);
                     jobs.push(ScrapeJob {
                         id: ScrapeJob::identity(&origin, address, &profile.name, &profile.path),
                         origin: origin.clone(),

@@ -260,7 +260,10 @@ pub fn convert(
     let resource = Resource {
         attributes: labels
             .iter()
-            .filter(|(k, _)| k.as_str() != "__name__")
+            // `__delta__` is Pyroscope's push-API marker: OTLP has no such convention, and
+            // Pyroscope's OTLP ingest marks every profile it receives `__delta__="false"`
+            // itself (grafana/pyroscope `pkg/ingester/otlp`).
+            .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "__delta__"))
             .map(|(k, v)| {
                 let key = if k == "service_name" {
                     SERVICE_NAME_ATTRIBUTE

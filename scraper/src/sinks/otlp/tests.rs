@@ -74,6 +74,7 @@ fn envelope(kind: &str, fixture: &str) -> Envelope {
     make(
         &[
             ("__name__", kind),
+            ("__delta__", "false"),
             ("service_name", "shop/checkout"),
             ("pod", "checkout-1"),
             ("namespace", "shop"),
@@ -138,6 +139,8 @@ async fn otlp_receives_resource_attributes_and_the_same_profile() {
         Some("checkout-1")
     );
     assert!(string_attr(&resource.attributes, "__name__").is_none());
+    // Pyroscope's push-API marker is no OTLP attribute.
+    assert!(string_attr(&resource.attributes, "__delta__").is_none());
     let scope = &request.resource_profiles[0].scope_profiles[0];
     assert_eq!(scope.scope.as_ref().unwrap().name, "kubeprof");
     let profile = &scope.profiles[0];

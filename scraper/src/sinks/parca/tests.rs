@@ -71,6 +71,7 @@ fn envelope() -> Envelope {
     make(
         &[
             ("__name__", "mutex"),
+            ("__delta__", "false"),
             ("service_name", "shop/checkout"),
             ("namespace", "shop"),
         ],
@@ -116,6 +117,8 @@ async fn parca_receives_labels_token_and_the_profile() {
             && labels.contains(&("service_name", "shop/checkout")),
         "{labels:?}"
     );
+    // Pyroscope's marker is not a Parca label.
+    assert!(labels.iter().all(|(k, _)| *k != "__delta__"), "{labels:?}");
     let p = pprof::decode(&series.samples[0].raw_profile, &DecodeLimits::default()).unwrap();
     assert!(
         p.function
