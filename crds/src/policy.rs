@@ -209,6 +209,28 @@ pub struct PyroscopeSink {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = crate::limits::map(crate::limits::MAX_HEADERS, crate::limits::strings(crate::limits::MAX_HEADER_VALUE_LENGTH)))]
     pub headers: BTreeMap<String, String>,
+    /// Send each profile to the tenant named by this label of its final labels (after
+    /// relabelling and external labels), e.g. `namespace` for a tenant per namespace.
+    /// Profiles of different tenants never share a request. Unset: every profile goes to
+    /// `tenantID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(max = crate::limits::MAX_LABEL_NAME_LENGTH))]
+    pub tenant_from: Option<String>,
+    /// With `tenantFrom`, a profile without that label (or with an empty or unusable value):
+    /// `Default` sends it to `tenantID` (no tenant header when unset), `Drop` drops it,
+    /// counted under reason `tenant_missing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_tenant: Option<MissingTenant>,
+}
+
+/// What a Pyroscope sink with `tenantFrom` does with a profile that names no tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MissingTenant {
+    /// Send it to the sink's `tenantID`.
+    #[default]
+    Default,
+    /// Drop it, counted.
+    Drop,
 }
 
 /// Parca (`parca.profilestore.v1alpha1.ProfileStoreService/WriteRaw`).

@@ -42,7 +42,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
         false
     }
 
-    /// Sends a batch, all or nothing.
+    /// The key of the batch `envelope` belongs in: profiles of different keys never share a
+    /// request (a Pyroscope tenant). `Err` names, as a fixed metric reason, why the backend
+    /// would refuse the profile; it is dropped and counted instead of sent.
+    fn batch_key(&self, _envelope: &Envelope) -> Result<Option<String>, &'static str> {
+        Ok(None)
+    }
+
+    /// Why the backend would refuse `envelope` for good (a fixed metric reason): it is
+    /// dropped and counted instead of sent. Runs outside the queue's lock.
+    fn refuse(&self, _envelope: &Envelope) -> Option<&'static str> {
+        None
+    }
+
+    /// Sends a batch (of one batch key), all or nothing.
     fn send(&self, batch: &[Envelope]) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 

@@ -1,7 +1,13 @@
 //! Grafana Pyroscope: `POST {url}/push.v1.PusherService/Push`, a Connect-protocol unary call
-//! with a protobuf `PushRequest` body, several profiles per request.
+//! with a protobuf `PushRequest` body (grafana/pyroscope `api/push/v1/push.proto`), several
+//! profiles per request, all of one tenant (`X-Scope-OrgID`: the sink's `tenantID`, or with
+//! `tenantFrom` the value of that label of each profile). Labels are sent as the pipeline left
+//! them: `__name__` and `__delta__` are the only `__*` labels, as Alloy's `pyroscope.write`
+//! sends them. Profiles over Pyroscope's ingestion limits are dropped and counted (see
+//! [`limits`]).
 
 mod config;
+pub mod limits;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -9,6 +15,7 @@ mod tests;
 use prost::Message as _;
 
 pub use config::{HttpAuth, PyroscopeConfig};
+use kubeprof_crds::policy::MissingTenant;
 
 use super::{Backend, SendError, SinkConfigError};
 use crate::envelope::Envelope;
@@ -52,7 +59,32 @@ impl Backend for PyroscopeSink {
         self.config.max_batch.max(1)
     }
 
+    fn batch_key(&self, e: &Envelope) -> Result<Option<String>, &'static str> {
+        let Some(label) = &self.config.tenant_from else {
+            return Ok(self.config.tenant_id.clone());
+        };
+        let tenant = e
+            .labels
+            .get(label)
+            .filter(|t| !t.is_empty() && reqwest::header::HeaderValue::from_str(t).is_ok());
+        match (tenant, self.config.missing_tenant) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, MissingTenant::Default) => Ok(self.config.tenant_id.clone()),
+            (None, MissingTenant::Drop) => Err("tenant_missing"),
+        }
+    }
+
+    fn refuse(&self, e: &Envelope) -> Option<&'static str> {
+        let limits = &self.config.limits;
+        limits.refuse_labels(e).or_else(|| limits.refuse_profile(e))
+    }
+
     async fn send(&self, batch: &[Envelope]) -> Result<(), SendError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        // The worker batches by key, so the first profile's tenant is the batch's.
+        let tenant = self.batch_key(first).ok().flatten();
         let body = request::push_request(batch).encode_to_vec();
         let mut request = self
             .client
@@ -60,7 +92,7 @@ impl Backend for PyroscopeSink {
             .header(reqwest::header::CONTENT_TYPE, "application/proto")
             .header("Connect-Protocol-Version", "1")
             .body(body);
-        if let Some(tenant) = &self.config.tenant_id {
+        if let Some(tenant) = &tenant {
             request = request.header("X-Scope-OrgID", tenant);
         }
         match &self.config.auth {

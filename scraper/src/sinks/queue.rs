@@ -165,14 +165,46 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    /// Takes up to `max` profiles, oldest first: the batch a worker sends next.
+    /// Takes up to `max` profiles, oldest first, whatever their batch key.
     pub fn take_batch(&self, max: usize) -> Vec<Envelope> {
+        self.take_batch_by(max, |_| Ok(())).0
+    }
+
+    /// Takes up to `max` profiles of the oldest profile's batch key, oldest first, leaving the
+    /// others queued in order; profiles `key` refuses are removed and their reasons returned
+    /// (the worker counts them as dropped).
+    pub fn take_batch_by<K: PartialEq>(
+        &self,
+        max: usize,
+        key: impl Fn(&Envelope) -> Result<K, &'static str>,
+    ) -> (Vec<Envelope>, Vec<&'static str>) {
         let mut held = self.lock();
-        let n = held.items.len().min(max);
-        let batch: Vec<Envelope> = held.items.drain(..n).collect();
-        held.bytes -= batch.iter().map(Envelope::size).sum::<usize>();
+        let mut batch = Vec::new();
+        let mut refused = Vec::new();
+        let mut first: Option<K> = None;
+        let mut keep = VecDeque::new();
+        while let Some(e) = held.items.pop_front() {
+            if batch.len() >= max {
+                keep.push_back(e);
+                keep.extend(held.items.drain(..));
+                break;
+            }
+            match key(&e) {
+                Err(reason) => {
+                    held.bytes -= e.size();
+                    refused.push(reason);
+                }
+                Ok(k) if first.as_ref().is_none_or(|f| *f == k) => {
+                    first = Some(k);
+                    held.bytes -= e.size();
+                    batch.push(e);
+                }
+                Ok(_) => keep.push_back(e),
+            }
+        }
+        held.items = keep;
         self.gauges(&held);
-        batch
+        (batch, refused)
     }
 
     /// Profiles held.

@@ -91,8 +91,25 @@ impl Sink {
 async fn drain(queue: Arc<Queue>, backend: impl Backend, retry: RetryConfig, metrics: Metrics) {
     let labels = queue.labels();
     loop {
-        let batch = queue.take_batch(backend.max_batch());
+        let (mut batch, refused) =
+            queue.take_batch_by(backend.max_batch(), |e| backend.batch_key(e));
+        let took_any = !batch.is_empty() || !refused.is_empty();
+        // Sending these would only earn a 4xx: refused here, counted, never retried.
+        for reason in refused {
+            queue.count_dropped(reason, 1);
+        }
+        batch.retain(|e| match backend.refuse(e) {
+            Some(reason) => {
+                tracing::debug!(sink = queue.sink(), reason, job = %e.job_id, "profile over the store's limits; dropped");
+                queue.count_dropped(reason, 1);
+                false
+            }
+            None => true,
+        });
         if batch.is_empty() {
+            if took_any {
+                continue;
+            }
             if queue.is_closed() {
                 return;
             }

@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kubeprof_crds::policy::PyroscopeSink as PyroscopeSpec;
+use kubeprof_crds::policy::{MissingTenant, PyroscopeSink as PyroscopeSpec};
+
+use super::limits::IngestLimits;
 
 use crate::sinks::{SinkBuildError, SpecContext};
 
@@ -45,6 +47,12 @@ pub struct PyroscopeConfig {
     pub timeout: Duration,
     /// Profiles per request.
     pub max_batch: usize,
+    /// The label naming each profile's tenant (`tenantFrom`).
+    pub tenant_from: Option<String>,
+    /// What a profile without a tenant label gets (`missingTenant`).
+    pub missing_tenant: MissingTenant,
+    /// What Pyroscope accepts; profiles over the limits are dropped and counted.
+    pub limits: IngestLimits,
 }
 
 impl PyroscopeConfig {
@@ -65,6 +73,9 @@ impl PyroscopeConfig {
             headers: spec.headers.clone(),
             timeout: Duration::from_secs(30),
             max_batch: 16,
+            tenant_from: spec.tenant_from.clone(),
+            missing_tenant: spec.missing_tenant.unwrap_or_default(),
+            limits: IngestLimits::default(),
         })
     }
 }
