@@ -64,6 +64,16 @@ pub struct ProfilingPolicySpec {
     /// The per-node eBPF profiler, which profiles every process with no application change.
     #[serde(default)]
     pub ebpf: EbpfSettings,
+    /// Copy each pod's labels onto its profiles (names sanitised: `app.kubernetes.io/name`
+    /// becomes `app_kubernetes_io_name`), as the Pyroscope chart's Alloy pipeline does with a
+    /// `labelmap` of `__meta_kubernetes_pod_label_(.+)`. Off by default because of
+    /// cardinality: every distinct value makes new series (`pod-template-hash` alone makes
+    /// one per rollout), and Pyroscope refuses a series of more than 30 labels (the Pyroscope
+    /// sink drops and counts it as `too_many_labels`). Labels kubeprof sets itself
+    /// (`namespace`, `pod`, `container`, `node`, `service_name`, ...) are never overwritten;
+    /// relabelings run after the copy, so they can drop what is not wanted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pod_labels: bool,
 }
 
 /// Which annotation conventions are honoured.

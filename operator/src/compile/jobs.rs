@@ -98,6 +98,22 @@ pub(super) fn job_label(origin: &JobOrigin) -> String {
     }
 }
 
+/// The policy's `podLabels` switch: `__meta_kubernetes_pod_label_<name>` becomes `<name>`,
+/// never over a label already set.
+fn copy_pod_labels(l: &mut Labels) {
+    let copies: Vec<(String, String)> = l
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(labels::META_POD_LABEL_PREFIX)
+                .filter(|name| !name.is_empty())
+                .map(|name| (name.to_owned(), v.clone()))
+        })
+        .collect();
+    for (k, v) in copies {
+        l.entry(k).or_insert(v);
+    }
+}
+
 /// One job per profile, with relabelling applied here: `None` when the rules drop the target.
 pub(super) fn build_jobs(
     origin: &JobOrigin,
@@ -130,6 +146,9 @@ pub(super) fn build_jobs(
     }
     for (k, v) in &endpoint.static_labels {
         labels.insert(k.clone(), v.clone());
+    }
+    if rules.policy.is_some_and(|p| p.spec.pod_labels) {
+        copy_pod_labels(&mut labels);
     }
     // Prometheus and Alloy set `job` before relabelling; a static label may override it.
     labels

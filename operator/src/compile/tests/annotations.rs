@@ -391,3 +391,33 @@ fn alloy_and_pyroscope_chart_annotations_give_the_same_jobs_and_labels() {
         }
     }
 }
+
+#[test]
+fn pod_labels_are_copied_only_when_the_policy_says_so() {
+    let mut pod = mk_pod(
+        "shop",
+        "compat",
+        &[("app.kubernetes.io/name", "checkout"), ("pod", "spoof")],
+        "n",
+        "127.0.0.9",
+    );
+    pod.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("profiles.grafana.com/cpu.port", "6060"),
+    ]);
+    let labels_with = |pod_labels: bool| {
+        let c = compile(&Inputs {
+            policies: vec![mk_policy("p", 0, |s| s.pod_labels = pod_labels)],
+            pods: vec![pod.clone()],
+            namespaces: vec![mk_ns("shop", &[])],
+            ..Default::default()
+        });
+        jobs(&c)[0].labels.clone()
+    };
+    let off = labels_with(false);
+    assert!(!off.contains_key("app_kubernetes_io_name"), "{off:?}");
+    let on = labels_with(true);
+    assert_eq!(on["app_kubernetes_io_name"], "checkout");
+    // A pod label never overwrites what kubeprof sets.
+    assert_eq!(on["pod"], "compat");
+}
