@@ -185,10 +185,10 @@ pub fn finish(mut l: Labels, profile_name: &str, external: &Labels) -> Labels {
         .remove(names::NAME)
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| profile_name.to_owned());
-    if !l.contains_key(names::INSTANCE) {
-        if let Some(address) = l.get(names::ADDRESS).filter(|a| !a.is_empty()).cloned() {
-            l.insert(names::INSTANCE.to_owned(), address);
-        }
+    if !l.contains_key(names::INSTANCE)
+        && let Some(address) = l.get(names::ADDRESS).filter(|a| !a.is_empty()).cloned()
+    {
+        l.insert(names::INSTANCE.to_owned(), address);
     }
     l.retain(|k, _| !k.starts_with(names::RESERVED_PREFIX) || k == names::DELTA);
     l.insert(names::NAME.to_owned(), name);
@@ -328,7 +328,7 @@ mod tests {
         for p in &memory {
             mark_delta(&mut l, p);
             let want = matches!(p.name.as_str(), "memory" | "mutex" | "block");
-            assert_eq!(l.get("__delta__").is_some(), want, "{}", p.name);
+            assert_eq!(l.contains_key("__delta__"), want, "{}", p.name);
         }
     }
 
