@@ -76,8 +76,9 @@ pub fn decompress<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<Cow<'a, [
     let limit = limits.max_decompressed_bytes;
     // Reading one byte past the limit tells "exactly at the limit" from "over it" without ever
     // holding more than limit + 1 bytes.
-    let mut reader = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
-    let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
+    let mut reader = flate2::read::MultiGzDecoder::new(body)
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit.saturating_add(1)));
     match reader.read_to_end(&mut out) {
         Ok(_) if out.len() > limit => Err(DecodeError::TooLarge { limit }),
         Ok(_) => Ok(Cow::Owned(out)),

@@ -13,7 +13,13 @@
 //! the cost of the first interval's allocations.
 //!
 //! A process restart shows as a counter going down (or the profile's time going backwards):
-//! the baseline starts over and nothing negative is ever sent.
+//! the baseline starts over and nothing negative is ever sent. Arithmetic never wraps: samples
+//! of one series are summed with saturation, and a sum that saturates, or a difference that
+//! would overflow, is treated like a restart (reason `overflow`), so every cumulative value sent
+//! is in `0..=i64::MAX` whatever the target reports.
+//!
+//! [`DeltaTracker::apply`] expects a validated profile (one value per sample type); a sample
+//! with too few values is padded with zeros rather than trusted.
 
 use std::{
     collections::HashMap,
@@ -121,7 +127,7 @@ pub enum DeltaOutcome {
     Baseline {
         /// What to send, if anything.
         send: Option<Profile>,
-        /// `first`, `restart`, `shape_changed` or `state_limit` (a metric label).
+        /// `first`, `restart`, `overflow`, `shape_changed` or `state_limit` (a metric label).
         reason: &'static str,
     },
 }
@@ -198,18 +204,36 @@ impl DeltaTracker {
             reason = Some("restart");
         }
 
-        let samples = aggregate(&mut profile);
+        let (samples, saturated) = aggregate(&mut profile, &self.cumulative);
         let width = self.cumulative.len();
         let previous_time = self.time_nanos;
         self.time_nanos = profile.time_nanos;
+        let only_cumulative = self.cumulative.len() == profile.sample_type.len();
         if samples.len() > self.limits.max_series {
             self.previous.clear();
             self.values.clear();
             self.has_baseline = false;
+            // Too many series to remember, but the in-use part (memory's `inuse_*`) needs no
+            // history: send it, with the cumulative values zeroed as on a first scrape.
+            let send = (!only_cumulative).then(|| {
+                profile.sample = samples
+                    .into_iter()
+                    .filter_map(|(_, mut sample)| {
+                        for &i in &self.cumulative {
+                            sample.value[i] = 0;
+                        }
+                        sample.value.iter().any(|&v| v != 0).then_some(sample)
+                    })
+                    .collect();
+                profile
+            });
             return DeltaOutcome::Baseline {
-                send: None,
+                send,
                 reason: "state_limit",
             };
+        }
+        if reason.is_none() && saturated {
+            reason = Some("overflow");
         }
         let (previous, values) = (&self.previous, &self.values);
         let prev_row = |key: &u64| -> Option<&[i64]> {
@@ -234,17 +258,26 @@ impl DeltaTracker {
             DigestMap::with_capacity_and_hasher(samples.len(), Default::default());
         let mut next_values = Vec::with_capacity(samples.len() * width);
         let mut out = Vec::with_capacity(samples.len());
+        let mut overflowed = false;
         for (key, mut sample) in samples {
             next_index.insert(key, (next_values.len() / width.max(1)) as u32);
             let prev = if baseline { None } else { prev_row(&key) };
             for (j, &i) in self.cumulative.iter().enumerate() {
                 let current = sample.value[i];
                 next_values.push(current);
-                // Without a baseline the whole cumulative value is unknown history.
-                sample.value[i] -= if baseline {
-                    current
-                } else {
-                    prev.map_or(0, |p| p[j])
+                sample.value[i] = match prev {
+                    // Without a baseline the whole cumulative value is unknown history.
+                    _ if baseline => 0,
+                    None => current.max(0),
+                    // A counter never goes down (checked above); an overflow means the numbers
+                    // cannot be trusted, like a restart.
+                    Some(p) => match current.checked_sub(p[j]) {
+                        Some(d) if d >= 0 => d,
+                        _ => {
+                            overflowed = true;
+                            0
+                        }
+                    },
                 };
             }
             if sample.value.iter().any(|&v| v != 0) {
@@ -254,9 +287,19 @@ impl DeltaTracker {
         self.previous = next_index;
         self.values = next_values;
         self.has_baseline = true;
+        if overflowed {
+            // Values computed before the overflow was seen are deltas, but a partial profile
+            // would mislead: zero every cumulative value, as a restart does.
+            reason = Some("overflow");
+            for sample in &mut out {
+                for &i in &self.cumulative {
+                    sample.value[i] = 0;
+                }
+            }
+            out.retain(|s| s.value.iter().any(|&v| v != 0));
+        }
         profile.sample = out;
         if let Some(reason) = reason {
-            let only_cumulative = self.cumulative.len() == profile.sample_type.len();
             return DeltaOutcome::Baseline {
                 send: (!only_cumulative).then_some(profile),
                 reason,
@@ -270,9 +313,12 @@ impl DeltaTracker {
 }
 
 /// Merges samples of the same series (stack of function names + labels), summing their
-/// values; returns them with their series keys, in first-seen order.
-fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
+/// values with saturation; returns them with their series keys, in first-seen order, and
+/// whether a cumulative sum saturated. Every sample comes out with one value per sample type.
+fn aggregate(profile: &mut Profile, cumulative: &[usize]) -> (Vec<(u64, Sample)>, bool) {
     let samples = std::mem::take(&mut profile.sample);
+    let width = profile.sample_type.len();
+    let mut saturated = false;
     let profile = &*profile;
     let function_name = by_id(profile.function.iter().map(|f| (f.id, f.name)));
     let string_hash: Vec<u64> = profile
@@ -300,7 +346,8 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
     let mut index: DigestMap<usize> =
         DigestMap::with_capacity_and_hasher(samples.len(), Default::default());
     let mut out: Vec<(u64, Sample)> = Vec::with_capacity(samples.len());
-    for sample in samples {
+    for mut sample in samples {
+        sample.value.resize(width, 0);
         let mut stack: u64 = 0xcbf2_9ce4_8422_2325;
         for id in &sample.location_id {
             stack = (stack ^ location_hash(*id))
@@ -309,7 +356,7 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
         }
         if sample.label.is_empty() {
             let key = xxhash_rust::xxh3::xxh3_64(&stack.to_le_bytes());
-            merge(&mut index, &mut out, key, sample);
+            saturated |= merge(&mut index, &mut out, key, sample, cumulative);
             continue;
         }
         let mut h = Xxh3::new();
@@ -338,16 +385,30 @@ fn aggregate(profile: &mut Profile) -> Vec<(u64, Sample)> {
             h.update(&[0]);
         }
         let key = h.digest();
-        merge(&mut index, &mut out, key, sample);
+        saturated |= merge(&mut index, &mut out, key, sample, cumulative);
     }
-    out
+    (out, saturated)
 }
 
-fn merge(index: &mut DigestMap<usize>, out: &mut Vec<(u64, Sample)>, key: u64, sample: Sample) {
+/// Adds `sample` to its series; true when a cumulative sum overflowed (and saturated).
+fn merge(
+    index: &mut DigestMap<usize>,
+    out: &mut Vec<(u64, Sample)>,
+    key: u64,
+    sample: Sample,
+    cumulative: &[usize],
+) -> bool {
+    let mut saturated = false;
     match index.get(&key) {
         Some(&i) => {
-            for (acc, v) in out[i].1.value.iter_mut().zip(&sample.value) {
-                *acc += v;
+            for (j, (acc, v)) in out[i].1.value.iter_mut().zip(&sample.value).enumerate() {
+                match acc.checked_add(*v) {
+                    Some(sum) => *acc = sum,
+                    None => {
+                        *acc = acc.saturating_add(*v);
+                        saturated |= cumulative.contains(&j);
+                    }
+                }
             }
         }
         None => {
@@ -355,4 +416,5 @@ fn merge(index: &mut DigestMap<usize>, out: &mut Vec<(u64, Sample)>, key: u64, s
             out.push((key, sample));
         }
     }
+    saturated
 }
