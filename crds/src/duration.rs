@@ -3,6 +3,10 @@
 //! The accepted syntax is the subset of Go's `time.ParseDuration` with the units `ms`, `s`, `m`
 //! and `h`, so that the API server's CEL `duration()` function accepts every value the schema
 //! pattern lets through and cross-field rules (timeout < interval) can compare them.
+//!
+//! Every duration is at most [`MAX_DURATION`] (24h): kubeprof's durations are scrape intervals,
+//! timeouts and sampling windows, for which a day is already generous, and the bound keeps
+//! timer arithmetic (`now + interval`) far from overflowing whatever a file or CR says.
 
 use std::{borrow::Cow, fmt, str::FromStr};
 
@@ -12,7 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The schema pattern of a [`Duration`].
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-/// A non-negative duration written as `15s`, `1m30s`, `500ms` or `2h`.
+/// The longest duration accepted: 24 hours.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A non-negative duration, at most 24h, written as `15s`, `1m30s`, `500ms` or `2h`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
 
@@ -100,6 +107,9 @@ impl FromStr for Duration {
                 .checked_add(nanos)
                 .ok_or_else(|| err("too large"))?;
             rest = tail;
+        }
+        if total_nanos > MAX_DURATION.as_nanos() {
+            return Err(err("longer than 24h, the longest kubeprof accepts"));
         }
         let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("too large"))?;
         Ok(Self(std::time::Duration::new(
@@ -204,6 +214,16 @@ mod tests {
             assert!(pattern.is_match(good), "{good}");
             assert!(good.parse::<Duration>().is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn refuses_more_than_a_day() {
+        // Once accepted, and then every job panicked adding it to an Instant.
+        for long in ["9223372036854775813s", "25h", "24h0.001s", "1441m"] {
+            let err = long.parse::<Duration>().unwrap_err().to_string();
+            assert!(err.contains("24h"), "{long}: {err}");
+        }
+        assert_eq!("24h".parse::<Duration>().unwrap().std(), MAX_DURATION);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub missed_scrapes: Counter,
     /// Jobs scheduled.
     pub jobs: Gauge,
+    /// Job tasks that panicked (and were restarted).
+    pub job_panics: Counter,
     /// Bytes held for delta computation.
     pub delta_state_bytes: Gauge,
     /// Delta baselines (first scrape, restart, ...), by reason in `outcome`.
@@ -96,6 +98,7 @@ impl Metrics {
             scrape_bytes: Counter::default(),
             missed_scrapes: Counter::default(),
             jobs: Gauge::default(),
+            job_panics: Counter::default(),
             delta_state_bytes: Gauge::default(),
             delta_resets: Family::default(),
             reloads: Family::default(),
@@ -129,6 +132,11 @@ impl Metrics {
             m.missed_scrapes.clone(),
         );
         r.register("scrape_jobs", "Scrape jobs scheduled", m.jobs.clone());
+        r.register(
+            "job_panics",
+            "Scrape job tasks that panicked and were restarted",
+            m.job_panics.clone(),
+        );
         r.register(
             "delta_state_bytes",
             "Bytes held for delta profiles",

@@ -5,10 +5,17 @@
 //! do not synchronize the scrapes of all targets. A CPU job (a profile sampled over `seconds`)
 //! starts its next scrape as the previous one returns when that took the whole interval, so CPU
 //! time is covered without gaps and Go never sees two CPU profile requests at once.
+//!
+//! A job task that panics (a bug, or input nobody foresaw) is counted in
+//! `kubeprof_job_panics_total`, logged, and restarted with its latest job and a fresh delta
+//! baseline after a pause, so one bad target never stops its job for good.
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -135,7 +142,7 @@ impl Scheduler {
         });
         for (id, job) in wanted {
             let (tx, rx) = watch::channel(Arc::new(RunningJob::new(job)));
-            let task = tokio::spawn(run_job(
+            let task = tokio::spawn(supervise(
                 self.pipeline.clone(),
                 rx,
                 self.shutdown.clone(),
@@ -165,14 +172,90 @@ impl Scheduler {
     }
 }
 
+/// The shortest interval a job runs at, whatever it says.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Pause before a panicked job runs again, so a job that panics at once does not spin.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+async fn supervise(
+    pipeline: Arc<Pipeline>,
+    updates: watch::Receiver<Arc<RunningJob>>,
+    shutdown: CancellationToken,
+    delta_limits: DeltaLimits,
+) {
+    // Shared with each run so a panicked run's delta state still leaves the gauge.
+    let tracked_bytes = Arc::new(AtomicI64::new(0));
+    let metrics = pipeline.metrics.clone();
+    restart_on_panic(
+        || {
+            run_job(
+                pipeline.clone(),
+                updates.clone(),
+                shutdown.clone(),
+                delta_limits,
+                tracked_bytes.clone(),
+            )
+        },
+        || updates.borrow().job.origin.name.clone(),
+        &shutdown,
+        &metrics.job_panics,
+        RESTART_PAUSE,
+    )
+    .await;
+    pipeline
+        .metrics
+        .delta_state_bytes
+        .dec_by(tracked_bytes.load(Ordering::Relaxed));
+}
+
+/// Runs `make()` until it returns; a panic is counted, logged and followed by a new run.
+async fn restart_on_panic<F: std::future::Future<Output = ()>>(
+    mut make: impl FnMut() -> F,
+    job_name: impl Fn() -> String,
+    shutdown: &CancellationToken,
+    panics: &prometheus_client::metrics::counter::Counter,
+    pause: Duration,
+) {
+    use futures::FutureExt as _;
+    loop {
+        // The job's state is dropped with the panicked future; nothing half-updated is reused.
+        match std::panic::AssertUnwindSafe(make()).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                panics.inc();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    job = %job_name(),
+                    panic = %message,
+                    "scrape job panicked; restarting it"
+                );
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 async fn run_job(
     pipeline: Arc<Pipeline>,
     mut updates: watch::Receiver<Arc<RunningJob>>,
     shutdown: CancellationToken,
     delta_limits: DeltaLimits,
+    tracked_bytes: Arc<AtomicI64>,
 ) {
     let mut tracker = DeltaTracker::new(delta_limits);
-    let mut tracked_bytes = 0i64;
+    // A restarted job starts with an empty tracker.
+    pipeline
+        .metrics
+        .delta_state_bytes
+        .dec_by(tracked_bytes.swap(0, Ordering::Relaxed));
     let first = updates.borrow().clone();
     let mut next = tokio::time::Instant::now() + phase(&first.job.id, first.job.interval.std());
     pipeline.health.schedule(&first.job.id, next);
@@ -189,7 +272,8 @@ async fn run_job(
             }
         }
         let running = updates.borrow_and_update().clone();
-        let interval = running.job.interval.std();
+        // Configuration refuses shorter intervals; the floor only keeps a bug from spinning.
+        let interval = running.job.interval.std().max(MIN_INTERVAL);
         let started = Instant::now();
         if running.labels.is_some() {
             tokio::select! {
@@ -200,8 +284,7 @@ async fn run_job(
             pipeline
                 .metrics
                 .delta_state_bytes
-                .inc_by(bytes - tracked_bytes);
-            tracked_bytes = bytes;
+                .inc_by(bytes - tracked_bytes.swap(bytes, Ordering::Relaxed));
         }
         let elapsed = started.elapsed();
         let sampled = running.job.profile.seconds.is_some();
@@ -219,10 +302,44 @@ async fn run_job(
             next = if sampled {
                 now
             } else {
-                next + interval * (1 + (late.as_nanos() / interval.as_nanos().max(1)) as u32)
+                let skipped =
+                    u32::try_from(1 + late.as_nanos() / interval.as_nanos()).unwrap_or(u32::MAX);
+                interval
+                    .checked_mul(skipped)
+                    .map_or(now + interval, |d| next + d)
             };
         }
         pipeline.health.schedule(&running.job.id, next);
     }
-    pipeline.metrics.delta_state_bytes.dec_by(tracked_bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_counted_and_runs_again() {
+        let runs = AtomicU32::new(0);
+        let panics = prometheus_client::metrics::counter::Counter::default();
+        let shutdown = CancellationToken::new();
+        restart_on_panic(
+            || {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if run < 2 {
+                        panic!("overflow when adding duration to instant");
+                    }
+                }
+            },
+            || "job".to_owned(),
+            &shutdown,
+            &panics,
+            Duration::from_millis(1),
+        )
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(panics.get(), 2);
+    }
 }
