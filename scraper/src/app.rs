@@ -36,7 +36,10 @@ const FILE_POLL: Duration = Duration::from_secs(2);
 pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::CheckConfig { config } => commands::check_config(&config),
+        Command::CheckConfig {
+            config,
+            secrets_dir,
+        } => commands::check_config(&config, secrets_dir),
         Command::Flamegraph {
             profiles,
             output,
@@ -144,6 +147,15 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
         Some(c) => c.secrets.clone(),
         None => Arc::new(SecretsDir(args.secrets_dir.clone())),
     };
+    if cluster.is_none() {
+        // The check `check-config` and a reload make, so all three accept the same files.
+        config
+            .check_sinks(secrets.as_ref())
+            .map_err(|source| StartError::Config {
+                name: config_name(args.config.as_deref()),
+                source,
+            })?;
+    }
     let source = job_source(&args, &config, cluster.as_ref(), &metrics, &shutdown);
     let mut jobs = source.subscribe();
     let initial = jobs.borrow_and_update().clone();
@@ -258,6 +270,7 @@ fn job_source(
             path.clone(),
             config.job_set(),
             FILE_POLL,
+            Arc::new(SecretsDir(args.secrets_dir.clone())),
             metrics.clone(),
             shutdown.clone(),
         )),
@@ -316,8 +329,10 @@ async fn follow(
                     return Ok(());
                 }
                 let set = jobs.borrow_and_update().clone();
+                // All or nothing: new jobs may name the new sinks, so they wait for them.
                 if let Err(e) = outputs.apply(&set.sinks) {
-                    tracing::error!(error = %e, "new sinks are unusable; keeping the previous ones");
+                    tracing::error!(error = %e, "new sinks are unusable; keeping the previous sinks and jobs");
+                    continue;
                 }
                 scheduler.apply(set.jobs.clone());
             }

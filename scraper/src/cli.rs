@@ -20,6 +20,9 @@ pub(crate) enum Command {
     CheckConfig {
         /// The file.
         config: PathBuf,
+        /// Directory of Secrets referenced by sinks (as for `run`); every sink is built.
+        #[arg(long, env = "KUBEPROF_SECRETS_DIR")]
+        secrets_dir: Option<PathBuf>,
     },
     /// Render stored profiles as a flame graph SVG: one, several merged, or the difference
     /// from `--base` profiles. An empty profile renders an SVG that says so.

@@ -188,6 +188,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Every sink of the file built once (and dropped), its Secret references resolved through
+    /// `secrets`: the check `run`, a reload and `check-config` share, so a file one accepts
+    /// the others accept too. Needs a Tokio runtime (gRPC clients are built on one).
+    pub fn check_sinks(&self, secrets: &dyn crate::SecretSource) -> Result<(), ConfigError> {
+        for (i, spec) in self.sinks.iter().enumerate() {
+            crate::sinks::build(spec, secrets).map_err(|e| ConfigError::Invalid {
+                field: format!("sinks[{i}]"),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

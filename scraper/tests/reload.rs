@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use kubeprof_scraper::{Config, FileSource, JobSource, Metrics, OutcomeLabels};
+use kubeprof_scraper::{Config, FileSource, JobSource, Metrics, OutcomeLabels, SecretsDir};
 use tokio_util::sync::CancellationToken;
 
 fn body(addr: &str, interval: &str) -> String {
@@ -26,6 +26,7 @@ async fn changes_apply_and_broken_edits_keep_the_previous_jobs() {
         path.clone(),
         initial.clone(),
         Duration::from_millis(50),
+        std::sync::Arc::new(SecretsDir(None)),
         metrics.clone(),
         shutdown.clone(),
     );
@@ -147,4 +148,45 @@ async fn bearer_and_basic_credentials_come_from_files() {
     let err = fetcher.fetch(&job, 1 << 20).await.unwrap_err();
     assert_eq!(err.reason().as_str(), "credential");
     assert!(err.to_string().contains("/nonexistent/token"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reload_with_an_unbuildable_sink_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scraper.yaml");
+    std::fs::write(&path, body("127.0.0.1:1", "15s")).unwrap();
+    let initial = Config::load(&path.to_string_lossy()).unwrap().job_set();
+    let metrics = Metrics::unregistered();
+    let source = FileSource::start(
+        path.clone(),
+        initial.clone(),
+        Duration::from_millis(50),
+        std::sync::Arc::new(SecretsDir(None)),
+        metrics.clone(),
+        CancellationToken::new(),
+    );
+    let rx = source.subscribe();
+    // The only sink renamed to one whose URL cannot be parsed: jobs would point at it.
+    std::fs::write(
+        &path,
+        "targets:\n  - name: demo\n    addresses: [\"127.0.0.1:1\"]\n    scrapeTimeout: 1s\nsinks:\n  - name: remote\n    pyroscope: {url: \"http://[::1:4040\"}\n",
+    )
+    .unwrap();
+    let count = |outcome: &str| {
+        metrics
+            .reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .get()
+    };
+    for _ in 0..250 {
+        if count("failure") + count("success") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((count("success"), count("failure")), (0, 1));
+    assert!(!rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow(), std::sync::Arc::new(initial));
 }

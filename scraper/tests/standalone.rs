@@ -29,6 +29,10 @@ fn invalid_configs_exit_2_naming_the_field() {
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    sinks: [nope]\n{sinks}"), "targets[0].sinks[0]"),
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    relabelings:\n      - action: hashmod\n        targetLabel: x\n{sinks}"), "targets[0].relabelings"),
         ("targets: []\nsinks:\n  - name: x\n    file: {directory: a}\n    pyroscope: {url: \"http://p\"}\n".to_string(), "sinks[0]"),
+        // `run` refused these sinks while check-config accepted them.
+        ("targets: []\nsinks:\n  - name: x\n    pyroscope: {url: \"http://[::1:4040\"}\n".to_string(), "sinks[0]"),
+        // Accepted, then every job panicked after its first scrape.
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 9223372036854775813s\n{sinks}"), "24h"),
     ] {
         let path = write_config(dir.path(), &body);
         for args in [vec!["run", "--config"], vec!["check-config"]] {

@@ -10,9 +10,23 @@ use kubeprof_pprof::{DecodeLimits, Profile};
 
 use crate::{config::Config, flamegraph};
 
-/// `check-config FILE`: 0 when valid, 2 when not.
-pub fn check_config(path: &Path) -> ExitCode {
-    match Config::load(&path.to_string_lossy()) {
+/// `check-config FILE`: 0 when valid, 2 when not. The same checks as `run`, sinks built.
+pub fn check_config(path: &Path, secrets_dir: Option<PathBuf>) -> ExitCode {
+    let secrets = crate::SecretsDir(secrets_dir);
+    let checked = Config::load(&path.to_string_lossy()).and_then(|c| {
+        // Building a gRPC sink needs a runtime, as in `run`.
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async { c.check_sinks(&secrets) }).map(|()| c),
+            Err(e) => Err(crate::ConfigError::Read {
+                path: "<tokio runtime>".into(),
+                source: e,
+            }),
+        }
+    });
+    match checked {
         Ok(c) => {
             let set = c.job_set();
             println!(

@@ -38,6 +38,7 @@ impl FileSource {
         path: PathBuf,
         initial: JobSet,
         poll: Duration,
+        secrets: Arc<dyn crate::SecretSource>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -65,7 +66,11 @@ impl FileSource {
                     continue;
                 }
                 seen = now;
-                let outcome = match Config::load(&path.to_string_lossy()) {
+                // All or nothing: a sink that cannot be built refuses the whole file, so jobs
+                // never point at a sink that does not exist.
+                let loaded = Config::load(&path.to_string_lossy())
+                    .and_then(|c| c.check_sinks(secrets.as_ref()).map(|()| c));
+                let outcome = match loaded {
                     Ok(config) => {
                         let set = config.job_set();
                         tracing::info!(path = %path.display(), jobs = set.jobs.len(), "configuration reloaded");
