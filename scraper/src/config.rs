@@ -180,10 +180,30 @@ pub enum ConfigError {
 /// The configuration embedded in the binary (`examples/standalone/scraper.yaml`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/standalone/scraper.yaml");
 
+/// Largest configuration file accepted (1 MiB: thousands of targets).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// Deepest nesting of YAML collections accepted; a real file nests less than 10 deep, and the
+/// YAML parser's time grows with the square of the depth.
+pub const MAX_CONFIG_DEPTH: usize = 64;
+
 impl Config {
     /// Parses and validates YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "<file>".into(),
+                message: format!(
+                    "{} bytes; the largest configuration accepted is {MAX_CONFIG_BYTES} bytes",
+                    text.len()
+                ),
+            });
+        }
+        validate::check_depth(text)?;
         let config: Config = serde_yaml::from_str(text)?;
+        // Sinks and profiles are the CRDs' types, which let unknown fields through (the API
+        // server prunes them); a file has no such server, so a misspelt key is refused here.
+        let raw: serde_yaml::Value = serde_yaml::from_str(text)?;
+        validate::check_raw(&raw, &config)?;
         config.validate()?;
         Ok(config)
     }

@@ -33,6 +33,15 @@ fn invalid_configs_exit_2_naming_the_field() {
         ("targets: []\nsinks:\n  - name: x\n    pyroscope: {url: \"http://[::1:4040\"}\n".to_string(), "sinks[0]"),
         // Accepted, then every job panicked after its first scrape.
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 9223372036854775813s\n{sinks}"), "24h"),
+        // Accepted by check-config on main.
+        ("targets: []\nsinks:\n  - name: x\n    file: {directory: a, retentionByts: 5}\n".to_string(), "sinks[0].file.retentionByts"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    profiles: {{cpu: {{secs: 5}}}}\n{sinks}"), "targets[0].profiles.cpu.secs"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    scrapeTimeout: 0s\n{sinks}"), "targets[0].scrapeTimeout"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 1ms\n    scrapeTimeout: 0.5ms\n{sinks}"), "targets[0].interval"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    profiles: {{cpu: {{seconds: 0}}}}\n{sinks}"), "targets[0].profiles.cpu.seconds"),
+        (format!("scrape: {{maxProfileBytes: 0}}\n{sinks}"), "scrape.maxProfileBytes"),
+        (format!("targets:\n  - name: !!binary aGVsbG8=\n    addresses: [\"127.0.0.1:1\"]\n{sinks}"), "tags"),
+        (format!("targets: {}\n{sinks}", "[".repeat(100_000)), "nested more than 64"),
     ] {
         let path = write_config(dir.path(), &body);
         for args in [vec!["run", "--config"], vec!["check-config"]] {

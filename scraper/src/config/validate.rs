@@ -6,6 +6,9 @@ use kubeprof_crds::{Scheme, relabel::compile_all};
 
 use super::{Config, ConfigError};
 
+/// The shortest scrape interval a file may ask for: profiles are expensive for the target.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -13,8 +16,161 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// Refuses nesting deeper than [`super::MAX_CONFIG_DEPTH`] before the YAML parser sees it: flow
+/// collections (`[`, `{`) and block nesting (indentation, `- ` items) both count.
+pub(super) fn check_depth(text: &str) -> Result<(), ConfigError> {
+    let too_deep = || {
+        invalid(
+            "<file>",
+            format!("nested more than {} levels deep", super::MAX_CONFIG_DEPTH),
+        )
+    };
+    let mut flow = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let mut rest = &line[indent..];
+        let mut items = 0;
+        while let Some(r) = rest.strip_prefix("- ") {
+            items += 1;
+            rest = r.trim_start_matches(' ');
+        }
+        // Quotes are not tracked: a bracket inside a string only makes the estimate higher.
+        for c in rest.chars() {
+            match c {
+                '[' | '{' => flow += 1,
+                ']' | '}' => flow = flow.saturating_sub(1),
+                '#' => break,
+                _ => {}
+            }
+            if flow > super::MAX_CONFIG_DEPTH {
+                return Err(too_deep());
+            }
+        }
+        if indent / 2 + items + flow > super::MAX_CONFIG_DEPTH {
+            return Err(too_deep());
+        }
+        // A tag (`!!binary`, `!foo`) starts a token outside quotes; the parser would apply it
+        // silently, so it is refused.
+        let mut quotes = 0;
+        for token in rest.split([' ', '[', '{', ',']) {
+            if token.starts_with('#') && quotes % 2 == 0 {
+                break;
+            }
+            if token.starts_with('!') && quotes % 2 == 0 {
+                return Err(invalid(
+                    "<file>",
+                    format!("YAML tags ({token}) are not supported"),
+                ));
+            }
+            quotes += token.matches(['"', '\'']).count();
+        }
+    }
+    Ok(())
+}
+
+/// Refuses YAML tags and keys of sinks and profiles that the parsed types do not have.
+pub(super) fn check_raw(raw: &serde_yaml::Value, config: &Config) -> Result<(), ConfigError> {
+    no_tags(raw, "")?;
+    let get = |v: &serde_yaml::Value, k: &str| v.get(k).cloned();
+    if let Some(serde_yaml::Value::Sequence(sinks)) = get(raw, "sinks") {
+        for (i, (raw_sink, sink)) in sinks.iter().zip(&config.sinks).enumerate() {
+            let parsed = serde_yaml::to_value(sink).unwrap_or_default();
+            unknown_keys(raw_sink, &parsed, &format!("sinks[{i}]"))?;
+        }
+    }
+    if let Some(serde_yaml::Value::Sequence(targets)) = get(raw, "targets") {
+        for (i, (raw_target, target)) in targets.iter().zip(&config.targets).enumerate() {
+            if let Some(raw_profiles) = raw_target.get("profiles") {
+                let parsed = serde_yaml::to_value(&target.profiles).unwrap_or_default();
+                unknown_keys(raw_profiles, &parsed, &format!("targets[{i}].profiles"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn no_tags(v: &serde_yaml::Value, path: &str) -> Result<(), ConfigError> {
+    use serde_yaml::Value;
+    match v {
+        Value::Tagged(t) => Err(invalid(
+            if path.is_empty() { "<file>" } else { path },
+            format!("YAML tags ({}) are not supported", t.tag),
+        )),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| no_tags(item, &format!("{path}[{i}]"))),
+        Value::Mapping(m) => m.iter().try_for_each(|(k, item)| {
+            let key = k.as_str().unwrap_or("?");
+            let sub = if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            };
+            no_tags(item, &sub)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Keys of `raw` (as written) that `parsed` (the value read back out) does not have. A key
+/// set to null, or to a default the type does not write back, is not unknown.
+fn unknown_keys(
+    raw: &serde_yaml::Value,
+    parsed: &serde_yaml::Value,
+    path: &str,
+) -> Result<(), ConfigError> {
+    use serde_yaml::Value;
+    match (raw, parsed) {
+        (Value::Mapping(r), Value::Mapping(p)) => {
+            for (k, v) in r {
+                let key = k.as_str().unwrap_or("?");
+                match p.get(k) {
+                    Some(pv) => unknown_keys(v, pv, &format!("{path}.{key}"))?,
+                    None if is_default(v) => {}
+                    None => {
+                        return Err(invalid(
+                            format!("{path}.{key}"),
+                            format!("unknown field `{key}`"),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Value::Sequence(r), Value::Sequence(p)) => r
+            .iter()
+            .zip(p)
+            .enumerate()
+            .try_for_each(|(i, (rv, pv))| unknown_keys(rv, pv, &format!("{path}[{i}]"))),
+        _ => Ok(()),
+    }
+}
+
+/// Values a type may leave out when written back: null, false, empty.
+fn is_default(v: &serde_yaml::Value) -> bool {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Sequence(s) => s.is_empty(),
+        Value::Mapping(m) => m.values().all(is_default),
+        _ => false,
+    }
+}
+
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let scrape = &self.scrape;
+        for (field, value) in [
+            ("scrape.maxConcurrent", scrape.max_concurrent as u64),
+            ("scrape.maxProfileBytes", scrape.max_profile_bytes),
+            ("scrape.maxDecompressedBytes", scrape.max_decompressed_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
         let mut sink_names = BTreeSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let field = format!("sinks[{i}]");
@@ -72,8 +228,17 @@ impl Config {
                     ));
                 }
             }
-            if t.interval.std().is_zero() {
-                return Err(invalid(field("interval"), "must be positive"));
+            if t.interval.std() < MIN_INTERVAL {
+                return Err(invalid(
+                    field("interval"),
+                    format!("{} is shorter than the minimum, 1s", t.interval),
+                ));
+            }
+            if t.scrape_timeout.std().is_zero() {
+                return Err(invalid(field("scrapeTimeout"), "must be positive"));
+            }
+            if t.profiles.cpu.as_ref().and_then(|c| c.seconds) == Some(0) {
+                return Err(invalid(field("profiles.cpu.seconds"), "must be at least 1"));
             }
             if t.scrape_timeout >= t.interval {
                 return Err(invalid(
