@@ -115,7 +115,14 @@ impl Backend for FileSink {
         let written = tokio::task::spawn_blocking(move || {
             let mut total = match *stored {
                 Some(total) => total,
-                None => store::tree_size(&root),
+                None => {
+                    // The first write of this process: what a crash left half-written goes.
+                    let removed = store::remove_stale_temps(&root);
+                    if removed > 0 {
+                        tracing::info!(directory = %root.display(), removed, "removed temporary files a previous run left");
+                    }
+                    store::tree_size(&root)
+                }
             };
             let mut dirs = std::collections::BTreeSet::new();
             for (path, envelope) in &work {

@@ -22,6 +22,35 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether `name` is a temporary file [`write_atomic`] left behind (a crash between create and
+/// rename): `.<name>.tmp-<pid>` of another process than this one.
+fn is_stale_temp(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| pid.parse::<u32>().is_ok_and(|p| p != std::process::id()))
+}
+
+/// Deletes the temporary files an earlier process left below `root`; returns how many.
+pub fn remove_stale_temps(root: &Path) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(_) if is_stale_temp(&entry.file_name().to_string_lossy()) => {
+                    if std::fs::remove_file(entry.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    removed
+}
+
 /// Bytes of all files below `root`.
 pub fn tree_size(root: &Path) -> u64 {
     let mut total = 0;
@@ -55,7 +84,10 @@ pub fn enforce_retention(root: &Path, limit: u64) -> std::io::Result<u64> {
             } else {
                 total += meta.len();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(ms) = name
+                if is_stale_temp(&name) {
+                    // Left by a crash: the oldest data of all, and never renamed into place.
+                    files.push((0, entry.path(), meta.len()));
+                } else if let Some(ms) = name
                     .strip_suffix(".pb.gz")
                     .and_then(|n| n.parse::<u128>().ok())
                 {

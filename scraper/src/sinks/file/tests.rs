@@ -70,3 +70,29 @@ async fn file_sink_writes_readable_profiles_and_keeps_to_its_retention() {
     evil.labels.insert("service_name".into(), "../..".into());
     assert!(sink.path_for(&evil).starts_with(dir.path()));
 }
+
+#[tokio::test]
+async fn temporary_files_left_by_a_crash_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir
+        .path()
+        .join("shop/checkout/process_cpu/.999.pb.gz.tmp-4194305");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, vec![0u8; 10_000]).unwrap();
+    let sink = FileSink::new(FileConfig {
+        directory: dir.path().into(),
+        retention_bytes: 1 << 20,
+    });
+    sink.send(&[envelope("process_cpu", "cpu.pb.gz", 1_000)])
+        .await
+        .unwrap();
+    assert!(
+        !stale.exists(),
+        "a crash's temporary file survived start-up"
+    );
+
+    // One appearing later (another process crashed meanwhile) goes with retention.
+    std::fs::write(&stale, vec![0u8; 10_000]).unwrap();
+    assert!(super::store::enforce_retention(dir.path(), 5_000).unwrap() <= 5_000);
+    assert!(!stale.exists(), "retention kept a crash's temporary file");
+}
