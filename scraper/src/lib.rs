@@ -32,7 +32,10 @@ pub use credentials::{CredentialError, SecretSource, SecretsDir};
 pub use envelope::Envelope;
 /// The endpoints shared by every kubeprof binary.
 pub use kubeprof_telemetry as telemetry;
-pub use metrics::{Metrics, OutcomeLabels, ScrapeLabels, SinkLabels, SinkReasonLabels, TypeLabels};
+pub use metrics::{
+    Metrics, OutcomeLabels, ScrapeLabels, SinkLabels, SinkReasonLabels, TypeLabels,
+    TypeReasonLabels,
+};
 pub use outputs::{Outputs, OutputsHandle};
 pub use pull::{FetchError, Fetcher, JobHealth, Pipeline, Scheduler, phase};
 pub use sinks::{RetryConfig, SinkBuildError};

@@ -16,6 +16,15 @@ pub struct ScrapeLabels {
     pub outcome: String,
 }
 
+/// `type` and the fine `reason` of a rejected profile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeReasonLabels {
+    /// Profile type: a built-in name, or `custom`.
+    pub r#type: String,
+    /// A `ScrapeFailure` of the health report: truncated_gzip, not_pprof, dangling_string, ...
+    pub reason: String,
+}
+
 /// `type` alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -53,6 +62,11 @@ pub struct Metrics {
     pub scrapes: Family<ScrapeLabels, Counter>,
     /// Scrape duration by type.
     pub scrape_duration: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    /// Profiles fetched but refused (decode or validation), by type and fine reason.
+    pub scrape_rejections: Family<TypeReasonLabels, Counter>,
+    /// Sampled profiles (CPU) that cover far less time than asked: the endpoint answered at
+    /// once instead of sampling for `seconds`.
+    pub short_profiles: Family<TypeLabels, Counter>,
     /// Bytes fetched from targets.
     pub scrape_bytes: Counter,
     /// Ticks that found the previous scrape of the job still running or no free slot in time.
@@ -95,6 +109,8 @@ impl Metrics {
         let m = Self {
             scrapes: Family::default(),
             scrape_duration: Family::new_with_constructor(duration_histogram),
+            scrape_rejections: Family::default(),
+            short_profiles: Family::default(),
             scrape_bytes: Counter::default(),
             missed_scrapes: Counter::default(),
             jobs: Gauge::default(),
@@ -120,6 +136,16 @@ impl Metrics {
             "scrape_duration_seconds",
             "Duration of scrapes",
             m.scrape_duration.clone(),
+        );
+        r.register(
+            "scrape_rejections",
+            "Profiles fetched but refused, by profile type and reason",
+            m.scrape_rejections.clone(),
+        );
+        r.register(
+            "short_profiles",
+            "Sampled profiles covering less than half the seconds asked for",
+            m.short_profiles.clone(),
         );
         r.register(
             "scrape_bytes",

@@ -23,7 +23,7 @@ pub use scheduler::{Scheduler, phase};
 use self::{health::HealthBook, scheduler::RunningJob};
 use crate::{
     envelope::Envelope,
-    metrics::{Metrics, ScrapeLabels, TypeLabels},
+    metrics::{Metrics, ScrapeLabels, TypeLabels, TypeReasonLabels},
     outputs::OutputsHandle,
 };
 
@@ -118,6 +118,13 @@ impl Pipeline {
             Ok(ready) => ready,
             Err(rejected) => {
                 count(rejected.outcome);
+                self.metrics
+                    .scrape_rejections
+                    .get_or_create(&TypeReasonLabels {
+                        r#type: type_label.clone(),
+                        reason: rejected.reason.as_str().to_owned(),
+                    })
+                    .inc();
                 self.health.record(
                     job,
                     (start, t0.elapsed()),
@@ -133,6 +140,23 @@ impl Pipeline {
             return;
         };
         count("success");
+        if let Some(seconds) = job.profile.seconds
+            && ready.decoded.duration_nanos < i64::from(seconds) * 500_000_000
+        {
+            // Sent anyway (it is a valid profile), but the target did not sample as asked.
+            self.metrics
+                .short_profiles
+                .get_or_create(&TypeLabels {
+                    r#type: type_label.clone(),
+                })
+                .inc();
+            tracing::warn!(
+                job = %job.origin.name,
+                asked_seconds = seconds,
+                covered_ms = ready.decoded.duration_nanos / 1_000_000,
+                "the target answered with a profile much shorter than asked"
+            );
+        }
         let Some(labels) = running.labels.clone() else {
             return;
         };

@@ -238,6 +238,15 @@ async fn faults_are_counted_per_reason_and_reported_in_health() {
     )
     .await;
     assert!(scrapes(&m, "goroutine", "decode_error") >= 1);
+    // The fine reason reaches /metrics, not only the logs.
+    let rejected = m
+        .scrape_rejections
+        .get_or_create(&kubeprof_scraper::TypeReasonLabels {
+            r#type: "goroutine".into(),
+            reason: "not_pprof".into(),
+        })
+        .get();
+    assert!(rejected >= 1);
 
     let (m, _, _) = one_scrape(
         Behaviour::SlowHuge,
@@ -269,6 +278,25 @@ async fn faults_are_counted_per_reason_and_reported_in_health() {
     .await;
     assert!(scrapes(&m, "goroutine", "success") >= 1);
     assert!(p.health()[&job.id].last_success.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_answered_at_once_is_counted() {
+    let (m, _, _) = one_scrape(
+        Behaviour::Instant,
+        "process_cpu",
+        "    profiles:\n      cpu: {seconds: 1}",
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert!(scrapes(&m, "process_cpu", "success") >= 1);
+    let short = m
+        .short_profiles
+        .get_or_create(&kubeprof_scraper::TypeLabels {
+            r#type: "process_cpu".into(),
+        })
+        .get();
+    assert!(short >= 1, "a CPU profile covering 0 of 1 s went uncounted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,8 @@ pub enum Behaviour {
     SlowHuge,
     /// 500 Internal Server Error.
     Error,
+    /// Answers a CPU profile at once, covering no time, whatever `seconds` asked.
+    Instant,
 }
 
 #[derive(Debug)]
@@ -177,7 +179,12 @@ async fn handler(
             });
             return Response::new(Body::from_stream(stream));
         }
-        Behaviour::Normal => {}
+        Behaviour::Instant if name == "profile" => {
+            let mut p = kubeprof_pprof::decode(&fixture("cpu.pb.gz"), &Default::default()).unwrap();
+            p.duration_nanos = 0;
+            return kubeprof_pprof::encode_gzip(&p).into_response();
+        }
+        Behaviour::Normal | Behaviour::Instant => {}
     }
     let body = match name.as_str() {
         "profile" => {
