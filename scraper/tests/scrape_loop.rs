@@ -269,6 +269,18 @@ async fn faults_are_counted_per_reason_and_reported_in_health() {
     .await;
     assert!(scrapes(&m, "goroutine", "http_error") >= 1);
 
+    // An endless error page: only its start is read, so this is an HTTP error, not a timeout
+    // (nor unbounded memory).
+    let (m, _, _) = one_scrape(
+        Behaviour::ErrorHuge,
+        "goroutine",
+        profiles,
+        Duration::from_millis(1200),
+    )
+    .await;
+    assert!(scrapes(&m, "goroutine", "http_error") >= 1);
+    assert_eq!(scrapes(&m, "goroutine", "timeout"), 0);
+
     let (m, p, job) = one_scrape(
         Behaviour::Normal,
         "goroutine",

@@ -41,6 +41,8 @@ pub enum Behaviour {
     SlowHuge,
     /// 500 Internal Server Error.
     Error,
+    /// 500 Internal Server Error with an endless body.
+    ErrorHuge,
     /// Answers a CPU profile at once, covering no time, whatever `seconds` asked.
     Instant,
 }
@@ -166,6 +168,14 @@ async fn handler(
             return (StatusCode::OK, "<html>not a profile</html>").into_response();
         }
         Behaviour::Error => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Behaviour::ErrorHuge => {
+            let stream = futures::stream::repeat_with(|| {
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 << 10]))
+            });
+            let mut response = Response::new(Body::from_stream(stream));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return response;
+        }
         Behaviour::SlowHuge => {
             let stream = futures::stream::unfold(0usize, |sent| async move {
                 if sent >= 10 << 20 {
