@@ -9,12 +9,17 @@ use super::Profile;
 pub struct DecodeLimits {
     /// Largest decompressed profile accepted (default 64 MiB); a gzip bomb stops here.
     pub max_decompressed_bytes: usize,
+    /// Most top-level entries (samples, locations, functions, mappings, strings) decoded
+    /// (default 1,000,000). Each costs ~100 bytes decoded from as little as 2 bytes of input,
+    /// so the byte limit alone let 64 MiB of empty samples take ~3 GB.
+    pub max_entries: usize,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_decompressed_bytes: 64 << 20,
+            max_entries: 1_000_000,
         }
     }
 }
@@ -37,6 +42,12 @@ pub enum DecodeError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// More entries than the limit: the decoded profile would be too large.
+    #[error("profile has more than {limit} samples, locations, functions and strings")]
+    TooManyEntries {
+        /// The limit.
+        limit: usize,
+    },
     /// Not a pprof protobuf message.
     #[error("not a pprof profile: {0}")]
     NotPprof(#[from] super::wire::WireError),
@@ -49,7 +60,7 @@ impl DecodeError {
             Self::Empty => "empty",
             Self::TruncatedGzip => "truncated_gzip",
             Self::CorruptGzip(_) => "corrupt_gzip",
-            Self::TooLarge { .. } => "too_large",
+            Self::TooLarge { .. } | Self::TooManyEntries { .. } => "too_large",
             Self::NotPprof(_) => "not_pprof",
         }
     }
@@ -91,5 +102,16 @@ pub fn decompress<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<Cow<'a, [
 /// decoding checks the wire format only.
 pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError> {
     let raw = decompress(body, limits)?;
-    Ok(super::wire::decode_profile(raw.as_ref())?)
+    decode_raw(raw.as_ref(), limits)
+}
+
+/// Decodes decompressed protobuf bytes, refusing more than `limits.max_entries` entries
+/// before allocating any of them.
+pub fn decode_raw(raw: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError> {
+    if super::wire::count_entries(raw)? > limits.max_entries {
+        return Err(DecodeError::TooManyEntries {
+            limit: limits.max_entries,
+        });
+    }
+    Ok(super::wire::decode_profile(raw)?)
 }

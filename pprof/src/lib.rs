@@ -12,7 +12,7 @@ mod proto;
 mod validate;
 mod wire;
 
-pub use decode::{DecodeError, DecodeLimits, decode, decompress, is_gzip};
+pub use decode::{DecodeError, DecodeLimits, decode, decode_raw, decompress, is_gzip};
 pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use validate::{ValidateError, validate};

@@ -147,6 +147,18 @@ fn sample(buf: &[u8]) -> Result<Sample, DecodeError> {
     Ok(s)
 }
 
+/// Top-level entries (samples, locations, functions, mappings, strings, ...) of `raw`, counted
+/// without decoding them.
+pub fn count_entries(raw: &[u8]) -> Result<usize, DecodeError> {
+    let mut pos = 0;
+    let mut n = 0usize;
+    while pos < raw.len() {
+        next_field(raw, &mut pos)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Decodes a raw (uncompressed) profile; the same result as `Profile::decode`.
 pub fn decode_profile(raw: &[u8]) -> Result<Profile, DecodeError> {
     let mut rest = Vec::with_capacity(raw.len() / 2);

@@ -264,6 +264,7 @@ fn a_gzip_bomb_stops_at_the_limit() {
         &bomb,
         &DecodeLimits {
             max_decompressed_bytes: 64 << 20,
+            ..Default::default()
         },
     )
     .unwrap_err();

@@ -180,6 +180,7 @@ fn a_limit_of_usize_max_does_not_overflow() {
     let body = pprof::gzip(b"\x48\x01");
     let limits = DecodeLimits {
         max_decompressed_bytes: usize::MAX,
+        ..Default::default()
     };
     assert_eq!(
         pprof::decompress(&body, &limits).unwrap().as_ref(),
@@ -241,4 +242,15 @@ fn no_sequence_of_non_negative_values_sends_a_negative_value_or_panics() {
             }
         }
     }
+}
+
+#[test]
+fn empty_samples_are_bounded_by_count_not_only_bytes() {
+    // 16 MiB of empty samples (2 bytes each) gzip to a few KiB: within the byte limit, but
+    // 8M samples decode to about 600 MB.
+    let raw: Vec<u8> = [0x12u8, 0x00].repeat(8 << 20);
+    let body = pprof::gzip(&raw);
+    assert!(body.len() < 1 << 20);
+    let err = pprof::decode(&body, &DecodeLimits::default()).unwrap_err();
+    assert_eq!(err.reason(), "too_large", "{err}");
 }

@@ -288,6 +288,7 @@ fn pull_loop(
     let limits = DecodeLimits {
         max_decompressed_bytes: usize::try_from(config.scrape.max_decompressed_bytes)
             .unwrap_or(usize::MAX),
+        ..DecodeLimits::default()
     };
     Arc::new(Pipeline::new(
         Fetcher::new(secrets),

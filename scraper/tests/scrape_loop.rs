@@ -45,6 +45,7 @@ fn harness(config: &Config) -> Harness {
         metrics.clone(),
         DecodeLimits {
             max_decompressed_bytes: 1 << 20,
+            ..Default::default()
         },
         64,
     ));

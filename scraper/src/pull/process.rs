@@ -45,7 +45,7 @@ pub(super) fn process(
     // The decompressed bytes are kept: a delta re-uses all but their samples.
     let (raw, profile) = pprof::decompress(&body, limits)
         .and_then(|raw| {
-            let profile = pprof::decode_profile(&raw).map_err(DecodeError::from)?;
+            let profile = pprof::decode_raw(&raw, limits)?;
             Ok((raw, profile))
         })
         .map_err(|e| Rejected {
@@ -96,7 +96,9 @@ fn decode_failure(e: &DecodeError) -> ScrapeFailure {
         DecodeError::Empty => ScrapeFailure::Empty,
         DecodeError::TruncatedGzip => ScrapeFailure::TruncatedGzip,
         DecodeError::CorruptGzip(_) => ScrapeFailure::CorruptGzip,
-        DecodeError::TooLarge { .. } => ScrapeFailure::TooLarge,
+        DecodeError::TooLarge { .. } | DecodeError::TooManyEntries { .. } => {
+            ScrapeFailure::TooLarge
+        }
         DecodeError::NotPprof(_) => ScrapeFailure::NotPprof,
     }
 }
