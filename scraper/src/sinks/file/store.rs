@@ -39,10 +39,11 @@ pub fn remove_stale_temps(root: &Path) -> usize {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             match entry.metadata() {
                 Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(_) if is_stale_temp(&entry.file_name().to_string_lossy()) => {
-                    if std::fs::remove_file(entry.path()).is_ok() {
-                        removed += 1;
-                    }
+                Ok(_)
+                    if is_stale_temp(&entry.file_name().to_string_lossy())
+                        && std::fs::remove_file(entry.path()).is_ok() =>
+                {
+                    removed += 1;
                 }
                 _ => {}
             }
