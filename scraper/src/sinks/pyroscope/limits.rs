@@ -66,6 +66,7 @@ impl IngestLimits {
     pub fn refuse_profile(&self, e: &Envelope) -> Option<&'static str> {
         let limits = DecodeLimits {
             max_decompressed_bytes: self.max_profile_bytes,
+            ..DecodeLimits::default()
         };
         let raw = match decompress(&e.profile, &limits) {
             Ok(raw) => raw,
