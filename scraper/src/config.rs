@@ -199,10 +199,14 @@ impl Config {
             });
         }
         validate::check_depth(text)?;
-        let config: Config = serde_yaml::from_str(text)?;
+        let raw: serde_yaml::Value = serde_yaml::from_str(text)?;
+        let config: Config = match serde_yaml::from_str(text) {
+            Ok(config) => config,
+            // serde's path stops at `targets[0]`; name the duration field when one is at fault.
+            Err(e) => return Err(validate::bad_duration(&raw).unwrap_or(e.into())),
+        };
         // Sinks and profiles are the CRDs' types, which let unknown fields through (the API
         // server prunes them); a file has no such server, so a misspelt key is refused here.
-        let raw: serde_yaml::Value = serde_yaml::from_str(text)?;
         validate::check_raw(&raw, &config)?;
         config.validate()?;
         Ok(config)

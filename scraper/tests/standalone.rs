@@ -24,7 +24,7 @@ fn invalid_configs_exit_2_naming_the_field() {
     for (body, field) in [
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 10s\n    scrapeTimeout: 10s\n{sinks}"), "targets[0].scrapeTimeout"),
         (format!("targets:\n  - name: a\n    addresses: [\"nohost\"]\n{sinks}"), "targets[0].addresses[0]"),
-        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 15sec\n{sinks}"), "15sec"),
+        (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    interval: 15sec\n{sinks}"), "targets[0].interval: invalid duration \"15sec\""),
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    intervall: 15s\n{sinks}"), "unknown field `intervall`"),
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    sinks: [nope]\n{sinks}"), "targets[0].sinks[0]"),
         (format!("targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n    relabelings:\n      - action: hashmod\n        targetLabel: x\n{sinks}"), "targets[0].relabelings"),

@@ -68,6 +68,21 @@ pub(super) fn check_depth(text: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The first duration field of a target that does not parse, named with its path.
+pub(super) fn bad_duration(raw: &serde_yaml::Value) -> Option<ConfigError> {
+    let targets = raw.get("targets")?.as_sequence()?;
+    for (i, t) in targets.iter().enumerate() {
+        for key in ["interval", "scrapeTimeout"] {
+            if let Some(text) = t.get(key).and_then(serde_yaml::Value::as_str)
+                && let Err(e) = text.parse::<kubeprof_crds::Duration>()
+            {
+                return Some(invalid(format!("targets[{i}].{key}"), e.to_string()));
+            }
+        }
+    }
+    None
+}
+
 /// Refuses YAML tags and keys of sinks and profiles that the parsed types do not have.
 pub(super) fn check_raw(raw: &serde_yaml::Value, config: &Config) -> Result<(), ConfigError> {
     no_tags(raw, "")?;
