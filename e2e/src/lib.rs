@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod procs;
+pub mod real_node;
 
 use std::{
     net::TcpListener,
