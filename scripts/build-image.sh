@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Builds the container images without pulling any base image, and exports each as an OCI archive
+# for `ctr images import` (scripts/real-node.sh imports them when the node runs):
+#
+#   kubeprof   ghcr.io/kubeprof/kubeprof:dev   the Containerfile at the repository's root: both
+#              binaries (cargo build --release) on glibc, libgcc and the CA bundle unpacked from
+#              Debian packages; non-root, no shell
+#   pprofdemo  docker.io/kubeprof/pprofdemo:dev   e2e/go/Containerfile: the Go pprof service of the
+#              e2e tests, static (CGO_ENABLED=0)
+#
+#   scripts/build-image.sh [kubeprof|pprofdemo]...     # default: both
+#
+# Archives: $KUBEPROF_CACHE/images/<name>.oci.tar (default ~/.cache/kubeprof/images). Builds with
+# Debian's buildah (`--storage-driver vfs`, as root); with KUBEPROF_IMAGE_BUILDER=docker it runs
+# `docker build` on the same context instead (the context is prepared with apt-get download, so
+# on Debian or Ubuntu). Image tag: $KUBEPROF_IMAGE_TAG (default dev).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+cache="${KUBEPROF_CACHE:-$HOME/.cache/kubeprof}"
+out_dir="$cache/images"
+tag="${KUBEPROF_IMAGE_TAG:-dev}"
+builder="${KUBEPROF_IMAGE_BUILDER:-buildah}"
+# Cargo.toml's `dist` profile: release, with link-time optimisation (smaller binaries).
+profile="${KUBEPROF_IMAGE_PROFILE:-dist}"
+log() { printf '[build-image] %s\n' "$*" >&2; }
+
+bah() { buildah --storage-driver vfs "$@"; }
+
+# Builds CONTEXT with FILE as IMAGE and writes the OCI archive OUT.
+build() {
+  local file=$1 context=$2 image=$3 out=$4
+  mkdir -p "$(dirname "$out")"
+  rm -f "$out.tmp"
+  case "$builder" in
+    buildah)
+      # --layers=false: one layer per COPY, no intermediate images kept in vfs storage.
+      bah bud --quiet --layers=false -f "$file" -t "$image" "$context" >/dev/null
+      bah push --quiet "$image" "oci-archive:$out.tmp:$image"
+      # vfs keeps a full copy per image: drop the one this build replaced.
+      bah rmi --prune >/dev/null 2>&1 || true
+      ;;
+    docker)
+      docker build -q -f "$file" -t "$image" "$context" >/dev/null
+      # docker's own export is a docker archive, which `ctr images import` also reads.
+      docker save -o "$out.tmp" "$image"
+      ;;
+    *) log "KUBEPROF_IMAGE_BUILDER: buildah or docker, not $builder"; exit 2 ;;
+  esac
+  mv "$out.tmp" "$out"
+  log "$image -> $out ($(du -h "$out" | cut -f1))"
+  # Import at once when the real node runs, so a rebuilt image is what the next pod gets.
+  if scripts/real-node.sh status >/dev/null 2>&1; then
+    scripts/real-node.sh import "$out"
+  fi
+}
+
+kubeprof() {
+  local t0=$SECONDS
+  local context="$repo/target/image/kubeprof"
+  local rootfs="$context/rootfs"
+  log "cargo build --profile $profile (kubeprof-operator, kubeprof-scraper)"
+  cargo build --profile "$profile" --locked -p kubeprof-operator -p kubeprof-scraper \
+    --bin kubeprof-operator --bin kubeprof-scraper >&2
+  local dir=$profile
+  [ "$profile" != dev ] || dir=debug
+  local bins=("target/$dir/kubeprof-operator" "target/$dir/kubeprof-scraper")
+  log "cargo build: $((SECONDS - t0)) s"
+
+  rm -rf "$context"
+  mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp" "$context/debs" "$context/unpacked"
+  install -m 0755 "${bins[@]}" "$rootfs/usr/local/bin/"
+
+  # The runtime files come from the Debian packages of the glibc the binaries were linked
+  # against (the same version as the build machine's), unpacked, not installed.
+  local pkgs=() p v
+  for p in libc6 libgcc-s1 ca-certificates; do
+    v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null) || v=""
+    pkgs+=("$p${v:+=$v}")
+  done
+  (cd "$context/debs" && apt-get -qq -o APT::Sandbox::User=root download "${pkgs[@]}" >&2)
+  for deb in "$context"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$context/unpacked"
+  done
+  # A package whose doc folder links to another package's (libgcc-s1 -> gcc-12-base) has its
+  # copyright there.
+  local doc more=()
+  for p in libc6 libgcc-s1 ca-certificates; do
+    doc=$(readlink "$context/unpacked/usr/share/doc/$p" || true)
+    [ -z "$doc" ] || more+=("$doc")
+  done
+  if [ ${#more[@]} -gt 0 ]; then
+    (cd "$context/debs" && apt-get -qq -o APT::Sandbox::User=root download "${more[@]}" >&2)
+    for p in "${more[@]}"; do
+      dpkg-deb -x "$context/debs/${p}"_*.deb "$context/unpacked"
+    done
+  fi
+
+  # Only the shared objects the binaries load (ldd), with the symlinks that lead to them.
+  local lib rel
+  for lib in $(ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+    rel=${lib#/}
+    # usr-merged build hosts name /usr/lib/...; the packages ship /lib/...
+    [ -e "$context/unpacked/$rel" ] || rel=${rel#usr/}
+    [ -e "$context/unpacked/$rel" ] || { log "$lib: in none of ${pkgs[*]}"; exit 1; }
+    (cd "$context/unpacked" && cp -a --parents "$rel" "$rootfs/")
+    while [ -L "$context/unpacked/$rel" ]; do
+      rel=$(readlink "$context/unpacked/$rel")
+      rel=${rel#/}
+      (cd "$context/unpacked" && cp -a --parents "$rel" "$rootfs/")
+    done
+  done
+  # The bundle update-ca-certificates would write: every Mozilla certificate, concatenated.
+  cat "$context"/unpacked/usr/share/ca-certificates/mozilla/*.crt >"$rootfs/etc/ssl/certs/ca-certificates.crt"
+  for p in libc6 libgcc-s1 ca-certificates; do
+    doc=$(readlink -f "$context/unpacked/usr/share/doc/$p" | sed "s|^$context/unpacked||")
+    install -D -m 0644 "$context/unpacked/$doc/copyright" "$rootfs/usr/share/doc/$p/copyright"
+  done
+  printf 'root:x:0:0:root:/root:/nonexistent\nnonroot:x:65532:65532:nonroot:/home/nonroot:/nonexistent\n' >"$rootfs/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$rootfs/etc/group"
+  chmod 1777 "$rootfs/tmp"
+  rm -rf "$context/debs" "$context/unpacked"
+  log "rootfs: $(du -sh "$rootfs" | cut -f1) (binaries: $(du -ch "${bins[@]}" | tail -n1 | cut -f1))"
+
+  build Containerfile "$context" "ghcr.io/kubeprof/kubeprof:$tag" "$out_dir/kubeprof.oci.tar"
+  log "kubeprof image: $((SECONDS - t0)) s"
+}
+
+pprofdemo() {
+  local context="$repo/target/image/pprofdemo"
+  rm -rf "$context"
+  mkdir -p "$context"
+  # Static and reproducible: no cgo, no build paths in the binary; module mode off (one file,
+  # standard library only).
+  (cd e2e/go && CGO_ENABLED=0 GO111MODULE=off GOCACHE="$repo/target/go-cache" \
+    go build -trimpath -o "$context/pprofdemo" pprofdemo.go)
+  cp e2e/go/Containerfile "$context/Containerfile"
+  build "$context/Containerfile" "$context" "docker.io/kubeprof/pprofdemo:$tag" "$out_dir/pprofdemo.oci.tar"
+}
+
+[ "$builder" != buildah ] || [ "$(id -u)" = 0 ] || { log "buildah with vfs storage needs root here"; exit 1; }
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(kubeprof pprofdemo)
+for t in "${targets[@]}"; do
+  case "$t" in
+    kubeprof | pprofdemo) "$t" ;;
+    *) log "unknown image $t (kubeprof, pprofdemo)"; exit 2 ;;
+  esac
+done
