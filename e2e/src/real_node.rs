@@ -99,6 +99,40 @@ impl RealNode {
         run_kubectl(&self.kubeconfig, args, Some(stdin))
     }
 
+    /// `kubectl auth can-i VERB RESOURCE [-n NAMESPACE] --as=USER`: whether the server's
+    /// authorizer allows it. `RESOURCE` may name a subresource: `profilingtargets/status`.
+    pub fn can_i(
+        &self,
+        user: &str,
+        verb: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        // kubectl reads `resource/x` as the object named x.
+        match resource.split_once('/') {
+            Some((resource, sub)) => {
+                cmd.args(["auth", "can-i", verb, resource, "--subresource", sub])
+            }
+            None => cmd.args(["auth", "can-i", verb, resource]),
+        };
+        cmd.args(["--as", user]);
+        match namespace {
+            Some(ns) => cmd.args(["-n", ns]),
+            None => cmd.arg("--all-namespaces"),
+        };
+        let out = cmd.output().context("running kubectl")?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => bail!(
+                "kubectl auth can-i {verb} {resource}: {other:?} {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
     /// The images the node's container runtime holds (`status.images` of the Node).
     pub fn images(&self) -> anyhow::Result<Vec<String>> {
         let out = self.kubectl(&[

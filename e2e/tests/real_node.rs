@@ -5,7 +5,8 @@
 //! One scenario, in order (each step depends on the cluster the previous one left):
 //! 1. the CRDs with `kubectl create --validate=false` (a 1.20 server refuses Helm 4's server-side
 //!    apply of them), then `helm install --skip-crds`; the time from the install to the first
-//!    stored profile is printed;
+//!    stored profile is printed; `kubectl auth can-i` for both ServiceAccounts matches what the
+//!    binaries do;
 //! 2. a ProfilingTarget's Deployment and an annotated Deployment: their CPU profiles (with the
 //!    Go service's frames) and memory profiles land in the file sink on the node's hostPath;
 //!    `kubectl get pt` shows MATCHED 1, FAILING 0, READY True;
@@ -308,6 +309,97 @@ fn diagnostics(s: &Scenario<'_>) {
     }
 }
 
+/// `kubectl auth can-i` for each ServiceAccount of the release against what its binary does:
+/// the operator watches pods, namespaces and the CRs cluster-wide, writes CR status, events, its
+/// job ConfigMaps and its Lease; the scraper reads its node's jobs, writes its health report and
+/// reads the Secrets that targets reference (`scraper.readSecrets`, default on). Neither may
+/// touch anything else listed here. Returns the differences.
+fn rbac_differences(s: &Scenario<'_>) -> anyhow::Result<Vec<String>> {
+    let ns = s.ns();
+    let app = s.app_ns.as_str();
+    let sa = |name: &str| format!("system:serviceaccount:{ns}:{}-{name}", s.helm.name);
+    let (operator, scraper) = (sa("operator"), sa("scraper"));
+    // (who, verb, resource, namespace (None: all), allowed)
+    let table: &[(&str, &str, &str, Option<&str>, bool)] = &[
+        (&operator, "watch", "pods", None, true),
+        (&operator, "watch", "namespaces", None, true),
+        (
+            &operator,
+            "watch",
+            "profilingtargets.kubeprof.io",
+            None,
+            true,
+        ),
+        (
+            &operator,
+            "watch",
+            "profilingpolicies.kubeprof.io",
+            None,
+            true,
+        ),
+        (
+            &operator,
+            "patch",
+            "profilingtargets.kubeprof.io/status",
+            Some(app),
+            true,
+        ),
+        (&operator, "create", "events", Some(app), true),
+        (&operator, "create", "configmaps", Some(ns), true),
+        (&operator, "delete", "configmaps", Some(ns), true),
+        (
+            &operator,
+            "update",
+            "leases.coordination.k8s.io",
+            Some(ns),
+            true,
+        ),
+        (&operator, "get", "secrets", Some(app), false),
+        (&operator, "create", "configmaps", Some(app), false),
+        (&operator, "delete", "pods", Some(app), false),
+        (
+            &operator,
+            "update",
+            "profilingtargets.kubeprof.io",
+            Some(app),
+            false,
+        ),
+        (&scraper, "watch", "configmaps", Some(ns), true),
+        (&scraper, "patch", "configmaps", Some(ns), true),
+        (&scraper, "get", "secrets", Some(app), true),
+        (&scraper, "list", "secrets", Some(app), false),
+        (&scraper, "list", "pods", None, false),
+        (&scraper, "create", "configmaps", Some(app), false),
+        (
+            &scraper,
+            "update",
+            "leases.coordination.k8s.io",
+            Some(ns),
+            false,
+        ),
+        (
+            &scraper,
+            "patch",
+            "profilingtargets.kubeprof.io/status",
+            Some(app),
+            false,
+        ),
+    ];
+    let mut differences = Vec::new();
+    for &(who, verb, resource, namespace, allowed) in table {
+        let can = s.node.can_i(who, verb, resource, namespace)?;
+        if can != allowed {
+            differences.push(format!(
+                "{who} {verb} {resource} in {}: {} but should {}",
+                namespace.unwrap_or("all namespaces"),
+                if can { "allowed" } else { "denied" },
+                if allowed { "be allowed" } else { "not be" },
+            ));
+        }
+    }
+    Ok(differences)
+}
+
 async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     let node = s.node;
     let crds = chart_crds();
@@ -374,6 +466,17 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
             },
         }),
     )?;
+
+    // What the ServiceAccounts may do, against what each binary does (and must not do).
+    let rbac = rbac_differences(s)?;
+    ensure!(
+        rbac.is_empty(),
+        "RBAC differs from what the binaries need:\n{}",
+        rbac.join("\n")
+    );
+    say(
+        "e2e real node: 1. RBAC: kubectl auth can-i agrees with what the operator and the scraper do",
+    );
 
     // 2. Profiles of real pods, on the node's disk.
     let checkout = s.pods(&s.app_ns, "app.kubernetes.io/name=checkout")?;
@@ -543,6 +646,35 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         "e2e real node: 5. leader {leader} deleted, {new_leader} leads; scaled to 1, status follows\n{table}"
     ));
 
+    // kubeprof profiles itself (the chart annotates the operator pods); not asserted here, as it
+    // depends on the chart giving the profiler a writable /tmp.
+    let own = stored_profiles(&s.profiles)
+        .iter()
+        .filter(|p| p.label("namespace") == s.ns())
+        .count();
+    let health = node
+        .kubectl(&[
+            "get",
+            "configmap",
+            "-n",
+            s.ns(),
+            &kubeprof_crds::health::health_object_name(Some(NODE_NAME)),
+            "-o",
+            "jsonpath={.data.health\\.json}",
+        ])
+        .unwrap_or_default();
+    let failing: std::collections::BTreeSet<String> =
+        serde_json::from_str::<serde_json::Value>(&health)
+            .ok()
+            .and_then(|h| h["failing"].as_object().cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, f)| f["message"].as_str().map(str::to_owned))
+            .collect();
+    say(&format!(
+        "e2e real node: kubeprof's own profiles stored: {own}; failing scrapes: {failing:?}"
+    ));
+
     // 6. helm upgrade with changed values.
     let mut values = s.values.clone();
     values["logFormat"] = json!("text");
@@ -582,35 +714,6 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     say(&format!(
         "e2e real node: 6. helm upgrade (revision 2): {} carries cluster=real-node",
         labelled.path.display()
-    ));
-
-    // kubeprof profiles itself (the chart annotates the operator pods); not asserted here, as it
-    // depends on the chart giving the profiler a writable /tmp.
-    let own = stored_profiles(&s.profiles)
-        .iter()
-        .filter(|p| p.label("namespace") == s.ns())
-        .count();
-    let health = node
-        .kubectl(&[
-            "get",
-            "configmap",
-            "-n",
-            s.ns(),
-            &kubeprof_crds::health::health_object_name(Some(NODE_NAME)),
-            "-o",
-            "jsonpath={.data.health\\.json}",
-        ])
-        .unwrap_or_default();
-    let failing: std::collections::BTreeSet<String> =
-        serde_json::from_str::<serde_json::Value>(&health)
-            .ok()
-            .and_then(|h| h["failing"].as_object().cloned())
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, f)| f["message"].as_str().map(str::to_owned))
-            .collect();
-    say(&format!(
-        "e2e real node: kubeprof's own profiles stored: {own}; failing scrapes: {failing:?}"
     ));
 
     // 7. helm uninstall.
