@@ -2,10 +2,11 @@
 # Builds the container images without pulling any base image, and exports each as an OCI archive
 # for `ctr images import` (scripts/real-node.sh imports them when the node runs):
 #
-#   kubeprof   ghcr.io/kubeprof/kubeprof:dev   the Containerfile at the repository's root: both
-#              binaries (cargo build --release) on glibc, libgcc and the CA bundle unpacked from
-#              Debian packages; non-root, no shell
-#   pprofdemo  docker.io/kubeprof/pprofdemo:dev   e2e/go/Containerfile: the Go pprof service of the
+#   kubeprof   kubeprof:<appVersion>, the chart's default image: the Containerfile at the
+#              repository's root, both binaries (cargo build --profile dist) on glibc, libgcc,
+#              the CA bundle and `chown` (the chart's init container) unpacked from Debian
+#              packages; non-root, no shell
+#   pprofdemo  kubeprof-e2e/pprofdemo:latest   e2e/go/Containerfile: the Go pprof service of the
 #              e2e tests, static (CGO_ENABLED=0)
 #
 #   scripts/build-image.sh [kubeprof|pprofdemo]...     # default: both
@@ -13,14 +14,16 @@
 # Archives: $KUBEPROF_CACHE/images/<name>.oci.tar (default ~/.cache/kubeprof/images). Builds with
 # Debian's buildah (`--storage-driver vfs`, as root); with KUBEPROF_IMAGE_BUILDER=docker it runs
 # `docker build` on the same context instead (the context is prepared with apt-get download, so
-# on Debian or Ubuntu). Image tag: $KUBEPROF_IMAGE_TAG (default dev).
+# on Debian or Ubuntu). The kubeprof image's tag: $KUBEPROF_IMAGE_TAG (default: the chart's
+# appVersion).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 cache="${KUBEPROF_CACHE:-$HOME/.cache/kubeprof}"
 out_dir="$cache/images"
-tag="${KUBEPROF_IMAGE_TAG:-dev}"
+app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/kubeprof/Chart.yaml)
+tag="${KUBEPROF_IMAGE_TAG:-$app_version}"
 builder="${KUBEPROF_IMAGE_BUILDER:-buildah}"
 # Cargo.toml's `dist` profile: release, with link-time optimisation (smaller binaries).
 profile="${KUBEPROF_IMAGE_PROFILE:-dist}"
@@ -74,8 +77,8 @@ kubeprof() {
 
   # The runtime files come from the Debian packages of the glibc the binaries were linked
   # against (the same version as the build machine's), unpacked, not installed.
-  local pkgs=() p v
-  for p in libc6 libgcc-s1 ca-certificates; do
+  local pkgs=() p v debs=(libc6 libgcc-s1 ca-certificates coreutils)
+  for p in "${debs[@]}"; do
     v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null) || v=""
     pkgs+=("$p${v:+=$v}")
   done
@@ -86,7 +89,7 @@ kubeprof() {
   # A package whose doc folder links to another package's (libgcc-s1 -> gcc-12-base) has its
   # copyright there.
   local doc more=()
-  for p in libc6 libgcc-s1 ca-certificates; do
+  for p in "${debs[@]}"; do
     doc=$(readlink "$context/unpacked/usr/share/doc/$p" || true)
     [ -z "$doc" ] || more+=("$doc")
   done
@@ -97,9 +100,11 @@ kubeprof() {
     done
   fi
 
+  # The chart's init container gives the file sink's hostPath to the image's user with it.
+  install -D -m 0755 "$context/unpacked/bin/chown" "$rootfs/usr/bin/chown"
   # Only the shared objects the binaries load (ldd), with the symlinks that lead to them.
   local lib rel
-  for lib in $(ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+  for lib in $(ldd "${bins[@]}" "$rootfs/usr/bin/chown" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
     rel=${lib#/}
     # usr-merged build hosts name /usr/lib/...; the packages ship /lib/...
     [ -e "$context/unpacked/$rel" ] || rel=${rel#usr/}
@@ -113,7 +118,7 @@ kubeprof() {
   done
   # The bundle update-ca-certificates would write: every Mozilla certificate, concatenated.
   cat "$context"/unpacked/usr/share/ca-certificates/mozilla/*.crt >"$rootfs/etc/ssl/certs/ca-certificates.crt"
-  for p in libc6 libgcc-s1 ca-certificates; do
+  for p in "${debs[@]}"; do
     doc=$(readlink -f "$context/unpacked/usr/share/doc/$p" | sed "s|^$context/unpacked||")
     install -D -m 0644 "$context/unpacked/$doc/copyright" "$rootfs/usr/share/doc/$p/copyright"
   done
@@ -123,7 +128,8 @@ kubeprof() {
   rm -rf "$context/debs" "$context/unpacked"
   log "rootfs: $(du -sh "$rootfs" | cut -f1) (binaries: $(du -ch "${bins[@]}" | tail -n1 | cut -f1))"
 
-  build Containerfile "$context" "ghcr.io/kubeprof/kubeprof:$tag" "$out_dir/kubeprof.oci.tar"
+  # Fully qualified, as containerd's CRI looks images up: `kubeprof:0.1.0` in a pod spec.
+  build Containerfile "$context" "docker.io/library/kubeprof:$tag" "$out_dir/kubeprof.oci.tar"
   log "kubeprof image: $((SECONDS - t0)) s"
 }
 
@@ -136,7 +142,7 @@ pprofdemo() {
   (cd e2e/go && CGO_ENABLED=0 GO111MODULE=off GOCACHE="$repo/target/go-cache" \
     go build -trimpath -o "$context/pprofdemo" pprofdemo.go)
   cp e2e/go/Containerfile "$context/Containerfile"
-  build "$context/Containerfile" "$context" "docker.io/kubeprof/pprofdemo:$tag" "$out_dir/pprofdemo.oci.tar"
+  build "$context/Containerfile" "$context" "docker.io/kubeprof-e2e/pprofdemo:latest" "$out_dir/pprofdemo.oci.tar"
 }
 
 [ "$builder" != buildah ] || [ "$(id -u)" = 0 ] || { log "buildah with vfs storage needs root here"; exit 1; }
