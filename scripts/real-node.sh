@@ -12,7 +12,7 @@
 #
 # Needs root on Debian bookworm (cgroup v1 or hybrid). The admin kubeconfig is
 # $KUBEPROF_NODE_DIR/kubeconfig (default ~/.cache/kubeprof/node/kubeconfig); the e2e test
-# e2e/tests/real_node.rs finds it there (or in $KUBEPROF_NODE_KUBECONFIG). The API server binds to
+# e2e/tests/real_node/ finds it there (or in $KUBEPROF_NODE_KUBECONFIG). The API server binds to
 # the bridge address only (pods reach it there and through the `kubernetes` Service), every other
 # port to 127.0.0.1 or the bridge: nothing listens on the machine's own interfaces.
 #

@@ -11,7 +11,7 @@ hint when helm-python-sdk is missing (pip install -r charts/tests/requirements.t
 `install` is `helm install --skip-crds --create-namespace --wait`: Helm 4 creates a chart's CRDs
 by server-side apply, which servers before 1.25 refuse for the CRDs' x-kubernetes-validations
 ("field not declared in schema"), so the CRDs are created beforehand with
-`kubectl create --validate=false -f charts/kubeprof/crds/` (as the README says).
+`kubectl create --validate=false -f crds/yaml/` (as the README says).
 """
 import argparse
 import json

@@ -99,25 +99,24 @@ impl RealNode {
         run_kubectl(&self.kubeconfig, args, Some(stdin))
     }
 
-    /// `kubectl auth can-i VERB RESOURCE [-n NAMESPACE] --as=USER`: whether the server's
-    /// authorizer allows it. `RESOURCE` may name a subresource: `profilingtargets/status`.
+    /// `kubectl auth can-i VERB RESOURCE [--subresource SUB] [-n NAMESPACE] --as=USER`: whether
+    /// the server's authorizer allows it. `RESOURCE` is `TYPE` or `TYPE/NAME`; no namespace
+    /// asks about all namespaces.
     pub fn can_i(
         &self,
         user: &str,
         verb: &str,
         resource: &str,
+        subresource: Option<&str>,
         namespace: Option<&str>,
     ) -> anyhow::Result<bool> {
         let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
-        // kubectl reads `resource/x` as the object named x.
-        match resource.split_once('/') {
-            Some((resource, sub)) => {
-                cmd.args(["auth", "can-i", verb, resource, "--subresource", sub])
-            }
-            None => cmd.args(["auth", "can-i", verb, resource]),
-        };
-        cmd.args(["--as", user]);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["auth", "can-i", verb, resource, "--as", user]);
+        if let Some(sub) = subresource {
+            cmd.args(["--subresource", sub]);
+        }
         match namespace {
             Some(ns) => cmd.args(["-n", ns]),
             None => cmd.arg("--all-namespaces"),

@@ -2,14 +2,15 @@
 //! Helm's own engine installs the chart, the operator and the scraper run as pods of the image
 //! `scripts/build-image.sh` builds, and real pods of the Go pprof service are profiled.
 //!
-//! One scenario, in order (each step depends on the cluster the previous one left):
+//! One test, whose steps run in order because each starts from the cluster the previous one
+//! left (a release is installed once, upgraded, then uninstalled):
 //! 1. the CRDs with `kubectl create --validate=false` (a 1.20 server refuses Helm 4's server-side
-//!    apply of them), then `helm install --skip-crds`; the time from the install to the first
-//!    stored profile is printed; `kubectl auth can-i` for both ServiceAccounts matches what the
-//!    binaries do;
+//!    apply of them), then `helm install --skip-crds`, as the README says; `kubectl auth can-i`
+//!    for both ServiceAccounts matches what the binaries do;
 //! 2. a ProfilingTarget's Deployment and an annotated Deployment: their CPU profiles (with the
-//!    Go service's frames) and memory profiles land in the file sink on the node's hostPath;
-//!    `kubectl get pt` shows MATCHED 1, FAILING 0, READY True;
+//!    Go service's frames) and memory profiles land in the file sink on the node's hostPath
+//!    (the time from `helm install` to the first one is printed); `kubectl get pt` shows
+//!    MATCHED 1, FAILING 0, READY True; kubeprof's own CPU profile arrives too;
 //! 3. scale up to 2: MATCHED 2 and profiles of the new pod;
 //! 4. the scraper pod deleted: the DaemonSet recreates it and profiles keep arriving;
 //! 5. the operator leader deleted: the other replica takes the lease, and a scale down to 1
@@ -18,190 +19,20 @@
 //! 7. `helm uninstall`: the workloads are gone.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
-};
+mod rbac;
+mod stage;
+
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 use kubeprof_e2e::{
     procs::eventually,
-    real_node::{HelmRelease, NODE_NAME, RealNode, StoredProfile, stored_profiles},
+    real_node::{NODE_NAME, RealNode, stored_profiles},
     say,
 };
 use serde_json::json;
 
-const KUBEPROF_IMAGE: &str = "ghcr.io/kubeprof/kubeprof:dev";
-const DEMO_IMAGE: &str = "docker.io/kubeprof/pprofdemo:dev";
-/// The image's non-root user: the scraper writes the hostPath as this user.
-const IMAGE_UID: u32 = 65532;
-
-fn chart_crds() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kubeprof/crds")
-}
-
-/// A pprofdemo Deployment: one container named `name`, port `pprof`.
-fn demo_deployment(name: &str, annotations: serde_json::Value) -> serde_json::Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-            "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": name}, "annotations": annotations},
-                "spec": {
-                    "containers": [{
-                        "name": name,
-                        "image": DEMO_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "args": ["-listen=:6060"],
-                        "ports": [{"name": "pprof", "containerPort": 6060}],
-                        // Two cores are shared with the cluster and the build: the demo's hot
-                        // loops get a fifth of one.
-                        "resources": {
-                            "requests": {"cpu": "10m", "memory": "32Mi"},
-                            "limits": {"cpu": "200m", "memory": "128Mi"},
-                        },
-                    }],
-                },
-            },
-        },
-    })
-}
-
-struct Scenario<'a> {
-    node: &'a RealNode,
-    helm: HelmRelease,
-    app_ns: String,
-    profiles: PathBuf,
-    values: serde_json::Value,
-}
-
-impl Scenario<'_> {
-    fn ns(&self) -> &str {
-        &self.helm.namespace
-    }
-
-    fn apply(&self, ns: &str, object: &serde_json::Value) -> anyhow::Result<()> {
-        self.node
-            .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &object.to_string())?;
-        Ok(())
-    }
-
-    /// Names of the Ready pods that `selector` matches and that are not being deleted.
-    fn pods(&self, ns: &str, selector: &str) -> anyhow::Result<Vec<String>> {
-        let out = self
-            .node
-            .kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])?;
-        let list: serde_json::Value = serde_json::from_str(&out)?;
-        let mut names = Vec::new();
-        for pod in list["items"].as_array().into_iter().flatten() {
-            let ready = pod["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            if ready && pod["metadata"]["deletionTimestamp"].is_null() {
-                names.push(
-                    pod["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-        Ok(names)
-    }
-
-    fn rollout(&self, ns: &str, what: &str) -> anyhow::Result<()> {
-        self.node
-            .kubectl(&["rollout", "status", "-n", ns, what, "--timeout=120s"])?;
-        Ok(())
-    }
-
-    /// `kubectl get pt NAME`: (MATCHED, ACTIVE, FAILING, READY), as printed.
-    fn pt_row(&self, name: &str) -> anyhow::Result<(String, Vec<String>)> {
-        let out = self
-            .node
-            .kubectl(&["get", "pt", "-n", &self.app_ns, name])?;
-        let row = out
-            .lines()
-            .nth(1)
-            .context("kubectl get pt printed no row")?
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        ensure!(row.len() >= 5, "unexpected kubectl get pt output {out:?}");
-        Ok((out, row[1..5].to_vec()))
-    }
-
-    async fn pt_shows(
-        &self,
-        name: &str,
-        matched: u32,
-        jobs_per_pod: u32,
-    ) -> anyhow::Result<String> {
-        eventually(
-            &format!("kubectl get pt {name}: MATCHED {matched}, FAILING 0, READY True"),
-            Duration::from_secs(90),
-            || async {
-                let (table, row) = self.pt_row(name)?;
-                let want = [
-                    matched.to_string(),
-                    (matched * jobs_per_pod).to_string(),
-                    "0".to_string(),
-                    "True".to_string(),
-                ];
-                ensure!(row == want, "{table}");
-                Ok(table)
-            },
-        )
-        .await
-    }
-
-    /// A profile of `pod` and type `name` written after `after`, whose decompressed bytes
-    /// contain `frame` (a function of the Go service).
-    async fn profile_of(
-        &self,
-        pod: &str,
-        name: &str,
-        after: SystemTime,
-        frame: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<StoredProfile> {
-        eventually(
-            &format!("a {name} profile of {pod} with {frame}"),
-            timeout,
-            || async {
-                let found = stored_profiles(&self.profiles).into_iter().find(|p| {
-                    p.label("pod") == pod
-                        && p.label("__name__") == name
-                        && p.written > after
-                        && std::fs::read(&p.path)
-                            .map(|raw| {
-                                decompress(&raw)
-                                    .windows(frame.len())
-                                    .any(|w| w == frame.as_bytes())
-                            })
-                            .unwrap_or(false)
-                });
-                found.context("none yet")
-            },
-        )
-        .await
-    }
-}
-
-fn decompress(raw: &[u8]) -> Vec<u8> {
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    match flate2::read::GzDecoder::new(raw).read_to_end(&mut out) {
-        Ok(_) => out,
-        Err(_) => raw.to_vec(),
-    }
-}
+use crate::stage::{DEMO_IMAGE, Stage, crds, demo_deployment, kubeprof_image};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
@@ -209,201 +40,24 @@ async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
         return Ok(());
     };
     let images = node.images()?;
-    for image in [KUBEPROF_IMAGE, DEMO_IMAGE] {
+    for image in [kubeprof_image()?.as_str(), DEMO_IMAGE] {
         ensure!(
             images.iter().any(|i| i == image),
             "node {NODE_NAME} has no image {image}: run scripts/build-image.sh (it imports into the running node)"
         );
     }
-    let id = format!(
-        "{:x}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_millis()
-            % 0xff_ffff
-    );
-    // The scraper's hostPath, made ahead and owned by the image's user: kubelet would create
-    // it root-owned (DirectoryOrCreate) and the non-root scraper could not write to it.
-    let host_dir = PathBuf::from(format!("/var/lib/kubeprof-e2e-{id}"));
-    std::fs::create_dir_all(&host_dir)?;
-    std::os::unix::fs::chown(&host_dir, Some(IMAGE_UID), Some(IMAGE_UID)).with_context(|| {
-        format!(
-            "chown {} (the real-node test runs as root)",
-            host_dir.display()
-        )
-    })?;
-    let values = json!({
-        "image": {"repository": "ghcr.io/kubeprof/kubeprof", "tag": "dev", "pullPolicy": "Never"},
-        "scraper": {"fileSinkHostPath": host_dir},
-        "defaultPolicy": {
-            "create": true,
-            "name": format!("e2e-{id}"),
-            "spec": {
-                "defaults": {"interval": "10s", "scrapeTimeout": "5s"},
-                "sinks": [{"name": "local", "file": {"directory": "/var/lib/kubeprof/profiles"}}],
-            },
-        },
-    });
-    let s = Scenario {
-        node: &node,
-        helm: HelmRelease::new(&node, "kubeprof", &format!("kubeprof-{id}")),
-        app_ns: format!("shop-{id}"),
-        profiles: host_dir.join("profiles"),
-        values,
-    };
+    let s = Stage::new(&node)?;
     let result = scenario(&s).await;
     if result.is_err() {
-        diagnostics(&s);
+        s.diagnostics();
     }
-    // Best effort: the release may already be gone (step 7) or never have been installed.
-    let _ = s.helm.uninstall();
-    for ns in [s.app_ns.as_str(), s.ns()] {
-        let _ = node.kubectl(&[
-            "delete",
-            "namespace",
-            ns,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
-    let crds = chart_crds();
-    let _ = node.kubectl(&[
-        "delete",
-        "--ignore-not-found",
-        "--wait=false",
-        "-f",
-        &crds.to_string_lossy(),
-    ]);
-    let _ = std::fs::remove_dir_all(&host_dir);
+    s.cleanup();
     result
 }
 
-fn diagnostics(s: &Scenario<'_>) {
-    let show = |args: &[&str]| match s.node.kubectl(args) {
-        Ok(out) => say(&format!("$ kubectl {}\n{out}", args.join(" "))),
-        Err(e) => say(&format!("$ kubectl {}: {e:#}", args.join(" "))),
-    };
-    show(&["get", "pods", "-A", "-o", "wide"]);
-    show(&["get", "events", "-n", s.ns(), "--sort-by=.lastTimestamp"]);
-    show(&["get", "events", "-n", &s.app_ns, "--sort-by=.lastTimestamp"]);
-    show(&["get", "pt", "-n", &s.app_ns, "-o", "yaml"]);
-    for component in ["operator", "scraper"] {
-        show(&[
-            "logs",
-            "-n",
-            s.ns(),
-            "-l",
-            &format!("app.kubernetes.io/component={component}"),
-            "--tail=40",
-            "--prefix",
-        ]);
-    }
-    let files = stored_profiles(&s.profiles);
-    say(&format!(
-        "{} stored profiles under {}",
-        files.len(),
-        s.profiles.display()
-    ));
-    for p in files.iter().rev().take(5) {
-        say(&format!("  {} {:?}", p.path.display(), p.labels));
-    }
-}
-
-/// `kubectl auth can-i` for each ServiceAccount of the release against what its binary does:
-/// the operator watches pods, namespaces and the CRs cluster-wide, writes CR status, events, its
-/// job ConfigMaps and its Lease; the scraper reads its node's jobs, writes its health report and
-/// reads the Secrets that targets reference (`scraper.readSecrets`, default on). Neither may
-/// touch anything else listed here. Returns the differences.
-fn rbac_differences(s: &Scenario<'_>) -> anyhow::Result<Vec<String>> {
-    let ns = s.ns();
-    let app = s.app_ns.as_str();
-    let sa = |name: &str| format!("system:serviceaccount:{ns}:{}-{name}", s.helm.name);
-    let (operator, scraper) = (sa("operator"), sa("scraper"));
-    // (who, verb, resource, namespace (None: all), allowed)
-    let table: &[(&str, &str, &str, Option<&str>, bool)] = &[
-        (&operator, "watch", "pods", None, true),
-        (&operator, "watch", "namespaces", None, true),
-        (
-            &operator,
-            "watch",
-            "profilingtargets.kubeprof.io",
-            None,
-            true,
-        ),
-        (
-            &operator,
-            "watch",
-            "profilingpolicies.kubeprof.io",
-            None,
-            true,
-        ),
-        (
-            &operator,
-            "patch",
-            "profilingtargets.kubeprof.io/status",
-            Some(app),
-            true,
-        ),
-        (&operator, "create", "events", Some(app), true),
-        (&operator, "create", "configmaps", Some(ns), true),
-        (&operator, "delete", "configmaps", Some(ns), true),
-        (
-            &operator,
-            "update",
-            "leases.coordination.k8s.io",
-            Some(ns),
-            true,
-        ),
-        (&operator, "get", "secrets", Some(app), false),
-        (&operator, "create", "configmaps", Some(app), false),
-        (&operator, "delete", "pods", Some(app), false),
-        (
-            &operator,
-            "update",
-            "profilingtargets.kubeprof.io",
-            Some(app),
-            false,
-        ),
-        (&scraper, "watch", "configmaps", Some(ns), true),
-        (&scraper, "patch", "configmaps", Some(ns), true),
-        (&scraper, "get", "secrets", Some(app), true),
-        (&scraper, "list", "secrets", Some(app), false),
-        (&scraper, "list", "pods", None, false),
-        (&scraper, "create", "configmaps", Some(app), false),
-        (
-            &scraper,
-            "update",
-            "leases.coordination.k8s.io",
-            Some(ns),
-            false,
-        ),
-        (
-            &scraper,
-            "patch",
-            "profilingtargets.kubeprof.io/status",
-            Some(app),
-            false,
-        ),
-    ];
-    let mut differences = Vec::new();
-    for &(who, verb, resource, namespace, allowed) in table {
-        let can = s.node.can_i(who, verb, resource, namespace)?;
-        if can != allowed {
-            differences.push(format!(
-                "{who} {verb} {resource} in {}: {} but should {}",
-                namespace.unwrap_or("all namespaces"),
-                if can { "allowed" } else { "denied" },
-                if allowed { "be allowed" } else { "not be" },
-            ));
-        }
-    }
-    Ok(differences)
-}
-
-async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
+async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
     let node = s.node;
-    let crds = chart_crds();
-    let crds = crds.to_string_lossy();
+    let crds = crds();
 
     // The demo services first, so that the clock below measures kubeprof alone.
     node.kubectl(&["create", "namespace", &s.app_ns])?;
@@ -468,7 +122,7 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     )?;
 
     // What the ServiceAccounts may do, against what each binary does (and must not do).
-    let rbac = rbac_differences(s)?;
+    let rbac = rbac::differences(s)?;
     ensure!(
         rbac.is_empty(),
         "RBAC differs from what the binaries need:\n{}",
@@ -484,8 +138,8 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         bail!("expected one checkout pod, got {checkout:?}");
     };
     let memory = s
-        .profile_of(
-            first,
+        .profile(
+            &[("pod", first)],
             "memory",
             since,
             "main.leakyAllocator",
@@ -498,8 +152,8 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         memory.path.display()
     ));
     let cpu = s
-        .profile_of(
-            first,
+        .profile(
+            &[("pod", first)],
             "process_cpu",
             since,
             "main.hotCPULeaf",
@@ -523,8 +177,8 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     );
     let annotated = s.pods(&s.app_ns, "app.kubernetes.io/name=annotated")?;
     let annotated = annotated.first().context("no annotated pod")?;
-    s.profile_of(
-        annotated,
+    s.profile(
+        &[("pod", annotated)],
         "process_cpu",
         since,
         "main.hotCPULeaf",
@@ -532,8 +186,19 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     )
     .await?;
     let table = s.pt_shows("checkout", 1, 3).await?;
+    // kubeprof profiles itself: the chart annotates the operator's pods.
+    let own = s
+        .profile(
+            &[("namespace", s.ns()), ("container", "operator")],
+            "process_cpu",
+            since,
+            "kubeprof_operator",
+            Duration::from_secs(90),
+        )
+        .await?;
     say(&format!(
-        "e2e real node: 2. CPU and memory profiles of the target's pod and the annotated pod\n{table}"
+        "e2e real node: 2. CPU and memory profiles of the target's pod, the annotated pod and the operator ({})\n{table}",
+        own.label("pod")
     ));
 
     // 3. Scale up.
@@ -556,8 +221,8 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         .find(|p| *p != first)
         .context("no new pod")?
         .clone();
-    s.profile_of(
-        &second,
+    s.profile(
+        &[("pod", &second)],
         "memory",
         since,
         "main.leakyAllocator",
@@ -589,8 +254,8 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
     .await?;
     s.rollout(s.ns(), "daemonset/kubeprof-scraper")?;
     let replaced = SystemTime::now();
-    s.profile_of(
-        first,
+    s.profile(
+        &[("pod", first)],
         "memory",
         replaced,
         "main.leakyAllocator",
@@ -603,7 +268,7 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
 
     // 5. The operator leader deleted: the other replica leads.
     let lease = kubeprof_crds::constants::LEADER_LEASE;
-    let holder = |s: &Scenario<'_>| {
+    let holder = |s: &Stage<'_>| {
         s.node
             .kubectl(&[
                 "get",
@@ -646,35 +311,6 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         "e2e real node: 5. leader {leader} deleted, {new_leader} leads; scaled to 1, status follows\n{table}"
     ));
 
-    // kubeprof profiles itself (the chart annotates the operator pods); not asserted here, as it
-    // depends on the chart giving the profiler a writable /tmp.
-    let own = stored_profiles(&s.profiles)
-        .iter()
-        .filter(|p| p.label("namespace") == s.ns())
-        .count();
-    let health = node
-        .kubectl(&[
-            "get",
-            "configmap",
-            "-n",
-            s.ns(),
-            &kubeprof_crds::health::health_object_name(Some(NODE_NAME)),
-            "-o",
-            "jsonpath={.data.health\\.json}",
-        ])
-        .unwrap_or_default();
-    let failing: std::collections::BTreeSet<String> =
-        serde_json::from_str::<serde_json::Value>(&health)
-            .ok()
-            .and_then(|h| h["failing"].as_object().cloned())
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, f)| f["message"].as_str().map(str::to_owned))
-            .collect();
-    say(&format!(
-        "e2e real node: kubeprof's own profiles stored: {own}; failing scrapes: {failing:?}"
-    ));
-
     // 6. helm upgrade with changed values.
     let mut values = s.values.clone();
     values["logFormat"] = json!("text");
@@ -691,7 +327,7 @@ async fn scenario(s: &Scenario<'_>) -> anyhow::Result<()> {
         "a profile with the upgrade's external label",
         Duration::from_secs(90),
         || async {
-            stored_profiles(&s.profiles)
+            stored_profiles(&s.profiles())
                 .into_iter()
                 .find(|p| p.written > upgraded_at && p.label("cluster") == "real-node")
                 .context("none yet")
