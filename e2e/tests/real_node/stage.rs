@@ -98,6 +98,9 @@ impl<'a> Stage<'a> {
             // The chart's image as it is; the node has no registry to pull from.
             "image": {"pullPolicy": "Never"},
             "scraper": {"fileSink": {"hostPath": host_dir}},
+            // Each of the operator's own 10 s CPU profiles peaks at 220-280 MiB (pprof-rs
+            // preallocates its sample table): the chart's 256Mi limit has it OOMKilled.
+            "operator": {"resources": {"limits": {"memory": "512Mi"}}},
             "defaultPolicy": {
                 "create": true,
                 "name": format!("e2e-{id}"),
@@ -158,6 +161,34 @@ impl<'a> Stage<'a> {
         Ok(names)
     }
 
+    /// Containers of the release that restarted: `pod: count (last reason)`.
+    pub fn restarts(&self) -> anyhow::Result<Vec<String>> {
+        let out = self
+            .node
+            .kubectl(&["get", "pods", "-n", self.ns(), "-o", "json"])?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        let mut restarted = Vec::new();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            for c in pod["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let count = c["restartCount"].as_u64().unwrap_or(0);
+                if count > 0 {
+                    restarted.push(format!(
+                        "{}: {count} ({})",
+                        pod["metadata"]["name"].as_str().unwrap_or_default(),
+                        c["lastState"]["terminated"]["reason"]
+                            .as_str()
+                            .unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        Ok(restarted)
+    }
+
     /// `kubectl rollout status`, up to 2 minutes.
     pub fn rollout(&self, ns: &str, what: &str) -> anyhow::Result<()> {
         self.node
@@ -207,17 +238,17 @@ impl<'a> Stage<'a> {
     }
 
     /// Waits for a profile of type `name` with labels `labels`, written after `after`, whose
-    /// decompressed bytes contain `frame` (a function of the profiled program).
+    /// decompressed bytes contain `frame` (a function of the profiled program), when given.
     pub async fn profile(
         &self,
         labels: &[(&str, &str)],
         name: &str,
         after: SystemTime,
-        frame: &str,
+        frame: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<StoredProfile> {
         eventually(
-            &format!("a {name} profile of {labels:?} with {frame}"),
+            &format!("a {name} profile of {labels:?} with {frame:?}"),
             timeout,
             || async {
                 stored_profiles(&self.profiles())
@@ -226,9 +257,11 @@ impl<'a> Stage<'a> {
                         labels.iter().all(|(k, v)| p.label(k) == *v)
                             && p.label("__name__") == name
                             && p.written > after
-                            && std::fs::read(&p.path)
-                                .map(|raw| contains(&decompress(&raw), frame))
-                                .unwrap_or(false)
+                            && frame.is_none_or(|frame| {
+                                std::fs::read(&p.path)
+                                    .map(|raw| contains(&decompress(&raw), frame))
+                                    .unwrap_or(false)
+                            })
                     })
                     .context("none yet")
             },
@@ -252,6 +285,34 @@ impl<'a> Stage<'a> {
             "--sort-by=.lastTimestamp",
         ]);
         show(&["get", "pt", "-n", &self.app_ns, "-o", "yaml"]);
+        // Why a container restarted: its last state, and the log of its previous run.
+        show(&[
+            "get",
+            "pods",
+            "-n",
+            self.ns(),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.status.containerStatuses[*].lastState}{\"\\n\"}{end}",
+        ]);
+        if let Ok(names) = self
+            .node
+            .kubectl(&["get", "pods", "-n", self.ns(), "-o", "name"])
+        {
+            for pod in names.lines() {
+                let _ = self
+                    .node
+                    .kubectl(&[
+                        "logs",
+                        "-n",
+                        self.ns(),
+                        pod,
+                        "--all-containers",
+                        "--previous",
+                        "--tail=20",
+                    ])
+                    .map(|log| say(&format!("$ kubectl logs --previous {pod}\n{log}")));
+            }
+        }
         for component in ["operator", "scraper"] {
             show(&[
                 "logs",
