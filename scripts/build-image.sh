@@ -3,9 +3,9 @@
 # for `ctr images import` (scripts/real-node.sh imports them when the node runs):
 #
 #   kubeprof   kubeprof:<appVersion>, the chart's default image: the Containerfile at the
-#              repository's root, both binaries (cargo build --profile dist) on glibc, libgcc,
-#              the CA bundle and `chown` (the chart's init container) unpacked from Debian
-#              packages; non-root, no shell
+#              repository's root, both binaries (cargo build --profile dist) on the libraries
+#              they load (glibc, libgcc), the CA bundle and `chown` (the chart's init
+#              container), unpacked from the Debian packages this machine has; non-root, no shell
 #   pprofdemo  kubeprof-e2e/pprofdemo:latest   e2e/go/Containerfile: the Go pprof service of the
 #              e2e tests, static (CGO_ENABLED=0)
 #
@@ -77,7 +77,15 @@ kubeprof() {
 
   # The runtime files come from the Debian packages of the glibc the binaries were linked
   # against (the same version as the build machine's), unpacked, not installed.
-  local pkgs=() p v debs=(libc6 libgcc-s1 ca-certificates coreutils)
+  # The shared objects the binaries and chown load (ldd), and the packages that ship them here.
+  local libs lib owner debs=(ca-certificates coreutils)
+  libs=$(ldd "${bins[@]}" /bin/chown | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u)
+  for lib in $libs; do
+    owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null) || { log "$lib: in no Debian package"; exit 1; }
+    owner=${owner%%:*}
+    [[ " ${debs[*]} " == *" $owner "* ]] || debs+=("$owner")
+  done
+  local pkgs=() p v
   for p in "${debs[@]}"; do
     v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null) || v=""
     pkgs+=("$p${v:+=$v}")
@@ -102,13 +110,13 @@ kubeprof() {
 
   # The chart's init container gives the file sink's hostPath to the image's user with it.
   install -D -m 0755 "$context/unpacked/bin/chown" "$rootfs/usr/bin/chown"
-  # Only the shared objects the binaries load (ldd), with the symlinks that lead to them.
-  local lib rel
-  for lib in $(ldd "${bins[@]}" "$rootfs/usr/bin/chown" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
+  # Only those shared objects, with the symlinks that lead to them.
+  local rel
+  for lib in $libs; do
     rel=${lib#/}
     # usr-merged build hosts name /usr/lib/...; the packages ship /lib/...
     [ -e "$context/unpacked/$rel" ] || rel=${rel#usr/}
-    [ -e "$context/unpacked/$rel" ] || { log "$lib: in none of ${pkgs[*]}"; exit 1; }
+    [ -e "$context/unpacked/$rel" ] || { log "$lib: not in ${pkgs[*]}"; exit 1; }
     (cd "$context/unpacked" && cp -a --parents "$rel" "$rootfs/")
     while [ -L "$context/unpacked/$rel" ]; do
       rel=$(readlink "$context/unpacked/$rel")
