@@ -399,7 +399,11 @@ import_images() {
     ref=$({ tar -xOf "$f" index.json || true; } | { grep -o '"org.opencontainers.image.ref.name":"[^"]*"' || true; } | head -n1 | cut -d'"' -f4)
     [ -n "$ref" ] || die "$f: no org.opencontainers.image.ref.name in index.json"
     ctr_ images import --base-name "${ref%:*}" "$f" >/dev/null
-    ctr_ images ls -q | grep -qxF "$ref" || die "$f: imported, but containerd has no image $ref"
+    # The list is read whole first: `ctr ... | grep -q` under pipefail fails at random when grep
+    # exits at the first match and ctr then dies of SIGPIPE writing the next line.
+    local have
+    have=$(ctr_ images ls -q)
+    grep -xF "$ref" <<<"$have" >/dev/null || die "$f: imported, but containerd has no image $ref"
     log "imported $ref"
   done
 }
