@@ -32,9 +32,84 @@ pub struct JobShard {
     pub node: Option<String>,
     /// The jobs, sorted by id.
     pub jobs: Vec<ScrapeJob>,
-    /// Every sink a job names, sorted by name; each sink's `name` is its key ([`sink_key`]).
+    /// Every sink a job or the eBPF section names, sorted by name; each sink's `name` is its key
+    /// ([`sink_key`]).
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+    /// What this node's eBPF profiler does. `None`: no policy selects the node for eBPF, and the
+    /// scraper loads no BPF program (an older scraper ignores the field: it is optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebpf: Option<EbpfShard>,
+}
+
+/// The eBPF section of a node's shard: which containers of this node to sample, how often, and
+/// where their profiles go. The operator compiles it from the policies whose `ebpf.nodeSelector`
+/// selects the node (and ProfilingTargets that opt their pods in); the scraper needs no pod
+/// watch of its own, since the container IDs are here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EbpfShard {
+    /// Samples per second per CPU: the highest rate of the policies selecting the node (one perf
+    /// event serves the whole node).
+    pub sample_rate: u32,
+    /// How often the collected samples become profiles.
+    pub period: Duration,
+    /// Also profile processes that belong to no selected pod (a policy asked for the host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_processes: bool,
+    /// Labels, rules and sinks for host processes (only with `host_processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<EbpfLabelling>,
+    /// The selected pods of this node, sorted by namespace and name.
+    #[serde(default)]
+    pub pods: Vec<EbpfPod>,
+}
+
+/// One selected pod of the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EbpfPod {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub name: String,
+    /// The pod's containers that have started, with the runtime's ID of each.
+    pub containers: Vec<EbpfContainer>,
+    /// How its profiles are labelled and where they go.
+    pub labelling: EbpfLabelling,
+}
+
+/// A running container of a selected pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EbpfContainer {
+    /// The container's name in the pod spec (the `container` label).
+    pub name: String,
+    /// `status.containerStatuses[].containerID` without its `<runtime>://` prefix: the ID found
+    /// in `/proc/<pid>/cgroup` of the container's processes.
+    pub id: String,
+}
+
+/// The label pipeline's inputs for eBPF profiles, as for a scrape job: the discovery labels
+/// (`__meta_kubernetes_*`, `namespace`, `pod`, `node`, ...) before the rules; the scraper adds
+/// `container`, `__meta_process_*` and `__name__` per profile and runs the rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EbpfLabelling {
+    /// The policy (or ProfilingTarget) that selected the pod, for health reports.
+    pub origin: JobOrigin,
+    /// Labels before relabelling.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Relabel rules of the policy, then of the target.
+    #[serde(default)]
+    pub relabelings: Vec<RelabelConfig>,
+    /// Added after relabelling.
+    #[serde(default)]
+    pub external_labels: Labels,
+    /// Keys of the sinks to send to (see [`sink_key`]); empty: the profiles go nowhere.
+    #[serde(default)]
+    pub sinks: Vec<String>,
 }
 
 /// The key of sink `sink` of policy `policy` in a shard. Sinks are identified by their policy
@@ -74,6 +149,7 @@ impl JobShard {
             node,
             jobs,
             sinks,
+            ebpf: None,
         }
     }
 
@@ -127,6 +203,8 @@ pub enum OriginKind {
     Annotations,
     /// The scraper's standalone file.
     Static,
+    /// A ProfilingPolicy (its eBPF section selected the pods).
+    ProfilingPolicy,
 }
 
 impl OriginKind {
@@ -136,6 +214,7 @@ impl OriginKind {
             Self::ProfilingTarget => "ProfilingTarget",
             Self::Annotations => "Annotations",
             Self::Static => "Static",
+            Self::ProfilingPolicy => "ProfilingPolicy",
         }
     }
 }
