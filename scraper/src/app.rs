@@ -19,7 +19,10 @@ use crate::{
     outputs::{Outputs, OutputsHandle},
     pull::{Fetcher, Pipeline, Scheduler},
     sinks::{RetryConfig, SinkBuildError},
-    sources::{ClusterSource, FileSource, JobSet, JobSource, KubeSecrets, spawn_health_reporter},
+    sources::{
+        ClusterSource, EbpfSource, FileSource, JobSet, JobSource, KubeSecrets, Roots,
+        spawn_health_reporter,
+    },
     telemetry::{Telemetry, init_logging},
     ui::{UiState, live::LiveTargets},
 };
@@ -80,6 +83,9 @@ enum StartError {
     /// No Kubernetes client in cluster mode.
     #[error("cannot configure the Kubernetes client: {0}")]
     Kube(#[source] kube::Error),
+    /// The eBPF source's thread could not start.
+    #[error("cannot start the eBPF thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// No signal handlers.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -166,6 +172,14 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
         &metrics,
     )?;
     let pipeline = pull_loop(&config, secrets, outputs.handle(), &metrics);
+    // Idle (no BPF program) until a job set carries an eBPF plan.
+    let ebpf = EbpfSource::start(
+        source.subscribe(),
+        outputs.handle(),
+        metrics.clone(),
+        Roots::host(),
+    )
+    .map_err(StartError::Thread)?;
     let mut scheduler = Scheduler::new(pipeline.clone(), shutdown.child_token());
     scheduler.apply(initial.jobs.clone());
     ui.set_source(Arc::new(LiveTargets::new(
@@ -182,6 +196,7 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
             args.node.clone(),
             pipeline,
             source.subscribe(),
+            ebpf.status(),
             args.health_interval,
             shutdown.child_token(),
         )
@@ -193,6 +208,7 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
     tracing::info!("shutting down: stopping scrapes, flushing sinks");
     telemetry.set_ready(false);
     scheduler.stop().await;
+    ebpf.stop().await;
     outputs.shutdown(DRAIN).await;
     shutdown.cancel();
     if let Some(r) = reporter {

@@ -6,6 +6,7 @@
 //! Secret references in sinks resolve from `--secrets-dir` (`DIR/<namespace>/<name>/<key>`, the
 //! way Kubernetes mounts Secrets).
 
+mod ebpf;
 mod jobs;
 mod validate;
 
@@ -13,6 +14,8 @@ use std::collections::BTreeMap;
 
 use kubeprof_crds::{Duration, Profiles, RelabelConfig, Scheme, policy::SinkSpec, relabel::Labels};
 use serde::Deserialize;
+
+pub use ebpf::{EbpfConfig, ProcessSelector};
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -30,6 +33,9 @@ pub struct Config {
     /// Global scrape limits.
     #[serde(default)]
     pub scrape: ScrapeSettings,
+    /// Profile processes of this machine with the eBPF sampler (see [`EbpfConfig`]).
+    #[serde(default)]
+    pub ebpf: Option<EbpfConfig>,
 }
 
 /// Global limits of the scrape loop.

@@ -1,6 +1,8 @@
 //! The scraper's own metrics, registered once. Label values are fixed strings or configured
 //! names (profile types, sink names): never pod names or URLs.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -44,6 +46,13 @@ pub struct SinkLabels {
 pub struct SinkReasonLabels {
     /// Sink name.
     pub sink: String,
+    /// A fixed reason.
+    pub reason: String,
+}
+
+/// `reason` alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
     /// A fixed reason.
     pub reason: String,
 }
@@ -95,6 +104,24 @@ pub struct Metrics {
     pub sink_queue_profiles: Family<SinkLabels, Gauge>,
     /// Bytes waiting in a sink's queue.
     pub sink_queue_bytes: Family<SinkLabels, Gauge>,
+    /// eBPF samples drained.
+    pub ebpf_samples: Counter,
+    /// eBPF profiles handed to the outputs.
+    pub ebpf_profiles: Counter,
+    /// Distinct stack frames of the drained eBPF samples.
+    pub ebpf_frames: Counter,
+    /// Those with a function name.
+    pub ebpf_frames_named: Counter,
+    /// Share of frames named in the last period with frames.
+    pub ebpf_coverage: Gauge<f64, AtomicU64>,
+    /// eBPF failures by fixed reason.
+    pub ebpf_errors: Family<ReasonLabels, Counter>,
+    /// Samples or stacks the kernel side could not record, by reason.
+    pub ebpf_lost: Family<ReasonLabels, Counter>,
+    /// 1 while the BPF program is loaded.
+    pub ebpf_running: Gauge,
+    /// Processes the eBPF selection found at the last scan.
+    pub ebpf_processes: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -125,6 +152,15 @@ impl Metrics {
             sink_dropped: Family::default(),
             sink_queue_profiles: Family::default(),
             sink_queue_bytes: Family::default(),
+            ebpf_samples: Counter::default(),
+            ebpf_profiles: Counter::default(),
+            ebpf_frames: Counter::default(),
+            ebpf_frames_named: Counter::default(),
+            ebpf_coverage: Gauge::default(),
+            ebpf_errors: Family::default(),
+            ebpf_lost: Family::default(),
+            ebpf_running: Gauge::default(),
+            ebpf_processes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("kubeprof");
         r.register(
@@ -212,6 +248,51 @@ impl Metrics {
             "sink_queue_bytes",
             "Bytes queued",
             m.sink_queue_bytes.clone(),
+        );
+        r.register(
+            "ebpf_samples",
+            "eBPF CPU samples drained",
+            m.ebpf_samples.clone(),
+        );
+        r.register(
+            "ebpf_profiles",
+            "eBPF profiles handed to the sinks",
+            m.ebpf_profiles.clone(),
+        );
+        r.register(
+            "ebpf_frames",
+            "Distinct stack frames of drained eBPF samples",
+            m.ebpf_frames.clone(),
+        );
+        r.register(
+            "ebpf_frames_named",
+            "Distinct stack frames of drained eBPF samples with a function name",
+            m.ebpf_frames_named.clone(),
+        );
+        r.register(
+            "ebpf_symbolization_coverage_ratio",
+            "Share of the stack frames of the last eBPF period with a function name",
+            m.ebpf_coverage.clone(),
+        );
+        r.register(
+            "ebpf_errors",
+            "eBPF failures by reason (permission_denied, kernel_too_old, perf_events, load, config, collect, selection, relabel)",
+            m.ebpf_errors.clone(),
+        );
+        r.register(
+            "ebpf_lost",
+            "Samples or stacks the eBPF program could not record, by reason",
+            m.ebpf_lost.clone(),
+        );
+        r.register(
+            "ebpf_running",
+            "1 while the eBPF program is loaded",
+            m.ebpf_running.clone(),
+        );
+        r.register(
+            "ebpf_selected_processes",
+            "Processes the eBPF selection found at its last scan",
+            m.ebpf_processes.clone(),
         );
         m
     }

@@ -5,10 +5,12 @@
 //! - [`FileSource`]: the standalone YAML file, reloaded when it changes or on SIGHUP.
 //! - [`ClusterSource`]: the job shard the operator publishes for this node.
 //!
-//! A source of profiles that are not pulled (eBPF, a push receiver) needs no job set: it gets an
-//! [`OutputsHandle`](crate::OutputsHandle) from the assembly and sends envelopes through it.
+//! A source of profiles that are not pulled (eBPF, a push receiver) gets an
+//! [`OutputsHandle`](crate::OutputsHandle) from the assembly and sends envelopes through it;
+//! [`EbpfSource`] follows the `ebpf` plan of the job sets, so it changes with them.
 
 mod cluster;
+mod ebpf;
 mod file;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use kubeprof_crds::{job::ScrapeJob, policy::SinkSpec};
 use tokio::sync::watch;
 
 pub use cluster::{ClusterSource, KubeSecrets, spawn_health_reporter};
+pub use ebpf::{EbpfPlan, EbpfSource, EbpfStatus, EbpfTargets, Roots, StandaloneTargets};
 pub use file::FileSource;
 
 /// What a source publishes: the jobs to run and the sinks they send to.
@@ -26,6 +29,8 @@ pub struct JobSet {
     pub jobs: Vec<ScrapeJob>,
     /// The sinks.
     pub sinks: Vec<SinkSpec>,
+    /// What the eBPF profiler samples; `None`: no BPF program is loaded.
+    pub ebpf: Option<EbpfPlan>,
 }
 
 /// A source of job sets.

@@ -6,7 +6,15 @@ use kubeprof_crds::{
 };
 
 use super::Config;
-use crate::sources::JobSet;
+use crate::sources::{EbpfPlan, EbpfTargets, JobSet, StandaloneTargets};
+
+/// This machine's name, the `node` label of its eBPF profiles.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
 
 impl Config {
     /// The jobs and sinks this configuration describes.
@@ -76,9 +84,26 @@ impl Config {
             }
         }
         jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        let ebpf = self.ebpf.as_ref().map(|e| EbpfPlan {
+            sample_rate: e.sample_rate,
+            period: e.period.std(),
+            node: hostname(),
+            targets: EbpfTargets::Standalone(StandaloneTargets {
+                processes: e.processes.clone(),
+                labels: e.labels.clone(),
+                relabelings: e.relabelings.clone(),
+                external_labels: self.external_labels.clone(),
+                sinks: if e.sinks.is_empty() {
+                    all_sinks.clone()
+                } else {
+                    e.sinks.clone()
+                },
+            }),
+        });
         JobSet {
             jobs,
             sinks: self.sinks.clone(),
+            ebpf,
         }
     }
 }

@@ -70,6 +70,14 @@ pub(super) fn check_depth(text: &str) -> Result<(), ConfigError> {
 
 /// The first duration field of a target that does not parse, named with its path.
 pub(super) fn bad_duration(raw: &serde_yaml::Value) -> Option<ConfigError> {
+    if let Some(text) = raw
+        .get("ebpf")
+        .and_then(|e| e.get("period"))
+        .and_then(serde_yaml::Value::as_str)
+        && let Err(e) = text.parse::<kubeprof_crds::Duration>()
+    {
+        return Some(invalid("ebpf.period", e.to_string()));
+    }
     let targets = raw.get("targets")?.as_sequence()?;
     for (i, t) in targets.iter().enumerate() {
         for key in ["interval", "scrapeTimeout"] {
@@ -92,6 +100,13 @@ pub(super) fn check_raw(raw: &serde_yaml::Value, config: &Config) -> Result<(), 
             let parsed = serde_yaml::to_value(sink).unwrap_or_default();
             unknown_keys(raw_sink, &parsed, &format!("sinks[{i}]"))?;
         }
+    }
+    if let (Some(raw_rules), Some(e)) = (
+        raw.get("ebpf").and_then(|e| e.get("relabelings")),
+        &config.ebpf,
+    ) {
+        let parsed = serde_yaml::to_value(&e.relabelings).unwrap_or_default();
+        unknown_keys(raw_rules, &parsed, "ebpf.relabelings")?;
     }
     if let Some(serde_yaml::Value::Sequence(targets)) = get(raw, "targets") {
         for (i, (raw_target, target)) in targets.iter().zip(&config.targets).enumerate() {
@@ -213,6 +228,10 @@ impl Config {
                 "sinks",
                 "at least one sink is needed (e.g. `- name: local\\n  file: {directory: ./profiles}`)",
             ));
+        }
+        if let Some(e) = &self.ebpf {
+            let names: Vec<&str> = sink_names.iter().copied().collect();
+            super::ebpf::check(e, &names).map_err(|(field, message)| invalid(field, message))?;
         }
         let mut names = BTreeSet::new();
         for (i, t) in self.targets.iter().enumerate() {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use health::spawn_health_reporter;
 pub use secrets::KubeSecrets;
 
-use super::{JobSet, JobSource};
+use super::{EbpfPlan, EbpfTargets, JobSet, JobSource};
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// Jobs from this node's shard ConfigMap.
@@ -96,6 +96,12 @@ impl ClusterSource {
                 let set = match cm.as_ref().map(shard_from_config_map) {
                     None | Some(None) => JobSet::default(),
                     Some(Some(Ok(shard))) => JobSet {
+                        ebpf: shard.ebpf.map(|e| EbpfPlan {
+                            sample_rate: e.sample_rate,
+                            period: e.period.std(),
+                            node: shard.node.clone(),
+                            targets: EbpfTargets::Shard(e),
+                        }),
                         jobs: shard.jobs,
                         sinks: shard.sinks,
                     },
@@ -107,7 +113,7 @@ impl ClusterSource {
                 };
                 secrets.load(&set).await;
                 metrics.reloads.get_or_create(&outcome(true)).inc();
-                tracing::info!(object = %name, jobs = set.jobs.len(), sinks = set.sinks.len(), "job shard loaded");
+                tracing::info!(object = %name, jobs = set.jobs.len(), sinks = set.sinks.len(), ebpf = set.ebpf.is_some(), "job shard loaded");
                 tx.send_replace(Arc::new(set));
             }
         });

@@ -237,6 +237,7 @@ fn thousands_of_jobs_page_without_losing_any() {
         jobs: Arc::new(JobSet {
             jobs,
             sinks: base.sinks.clone(),
+            ebpf: None,
         }),
         ..Default::default()
     };

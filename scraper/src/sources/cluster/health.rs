@@ -23,7 +23,10 @@ use kubeprof_crds::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{pull::Pipeline, sources::JobSet};
+use crate::{
+    pull::Pipeline,
+    sources::{EbpfStatus, JobSet},
+};
 
 /// Field manager of the scraper's health reports.
 pub const HEALTH_FIELD_MANAGER: &str = "kubeprof.io/scraper";
@@ -36,6 +39,7 @@ pub fn spawn_health_reporter(
     node: Option<String>,
     pipeline: Arc<Pipeline>,
     jobs: watch::Receiver<Arc<JobSet>>,
+    ebpf: EbpfStatus,
     every: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -50,12 +54,14 @@ pub fn spawn_health_reporter(
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let report = health_report(node.clone(), &jobs.borrow(), &pipeline, every);
+            let mut report = health_report(node.clone(), &jobs.borrow(), &pipeline, every);
+            report.ebpf = ebpf.get();
             let due = match &last_written {
                 None => true,
                 Some((prev, at)) => {
                     prev.failing != report.failing
                         || prev.jobs != report.jobs
+                        || prev.ebpf != report.ebpf
                         || (prev.last_success != report.last_success
                             && at.elapsed() >= Duration::from_secs(60))
                 }
