@@ -42,6 +42,22 @@ fn invalid_configs_exit_2_naming_the_field() {
         (format!("scrape: {{maxProfileBytes: 0}}\n{sinks}"), "scrape.maxProfileBytes"),
         (format!("targets:\n  - name: !!binary aGVsbG8=\n    addresses: [\"127.0.0.1:1\"]\n{sinks}"), "tags"),
         (format!("targets: {}\n{sinks}", "[".repeat(100_000)), "nested more than 64"),
+        // The eBPF section: bounded, selecting something, no unknown keys.
+        (format!("ebpf: {{sampleRate: 0, processes: {{all: true}}}}\n{sinks}"), "ebpf.sampleRate"),
+        (format!("ebpf: {{sampleRate: 5000, processes: {{all: true}}}}\n{sinks}"), "ebpf.sampleRate"),
+        (format!("ebpf: {{period: 500ms, processes: {{all: true}}}}\n{sinks}"), "ebpf.period"),
+        (format!("ebpf: {{period: 15sec, processes: {{all: true}}}}\n{sinks}"), "ebpf.period: invalid duration"),
+        (format!("ebpf: {{processes: {{}}}}\n{sinks}"), "ebpf.processes: selects nothing"),
+        (format!("ebpf: {{processes: {{all: true, pids: [1]}}}}\n{sinks}"), "ebpf.processes"),
+        (format!("ebpf: {{processes: {{comm: [x]}}}}\n{sinks}"), "unknown field `comm`"),
+        (format!("ebpf: {{processes: {{comms: [a-name-longer-than-15]}}}}\n{sinks}"), "ebpf.processes.comms[0]"),
+        (format!("ebpf: {{processes: {{executables: [bin/app]}}}}\n{sinks}"), "ebpf.processes.executables[0]"),
+        (format!("ebpf: {{processes: {{cgroups: [/a/../b]}}}}\n{sinks}"), "ebpf.processes.cgroups[0]"),
+        (format!("ebpf: {{processes: {{pids: [0]}}}}\n{sinks}"), "ebpf.processes.pids[0]"),
+        (format!("ebpf: {{processes: {{all: true}}, sinks: [nope]}}\n{sinks}"), "ebpf.sinks[0]"),
+        (format!("ebpf: {{processes: {{all: true}}, relabelings: [{{action: hashmod, targetLabel: x}}]}}\n{sinks}"), "ebpf.relabelings"),
+        (format!("ebpf: {{processes: {{all: true}}, relabelings: [{{sourceLabel: [a]}}]}}\n{sinks}"), "ebpf.relabelings[0].sourceLabel"),
+        (format!("ebpf: {{processes: {{all: true}}, rate: 19}}\n{sinks}"), "unknown field `rate`"),
     ] {
         let path = write_config(dir.path(), &body);
         for args in [vec!["run", "--config"], vec!["check-config"]] {
@@ -69,6 +85,26 @@ fn the_embedded_default_is_valid() {
             .any(|j| j.address == "127.0.0.1:9464" && j.profile.name == "process_cpu")
     );
     assert!(set.jobs.iter().any(|j| j.address == "127.0.0.1:6060"));
+}
+
+#[test]
+fn the_ebpf_example_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/standalone/ebpf.yaml"
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("eBPF at 97 Hz every 15s"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,8 +29,15 @@ pub fn check_config(path: &Path, secrets_dir: Option<PathBuf>) -> ExitCode {
     match checked {
         Ok(c) => {
             let set = c.job_set();
+            let ebpf = set.ebpf.as_ref().map_or(String::new(), |e| {
+                format!(
+                    ", eBPF at {} Hz every {}",
+                    e.sample_rate,
+                    humantime::format_duration(e.period)
+                )
+            });
             println!(
-                "{}: valid ({} jobs, {} sinks)",
+                "{}: valid ({} jobs, {} sinks{ebpf})",
                 path.display(),
                 set.jobs.len(),
                 set.sinks.len()
