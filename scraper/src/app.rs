@@ -20,7 +20,7 @@ use crate::{
     pull::{Fetcher, Pipeline, Scheduler},
     sinks::{RetryConfig, SinkBuildError},
     sources::{
-        ClusterSource, EbpfSource, FileSource, JobSet, JobSource, KubeSecrets, Roots,
+        ClusterSource, EbpfSource, FileSource, JobSet, JobSource, KubeSecrets, Observed, Roots,
         spawn_health_reporter,
     },
     telemetry::{Telemetry, init_logging},
@@ -194,9 +194,11 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
             c.client,
             &args.namespace,
             args.node.clone(),
-            pipeline,
-            source.subscribe(),
-            ebpf.status(),
+            Observed {
+                pipeline,
+                jobs: source.subscribe(),
+                ebpf: ebpf.status(),
+            },
             args.health_interval,
             shutdown.child_token(),
         )

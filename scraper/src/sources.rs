@@ -18,7 +18,7 @@ use std::sync::Arc;
 use kubeprof_crds::{job::ScrapeJob, policy::SinkSpec};
 use tokio::sync::watch;
 
-pub use cluster::{ClusterSource, KubeSecrets, spawn_health_reporter};
+pub use cluster::{ClusterSource, KubeSecrets, Observed, spawn_health_reporter};
 pub use ebpf::{EbpfPlan, EbpfSource, EbpfStatus, EbpfTargets, Roots, StandaloneTargets};
 pub use file::FileSource;
 

@@ -20,7 +20,7 @@ use kubeprof_crds::health::{jobs_object_name, shard_from_config_map};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use health::spawn_health_reporter;
+pub use health::{Observed, spawn_health_reporter};
 pub use secrets::KubeSecrets;
 
 use super::{EbpfPlan, EbpfTargets, JobSet, JobSource};

@@ -31,18 +31,32 @@ use crate::{
 /// Field manager of the scraper's health reports.
 pub const HEALTH_FIELD_MANAGER: &str = "kubeprof.io/scraper";
 
+/// What a health report is made of.
+#[derive(Debug)]
+pub struct Observed {
+    /// The pull loop, with each job's health.
+    pub pipeline: Arc<Pipeline>,
+    /// The current jobs.
+    pub jobs: watch::Receiver<Arc<JobSet>>,
+    /// The eBPF source's state.
+    pub ebpf: EbpfStatus,
+}
+
 /// Reports scrape health for this node every `every`, writing only when something changed
 /// (a job starts or stops failing) or, for last-success times, at most once a minute.
 pub fn spawn_health_reporter(
     client: Client,
     namespace: &str,
     node: Option<String>,
-    pipeline: Arc<Pipeline>,
-    jobs: watch::Receiver<Arc<JobSet>>,
-    ebpf: EbpfStatus,
+    observed: Observed,
     every: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let Observed {
+        pipeline,
+        jobs,
+        ebpf,
+    } = observed;
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let name = health_object_name(node.as_deref());
     tokio::spawn(async move {
