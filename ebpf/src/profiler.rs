@@ -15,7 +15,7 @@ use crate::{
     process::{self, ObjectCache, Process, ProcessFacts},
     profile::{self, Frame, MappingInfo, ResolvedSample},
     sampler::{Losses, MapCapacities, RawSample, Sampler, Selection},
-    symbolize::{FrameFn, Frames, Symbols},
+    symbolize::{Budget, FrameFn, Frames, Symbols},
 };
 
 /// How the profiler runs. The defaults suit a node of a few hundred pods.
@@ -32,8 +32,13 @@ pub struct ProfilerConfig {
     pub max_processes: usize,
     /// Mapped files held open at once, shared by the processes that map them.
     pub max_open_files: usize,
-    /// Addresses whose symbols are cached.
-    pub max_cached_addresses: usize,
+    /// Estimated bytes of symbols cached (names and files per address); the least recently
+    /// used files' entries go first.
+    pub max_symbol_cache_bytes: usize,
+    /// Files the symboliser holds parsed at once, by their total size (their tables take about
+    /// as much memory); beyond it the least recently used are unloaded once their samples are
+    /// symbolised, and parsed again when needed. One file larger than this is still parsed.
+    pub max_symbolizer_file_bytes: u64,
     /// Files larger than this are symbolised from their ELF symbol table only, without reading
     /// their DWARF (no file names or line numbers): parsing the debug info of a binary of
     /// hundreds of megabytes (a compiler, a browser) would take about as much memory.
@@ -49,7 +54,8 @@ impl Default for ProfilerConfig {
             capacities: MapCapacities::default(),
             max_processes: 8_192,
             max_open_files: 1_024,
-            max_cached_addresses: 500_000,
+            max_symbol_cache_bytes: 8 << 20,
+            max_symbolizer_file_bytes: 32 << 20,
             max_debug_info_file_bytes: 64 << 20,
             proc_root: PathBuf::from("/proc"),
         }
@@ -201,7 +207,10 @@ impl Profiler {
         Ok(Self {
             sampler,
             objects: ObjectCache::new(config.max_open_files),
-            symbols: Symbols::new(config.max_cached_addresses),
+            symbols: Symbols::new(Budget {
+                cache_bytes: config.max_symbol_cache_bytes,
+                loaded_bytes: config.max_symbolizer_file_bytes,
+            }),
             processes: HashMap::new(),
             period_start: SystemTime::now(),
             config,
@@ -365,9 +374,10 @@ impl Profiler {
         let lookup_addr = |i: usize, a: u64| if i == 0 { a } else { a.saturating_sub(1) };
 
         // Every (file, offset) and kernel address first, so each file is read in one batch.
-        // File -> (whether to read its DWARF, offsets).
-        let mut wanted: HashMap<PathBuf, (bool, Vec<u64>)> = HashMap::new();
+        // File -> (whether to read its DWARF, its size, offsets).
+        let mut wanted: HashMap<PathBuf, (bool, u64, Vec<u64>)> = HashMap::new();
         let mut kernel_wanted = Vec::new();
+        self.symbols.next_generation();
         for s in samples {
             if let Some(Ok(k)) = stack(s.kernel_stack) {
                 kernel_wanted.extend(k.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)));
@@ -381,15 +391,15 @@ impl Profiler {
                     let debug = o.size <= self.config.max_debug_info_file_bytes;
                     wanted
                         .entry(o.open_path.clone())
-                        .or_insert_with(|| (debug, Vec::new()))
-                        .1
+                        .or_insert_with(|| (debug, o.size, Vec::new()))
+                        .2
                         .push(file_offset(m, a));
                 }
             }
         }
         let mut user_frames: HashMap<(PathBuf, u64), Frames> = HashMap::new();
-        for (path, (debug, offsets)) in wanted {
-            let frames = self.symbols.user(&path, &offsets, debug);
+        for (path, (debug, size, offsets)) in wanted {
+            let frames = self.symbols.user(&path, &offsets, debug, size);
             for (o, f) in offsets.into_iter().zip(frames) {
                 user_frames.insert((path.clone(), o), f);
             }

@@ -177,7 +177,13 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
         source.subscribe(),
         outputs.handle(),
         metrics.clone(),
-        Roots::host(),
+        Roots {
+            proc: args.proc_root.clone(),
+            cgroup: args
+                .cgroup_root
+                .clone()
+                .unwrap_or_else(|| Roots::host().cgroup),
+        },
     )
     .map_err(StartError::Thread)?;
     let mut scheduler = Scheduler::new(pipeline.clone(), shutdown.child_token());

@@ -75,6 +75,13 @@ pub(crate) struct RunArgs {
     /// Serve `/targets` and the profile browser `/ui` on the --listen port (read-only).
     #[arg(long, env = "KUBEPROF_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,
+    /// The host's /proc, for the eBPF profiler (with `hostPID: true`, /proc itself).
+    #[arg(long, env = "KUBEPROF_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// The host's cgroup v2 mount, for the eBPF profiler (default: /sys/fs/cgroup, or
+    /// /sys/fs/cgroup/unified on a hybrid cgroup v1 node).
+    #[arg(long, env = "KUBEPROF_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "KUBEPROF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

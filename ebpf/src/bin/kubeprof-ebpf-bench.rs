@@ -63,10 +63,18 @@ fn spin() -> Result<()> {
 /// The kubeprof side: samples everything (or the comma-separated `pids`) for `secs`, then
 /// prints the samples it collected.
 fn profile(rate: u32, secs: u64, pids: Option<&str>) -> Result<()> {
-    let mut p = Profiler::start(ProfilerConfig {
+    let mut config = ProfilerConfig {
         sample_rate_hz: rate,
         ..ProfilerConfig::default()
-    })?;
+    };
+    // `KUBEPROF_EBPF_BENCH_BUDGET_MIB=<files>,<cache>` replaces the symboliser's budgets, to
+    // compare them (e.g. `100000,100000` for practically none).
+    if let Ok(b) = std::env::var("KUBEPROF_EBPF_BENCH_BUDGET_MIB") {
+        let (files, cache) = b.split_once(',').ok_or("budget: <files MiB>,<cache MiB>")?;
+        config.max_symbolizer_file_bytes = files.parse::<u64>()? << 20;
+        config.max_symbol_cache_bytes = cache.parse::<usize>()? << 20;
+    }
+    let mut p = Profiler::start(config)?;
     let selection = match pids {
         Some(pids) => Selection {
             tgids: pids
