@@ -304,3 +304,125 @@ fn standalone_selects_by_comm_pid_and_cgroup_tree() {
     );
     assert_eq!(a.labels_of(&facts(13, "other", 0)), None, "not selected");
 }
+
+/// BPF programs this process holds open (only one test of this binary loads any).
+fn own_bpf_programs() -> usize {
+    std::fs::read_dir("/proc/self/fdinfo")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path()).is_ok_and(|i| i.contains("prog_type:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Polls `cond` (bounded, so a bug fails instead of hanging).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+fn source(
+    plan: Option<EbpfPlan>,
+) -> (
+    tokio::sync::watch::Sender<std::sync::Arc<crate::sources::JobSet>>,
+    super::EbpfSource,
+    crate::Metrics,
+    crate::Outputs,
+) {
+    let metrics = crate::Metrics::unregistered();
+    let outputs = crate::Outputs::start(
+        &[],
+        std::sync::Arc::new(crate::SecretsDir(None)),
+        crate::RetryConfig::default(),
+        &metrics,
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(crate::sources::JobSet {
+        ebpf: plan,
+        ..Default::default()
+    }));
+    let src =
+        super::EbpfSource::start(rx, outputs.handle(), metrics.clone(), Roots::host()).unwrap();
+    (tx, src, metrics, outputs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_loads_the_program_and_its_removal_unloads_it() {
+    let test = "a_plan_loads_the_program_and_its_removal_unloads_it";
+    let me = ProcessSelector {
+        pids: vec![std::process::id()],
+        ..Default::default()
+    };
+    let (tx, src, metrics, _outputs) = source(None);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(own_bpf_programs(), 0, "no plan, no program");
+    assert!(src.status().get().is_none());
+
+    tx.send_replace(std::sync::Arc::new(crate::sources::JobSet {
+        ebpf: Some(standalone(me, vec![])),
+        ..Default::default()
+    }));
+    eventually("loaded or failed", || src.status().get().is_some()).await;
+    let status = src.status().get().unwrap();
+    if status.reason == Some(kubeprof_crds::health::EbpfFailure::PermissionDenied) {
+        println!(
+            "SKIPPED {test}: BPF is not allowed here ({})",
+            status.message
+        );
+        return;
+    }
+    assert_eq!(
+        status.state,
+        kubeprof_crds::health::EbpfState::Running,
+        "{status:?}"
+    );
+    assert_eq!(metrics.ebpf_running.get(), 1);
+    assert!(own_bpf_programs() > 0);
+
+    tx.send_replace(std::sync::Arc::new(crate::sources::JobSet::default()));
+    eventually("unloaded", || metrics.ebpf_running.get() == 0).await;
+    assert_eq!(own_bpf_programs(), 0, "the program is gone with the plan");
+    assert!(src.status().get().is_none());
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_load_is_reported_with_its_reason() {
+    let mut plan = standalone(
+        ProcessSelector {
+            all: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    plan.sample_rate = 0; // refused before anything touches the kernel
+    let (_tx, src, metrics, _outputs) = source(Some(plan));
+    eventually("reported", || src.status().get().is_some()).await;
+    let status = src.status().get().unwrap();
+    assert_eq!(status.state, kubeprof_crds::health::EbpfState::Failed);
+    assert_eq!(
+        status.reason,
+        Some(kubeprof_crds::health::EbpfFailure::Config)
+    );
+    assert!(
+        status.message.contains("sample rate 0"),
+        "{}",
+        status.message
+    );
+    let errors = metrics
+        .ebpf_errors
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: "config".into(),
+        })
+        .get();
+    assert_eq!(errors, 1);
+    src.stop().await;
+}
