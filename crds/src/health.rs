@@ -142,71 +142,22 @@ pub struct HealthReport {
     /// in Unix seconds rounded down to the report interval.
     #[serde(default)]
     pub last_success: BTreeMap<String, i64>,
-    /// The node's eBPF profiler, while its shard has an eBPF section (absent otherwise, and in
-    /// reports of scrapers that predate it).
+    /// The eBPF profiler's state, from a scraper that runs the shard's eBPF section (absent
+    /// from one that does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebpf: Option<EbpfHealth>,
 }
 
-/// Whether the node's eBPF profiler runs, and why not.
+/// Whether this node's eBPF profiler runs, and if not, why.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EbpfHealth {
-    /// Running or failed.
-    pub state: EbpfState,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<EbpfFailure>,
-    /// The error, for the user.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-}
-
-/// The state of a node's eBPF profiler.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum EbpfState {
     /// The BPF program is loaded and sampling.
-    #[default]
-    Running,
-    /// The BPF program could not be loaded (see the reason); retried.
-    Failed,
-    /// A state this reader does not know.
-    #[serde(other)]
-    Unknown,
-}
-
-/// Why a node's eBPF profiler does not run: the reason the operator shows on the policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EbpfFailure {
-    /// Not root, no CAP_BPF / CAP_PERFMON, or a seccomp profile that forbids `bpf`.
-    PermissionDenied,
-    /// The kernel is older than 5.8 (no BPF ring buffer).
-    KernelTooOld,
-    /// No CPU-clock perf event could be opened.
-    PerfEvents,
-    /// The kernel refused the BPF program or a map.
-    Load,
-    /// The eBPF section asks for something impossible (a sample rate out of range).
-    Config,
-    /// A reason this reader does not know (written by a newer scraper).
-    #[serde(other)]
-    Unknown,
-}
-
-impl EbpfFailure {
-    /// The reason as written in reports and used as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PermissionDenied => "permission_denied",
-            Self::KernelTooOld => "kernel_too_old",
-            Self::PerfEvents => "perf_events",
-            Self::Load => "load",
-            Self::Config => "config",
-            Self::Unknown => "unknown",
-        }
-    }
+    pub running: bool,
+    /// Why it does not run (kernel too old, BTF missing, no privilege), for the user; shown
+    /// on the policies that select the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Why a scrape failed: the fine reason the scraper reports, the operator turns into a status
@@ -388,32 +339,6 @@ mod tests {
         }
         let newer: Result<ScrapeFailure, _> = serde_json::from_str("\"quantum_flux\"");
         assert_eq!(newer.ok(), Some(ScrapeFailure::Unknown));
-    }
-
-    #[test]
-    fn ebpf_status_is_optional_and_round_trips() {
-        let old = r#"{"formatVersion":1,"jobs":2}"#;
-        let r = HealthReport::from_json(old).ok().unwrap_or_default();
-        assert_eq!(r.ebpf, None);
-        assert!(!r.to_json().contains("ebpf"));
-        let failed = HealthReport {
-            format_version: HEALTH_FORMAT_VERSION,
-            ebpf: Some(EbpfHealth {
-                state: EbpfState::Failed,
-                reason: Some(EbpfFailure::PermissionDenied),
-                message: "no CAP_BPF".into(),
-            }),
-            ..Default::default()
-        };
-        let json = failed.to_json();
-        assert!(json.contains(r#""reason":"permission_denied""#), "{json}");
-        assert_eq!(HealthReport::from_json(&json).ok(), Some(failed));
-        let newer = r#"{"formatVersion":1,"jobs":0,"ebpf":{"state":"paused","reason":"quantum"}}"#;
-        let r = HealthReport::from_json(newer).ok().and_then(|r| r.ebpf);
-        assert_eq!(
-            r.map(|e| (e.state, e.reason)),
-            Some((EbpfState::Unknown, Some(EbpfFailure::Unknown)))
-        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use kubeprof_crds::health::{EbpfFailure, EbpfHealth, EbpfState};
+use kubeprof_crds::health::EbpfHealth;
 use kubeprof_ebpf::{Collection, Losses, Profiler, ProfilerConfig, SamplerError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -212,8 +212,8 @@ impl Worker {
                 tracing::info!(sample_rate = plan.sample_rate, period = ?plan.period, "eBPF profiler loaded");
                 self.metrics.ebpf_running.set(1);
                 self.status.set(Some(EbpfHealth {
-                    state: EbpfState::Running,
-                    ..Default::default()
+                    running: true,
+                    reason: None,
                 }));
                 let now = Instant::now();
                 self.running = Some(Running {
@@ -232,10 +232,10 @@ impl Worker {
                 let reason = failure_of(&e);
                 tracing::error!(reason = reason.as_str(), error = %e, "the eBPF profiler cannot run on this node; retrying in {}s or when the plan changes", RETRY_LOAD.as_secs());
                 count_error(&self.metrics, reason.as_str());
+                // The fixed reason first: the operator shows this on the policies as it is.
                 self.status.set(Some(EbpfHealth {
-                    state: EbpfState::Failed,
-                    reason: Some(reason),
-                    message: e.to_string(),
+                    running: false,
+                    reason: Some(format!("{}: {e}", reason.as_str())),
                 }));
                 self.retry_at = Some(Instant::now() + RETRY_LOAD);
             }
@@ -388,7 +388,34 @@ fn count_losses(metrics: &Metrics, seen: &mut Losses, now: Losses) {
     *seen = now;
 }
 
-/// Why the program could not load, as the operator shows it.
+/// Why the program could not load: the metric's `reason`, and the start of the health report's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EbpfFailure {
+    /// Not root, no CAP_BPF / CAP_PERFMON, or a seccomp profile that forbids `bpf`.
+    PermissionDenied,
+    /// The kernel is older than 5.8 (no BPF ring buffer).
+    KernelTooOld,
+    /// No CPU-clock perf event could be opened.
+    PerfEvents,
+    /// The kernel refused the BPF program or a map.
+    Load,
+    /// The plan asks for something impossible (a sample rate out of range).
+    Config,
+}
+
+impl EbpfFailure {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::PermissionDenied => "permission_denied",
+            Self::KernelTooOld => "kernel_too_old",
+            Self::PerfEvents => "perf_events",
+            Self::Load => "load",
+            Self::Config => "config",
+        }
+    }
+}
+
+/// Why the program could not load.
 fn failure_of(e: &SamplerError) -> EbpfFailure {
     if e.is_permission_denied() {
         return EbpfFailure::PermissionDenied;

@@ -372,18 +372,15 @@ async fn a_plan_loads_the_program_and_its_removal_unloads_it() {
     }));
     eventually("loaded or failed", || src.status().get().is_some()).await;
     let status = src.status().get().unwrap();
-    if status.reason == Some(kubeprof_crds::health::EbpfFailure::PermissionDenied) {
-        println!(
-            "SKIPPED {test}: BPF is not allowed here ({})",
-            status.message
-        );
+    if let Some(why) = status
+        .reason
+        .as_deref()
+        .filter(|r| r.starts_with("permission_denied"))
+    {
+        println!("SKIPPED {test}: BPF is not allowed here ({why})");
         return;
     }
-    assert_eq!(
-        status.state,
-        kubeprof_crds::health::EbpfState::Running,
-        "{status:?}"
-    );
+    assert!(status.running, "{status:?}");
     assert_eq!(metrics.ebpf_running.get(), 1);
     assert!(own_bpf_programs() > 0);
 
@@ -407,15 +404,11 @@ async fn a_program_that_cannot_load_is_reported_with_its_reason() {
     let (_tx, src, metrics, _outputs) = source(Some(plan));
     eventually("reported", || src.status().get().is_some()).await;
     let status = src.status().get().unwrap();
-    assert_eq!(status.state, kubeprof_crds::health::EbpfState::Failed);
-    assert_eq!(
-        status.reason,
-        Some(kubeprof_crds::health::EbpfFailure::Config)
-    );
+    assert!(!status.running);
+    let reason = status.reason.unwrap_or_default();
     assert!(
-        status.message.contains("sample rate 0"),
-        "{}",
-        status.message
+        reason.starts_with("config: ") && reason.contains("sample rate 0"),
+        "{reason}"
     );
     let errors = metrics
         .ebpf_errors
