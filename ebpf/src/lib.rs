@@ -52,6 +52,10 @@
 //!   v2 root cgroup, so select them by tgid there.
 //! - Stacks are at most 127 frames; a stack the kernel's stack map cannot hold (full, or a hash
 //!   collision) is counted in [`Losses::stacks`] and shown as a `[lost stack]` frame.
+//! - The symboliser is bounded by size ([`ProfilerConfig::max_symbol_cache_bytes`],
+//!   [`ProfilerConfig::max_symbolizer_file_bytes`]): least recently used files are unloaded
+//!   once the collection that needed them has symbolised its samples, and parsed again when a
+//!   later sample needs them (CPU traded for memory when many large binaries run at once).
 //! - A process is read from `/proc` when it is first sampled (announced by the BPF program
 //!   through a ring buffer), and its mapped files are kept open until its last samples are
 //!   drained, so a short-lived process is symbolised when it lived long enough to be read (a few
