@@ -15,6 +15,7 @@ pub mod limits;
 pub mod policy;
 pub mod profiles;
 pub mod relabel;
+pub mod sampling;
 pub mod target;
 pub mod validation;
 
@@ -23,6 +24,7 @@ pub use duration::Duration;
 pub use policy::{ProfilingPolicy, ProfilingPolicySpec, ProfilingPolicyStatus};
 pub use profiles::{ProfileKind, Profiles, ResolvedProfile};
 pub use relabel::{RelabelAction, RelabelConfig};
+pub use sampling::Sampling;
 pub use target::{ProfilingTarget, ProfilingTargetSpec, ProfilingTargetStatus};
 
 /// API group of every kubeprof resource.

@@ -57,6 +57,8 @@ pub const MAX_NAME_LENGTH: u64 = 253;
 /// A string in a label selector: a qualified label key is at most 317 characters (a 253-character
 /// prefix, `/`, a 63-character name); values and operators are shorter.
 pub const MAX_SELECTOR_STRING_LENGTH: u64 = 317;
+/// A pod label key (`sampling.workloadLabel`): a 253-character prefix, `/`, a 63-character name.
+pub const MAX_LABEL_KEY_LENGTH: u64 = 317;
 /// A container port name (IANA service name).
 pub const MAX_PORT_NAME_LENGTH: u64 = 15;
 /// A namespace name, a sink or profile name, a profile type name (DNS label).

@@ -8,7 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, NamespacedBasicAuth, NamespacedSecretKeyRef, ProfileKind, RelabelConfig};
+use crate::{
+    Duration, NamespacedBasicAuth, NamespacedSecretKeyRef, ProfileKind, RelabelConfig, Sampling,
+};
 
 /// Defaults, limits and destinations for profiling in the namespaces it selects. Cluster-scoped.
 /// When several policies select a namespace, the one with the highest `priority` governs it;
@@ -26,6 +28,8 @@ use crate::{Duration, NamespacedBasicAuth, NamespacedSecretKeyRef, ProfileKind, 
     printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
     printcolumn = r#"{"name":"Namespaces","type":"integer","jsonPath":".status.matchedNamespaces","description":"Namespaces this policy governs"}"#,
     printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targets","description":"Targets (CRs and annotated pods) governed"}"#,
+    printcolumn = r#"{"name":"Annotated","type":"integer","jsonPath":".status.annotatedPods","description":"Running pods whose annotations ask for profiling","priority":1}"#,
+    printcolumn = r#"{"name":"Sampled","type":"integer","jsonPath":".status.sampledPods","description":"Annotated pods profiled after sampling","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -74,6 +78,10 @@ pub struct ProfilingPolicySpec {
     /// relabelings run after the copy, so they can drop what is not wanted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pod_labels: bool,
+    /// Profile only some pods of each workload (annotated pods, and the pods of
+    /// ProfilingTargets that set no `sampling` of their own). Unset: every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
 }
 
 /// Which annotation conventions are honoured.
@@ -384,4 +392,10 @@ pub struct ProfilingPolicyStatus {
     /// Targets (ProfilingTargets and annotated pods) in those namespaces.
     #[serde(default)]
     pub targets: i32,
+    /// Running pods in those namespaces whose annotations ask for profiling.
+    #[serde(default)]
+    pub annotated_pods: i32,
+    /// Of `annotatedPods`, those profiled after `sampling` (all of them without it).
+    #[serde(default)]
+    pub sampled_pods: i32,
 }

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BasicAuth, Duration, NamespaceSelector, Profiles, RelabelConfig, Scheme, SecretKeyRef,
-    TlsConfig,
+    BasicAuth, Duration, NamespaceSelector, Profiles, RelabelConfig, Sampling, Scheme,
+    SecretKeyRef, TlsConfig,
 };
 
 /// Which pods to profile and how. Namespaced; selects pods in its own namespace unless
@@ -27,6 +27,7 @@ use crate::{
     namespaced,
     status = "ProfilingTargetStatus",
     printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.matchedPods","description":"Running pods the target selects"}"#,
+    printcolumn = r#"{"name":"Sampled","type":"integer","jsonPath":".status.sampledPods","description":"Matched pods profiled after sampling"}"#,
     printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeJobs","description":"Scrape jobs published for the target"}"#,
     printcolumn = r#"{"name":"Failing","type":"integer","jsonPath":".status.failingJobs","description":"Jobs whose last scrape failed"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -59,6 +60,10 @@ pub struct ProfilingTargetSpec {
     /// Stop scraping without deleting the target.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Profile only some pods of each workload. Replaces the governing policy's `sampling`.
+    /// Unset: the policy's; without one, every matched pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
 }
 
 /// One pprof endpoint of the selected pods.
@@ -125,6 +130,9 @@ pub struct ProfilingTargetStatus {
     /// Running pods the target selects.
     #[serde(default)]
     pub matched_pods: i32,
+    /// Of `matchedPods`, those profiled after `sampling` (all of them without it).
+    #[serde(default)]
+    pub sampled_pods: i32,
     /// Scrape jobs published for the target (one per pod, endpoint and profile type).
     #[serde(default)]
     pub active_jobs: i32,

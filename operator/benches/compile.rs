@@ -9,7 +9,8 @@ use kubeprof_crds::{
     target::{Endpoint, ProfilingTargetSpec},
 };
 use kubeprof_operator::compile::{
-    ContainerInfo, Inputs, NamespaceInfo, PodInfo, PolicyInput, PortInfo, TargetInput, compile,
+    ContainerInfo, Inputs, NamespaceInfo, Owner, PodInfo, PolicyInput, PortInfo, TargetInput,
+    compile,
 };
 
 fn main() {
@@ -89,6 +90,10 @@ fn main() {
                     number: 6060,
                 }],
             }],
+            owner: Some(Owner {
+                kind: "Deployment".into(),
+                name: format!("svc-{}", i % 100),
+            }),
         });
     }
     let first = compile(&inputs);

@@ -17,6 +17,10 @@
 //! - Target values beat policy defaults; policy limits cap both (`minInterval` raises the interval,
 //!   disallowed types are removed; both are reported as `LimitExceeded`).
 //! - Relabelings (the target's, then the policy's) run here, so a dropped target yields no job.
+//! - Sampling (the target's, else the governing policy's) keeps a bounded number of each
+//!   workload's pods, chosen by a stable hash of their UID and of the rotation epoch at
+//!   `Inputs::now`; the other pods yield no job. The next epoch boundary that would change a
+//!   choice is reported ([`Compiled::next_rotation`]) for the runtime to compile again then.
 //! - Credentials stay references: the scraper reads referenced Secrets itself, so no credential
 //!   is ever written into a published shard.
 //! - An invalid label selector selects nothing and is reported (`InvalidSpec`), whatever the
@@ -26,12 +30,13 @@
 //! One module per step, composed by [`compile`]: `policies` (governing policy, defaults and
 //! limits) -> `targets` (ProfilingTargets -> jobs) -> `annotations` (annotated pods -> jobs)
 //! -> `sharding` (jobs -> one shard per node, with their sinks). Both job sources end in `jobs`
-//! (port resolution and the shared label pipeline); `selector` checks label selectors and
-//! `validate` what the API server would have refused.
+//! (port resolution and the shared label pipeline) and choose their pods through `sampling`;
+//! `selector` checks label selectors and `validate` what the API server would have refused.
 
 mod annotations;
 mod jobs;
 mod policies;
+pub mod sampling;
 mod selector;
 mod sharding;
 mod targets;
@@ -65,6 +70,15 @@ pub struct ContainerInfo {
     pub ports: Vec<PortInfo>,
 }
 
+/// The controller of a pod, resolved to the workload that scales it ([`sampling::owner`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    /// Kind: `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `ReplicaSet`, ...
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
 /// What the operator keeps of a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
@@ -86,6 +100,8 @@ pub struct PodInfo {
     pub running: bool,
     /// Containers.
     pub containers: Vec<ContainerInfo>,
+    /// The workload it belongs to (none for a pod without a controller).
+    pub owner: Option<Owner>,
 }
 
 /// A namespace and its labels.
@@ -128,6 +144,8 @@ pub struct Inputs {
     pub pods: Vec<PodInfo>,
     /// Namespaces.
     pub namespaces: Vec<NamespaceInfo>,
+    /// The time of the compile, since the Unix epoch: only sampling's rotation reads it.
+    pub now: std::time::Duration,
 }
 
 /// A problem to report as a `Degraded` condition.
@@ -144,6 +162,8 @@ pub struct Problem {
 pub struct TargetFacts {
     /// Running pods selected.
     pub matched_pods: i32,
+    /// Of those, the pods sampling kept.
+    pub sampled_pods: i32,
     /// Jobs published.
     pub active_jobs: i32,
     /// Problems found (deduplicated).
@@ -159,6 +179,10 @@ pub struct PolicyFacts {
     pub matched_namespaces: i32,
     /// Targets (ProfilingTargets and annotated pods) in those namespaces.
     pub targets: i32,
+    /// Running pods in those namespaces whose annotations ask for jobs.
+    pub annotated_pods: i32,
+    /// Of those, the pods sampling kept.
+    pub sampled_pods: i32,
     /// Problems found.
     pub problems: BTreeSet<Problem>,
 }
@@ -172,6 +196,9 @@ pub struct Compiled {
     pub targets: BTreeMap<(String, String), TargetFacts>,
     /// Per ProfilingPolicy, by name.
     pub policies: BTreeMap<String, PolicyFacts>,
+    /// When a rotating sampling next chooses other pods (since the Unix epoch): compile again
+    /// then. `None`: no choice depends on the time.
+    pub next_rotation: Option<std::time::Duration>,
 }
 
 /// A job with the node of its pod (`None`: a pod without a node).
@@ -193,14 +220,23 @@ pub fn compile(inputs: &Inputs) -> Compiled {
         out.policies.entry(p.name.clone()).or_default().problems = refused;
     }
     let governing = policies::Governing::of(&policies, &inputs.namespaces, &mut out.policies);
-    let targets = targets::jobs(inputs, &governing, &mut out.targets, &mut out.policies);
+    let mut clock = sampling::Clock::at(inputs.now);
+    let targets = targets::jobs(
+        inputs,
+        &governing,
+        &mut clock,
+        &mut out.targets,
+        &mut out.policies,
+    );
     let mut jobs = targets.jobs;
     jobs.extend(annotations::jobs(
         &inputs.pods,
         &governing,
         &targets.covered,
+        &mut clock,
         &mut out.policies,
     ));
     out.shards = sharding::shards(&policies, jobs);
+    out.next_rotation = clock.next_rotation();
     out
 }

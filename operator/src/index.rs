@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::{ResourceExt, runtime::watcher};
 
-use crate::compile::{ContainerInfo, NamespaceInfo, PodInfo, PortInfo};
+use crate::compile::{ContainerInfo, NamespaceInfo, PodInfo, PortInfo, sampling};
 
 /// Pods as [`compile`] sees them, kept up to date by a watch. Holding [`PodInfo`] rather than
 /// `Pod` objects keeps 10,000 pods in a few megabytes instead of tens (a `Pod` with one
@@ -156,6 +156,11 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
                     .collect()
             })
             .unwrap_or_default(),
+        owner: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| sampling::owner(&o.kind, &o.name, pod.labels())),
     }
 }
 
@@ -218,6 +223,37 @@ mod tests {
         assert_eq!(info.ip.as_deref(), Some("10.0.0.7"));
         assert_eq!(info.containers[0].ports[0].number, 6060);
         assert!(!pod_info(&pod("web-1", "Pending")).running);
+        assert_eq!(info.owner, None, "no controller");
+    }
+
+    #[test]
+    fn a_pods_workload_is_its_controller_with_replica_sets_read_as_their_deployment() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned = |kind: &str, name: &str, controller| {
+            let mut p = pod("web-7d4b9c8f6-x2x9q", "Running");
+            p.metadata
+                .labels
+                .get_or_insert_default()
+                .insert("pod-template-hash".into(), "7d4b9c8f6".into());
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: kind.into(),
+                name: name.into(),
+                uid: "uid-owner".into(),
+                controller: Some(controller),
+                ..Default::default()
+            }]);
+            pod_info(&p).owner.map(|o| (o.kind, o.name))
+        };
+        assert_eq!(
+            owned("ReplicaSet", "web-7d4b9c8f6", true),
+            Some(("Deployment".into(), "web".into()))
+        );
+        assert_eq!(
+            owned("StatefulSet", "db", true),
+            Some(("StatefulSet".into(), "db".into()))
+        );
+        assert_eq!(owned("ConfigMap", "not-a-controller", false), None);
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub fn target_status(
             &now,
         ),
         matched_pods: facts.matched_pods,
+        sampled_pods: facts.sampled_pods,
         active_jobs: facts.active_jobs,
         failing_jobs: failing,
         last_scrape_time: health
@@ -271,6 +272,8 @@ pub fn policy_status(
         conditions: conds,
         matched_namespaces: facts.matched_namespaces,
         targets: facts.targets,
+        annotated_pods: facts.annotated_pods,
+        sampled_pods: facts.sampled_pods,
     }
 }
 
@@ -295,6 +298,7 @@ mod tests {
     fn facts(jobs: &[&str]) -> TargetFacts {
         TargetFacts {
             matched_pods: 1,
+            sampled_pods: 1,
             active_jobs: i32::try_from(jobs.len()).unwrap_or(0),
             problems: BTreeSet::new(),
             job_ids: jobs.iter().map(|s| s.to_string()).collect(),

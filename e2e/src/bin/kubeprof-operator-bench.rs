@@ -266,6 +266,7 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
                 labels: [("kubernetes.io/metadata.name".to_string(), format!("ns-{i}"))].into(),
             })
             .collect(),
+        ..Default::default()
     };
     let compiled = compile::compile(&expected_inputs);
     let expected: BTreeMap<String, usize> = compiled

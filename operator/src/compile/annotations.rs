@@ -29,18 +29,20 @@ use super::{
     Covered, Placed, PodInfo, PolicyFacts, Problem,
     jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
     policies::{Governing, Rules},
+    sampling::{self, Clock},
 };
 
 /// The jobs of every running pod's annotations, as the policy governing its namespace allows,
-/// leaving out what a target already covers. A pod with jobs counts towards that policy's
-/// targets; its problems are the policy's, prefixed with the pod.
+/// leaving out what a target already covers, for the pods its sampling keeps. A pod with jobs
+/// counts towards that policy's targets; its problems are the policy's, prefixed with the pod.
 pub(super) fn jobs(
     pods: &[PodInfo],
     governing: &Governing<'_>,
     covered: &Covered,
+    clock: &mut Clock,
     policy_facts: &mut BTreeMap<String, PolicyFacts>,
 ) -> Vec<Placed> {
-    let mut jobs = Vec::new();
+    let mut wanted: Vec<(&PodInfo, Vec<ScrapeJob>)> = Vec::new();
     for pod in pods {
         if !(pod.running && pod.ip.is_some()) {
             continue;
@@ -55,10 +57,14 @@ pub(super) fn jobs(
         }
         let mut problems = BTreeSet::new();
         let pod_jobs = pod_jobs(pod, &settings, &rules, covered, &mut problems);
-        if !pod_jobs.is_empty()
-            && let Some(p) = rules.policy
-        {
-            policy_facts.entry(p.name.clone()).or_default().targets += 1;
+        if !pod_jobs.is_empty() {
+            if let Some(p) = rules.policy {
+                policy_facts
+                    .entry(p.name.clone())
+                    .or_default()
+                    .annotated_pods += 1;
+            }
+            wanted.push((pod, pod_jobs));
         }
         for problem in problems {
             if let Some(p) = rules.policy {
@@ -71,6 +77,20 @@ pub(super) fn jobs(
                         message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
                     });
             }
+        }
+    }
+    let pods: Vec<&PodInfo> = wanted.iter().map(|(p, _)| *p).collect();
+    let keep = sampling::sample(
+        &pods,
+        |ns| governing.policy(ns).and_then(|p| p.spec.sampling.as_ref()),
+        clock,
+    );
+    let mut jobs = Vec::new();
+    for ((pod, pod_jobs), _) in wanted.into_iter().zip(keep).filter(|(_, keep)| *keep) {
+        if let Some(p) = governing.policy(&pod.namespace) {
+            let f = policy_facts.entry(p.name.clone()).or_default();
+            f.targets += 1;
+            f.sampled_pods += 1;
         }
         jobs.extend(pod_jobs.into_iter().map(|j| (pod.node.clone(), j)));
     }

@@ -1,6 +1,7 @@
 //! ProfilingTargets: the pods each one selects (by label, in the namespaces its
-//! `namespaceSelector` names), each endpoint's port on them, and one job per pod, endpoint and
-//! profile type, with target values over policy defaults and policy limits over both.
+//! `namespaceSelector` names), those of them sampling keeps, each endpoint's port on them, and
+//! one job per pod, endpoint and profile type, with target values over policy defaults and
+//! policy limits over both.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +16,7 @@ use super::{
     Covered, Inputs, NamespaceInfo, Placed, PolicyFacts, Problem, TargetFacts, TargetInput,
     jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
     policies::{Governing, Rules},
+    sampling::{self, Clock},
     selector, validate,
 };
 
@@ -35,6 +37,7 @@ pub(super) struct TargetJobs {
 pub(super) fn jobs(
     inputs: &Inputs,
     governing: &Governing<'_>,
+    clock: &mut Clock,
     facts: &mut BTreeMap<(String, String), TargetFacts>,
     policy_facts: &mut BTreeMap<String, PolicyFacts>,
 ) -> TargetJobs {
@@ -52,7 +55,7 @@ pub(super) fn jobs(
             if let Some(p) = governing.policy(&t.namespace) {
                 policy_facts.entry(p.name.clone()).or_default().targets += 1;
             }
-            target(t, inputs, governing, &mut out)
+            target(t, inputs, governing, clock, &mut out)
         };
         facts.insert((t.namespace.clone(), t.name.clone()), target_facts);
     }
@@ -64,6 +67,7 @@ fn target(
     t: &TargetInput,
     inputs: &Inputs,
     governing: &Governing<'_>,
+    clock: &mut Clock,
     out: &mut TargetJobs,
 ) -> TargetFacts {
     let mut facts = TargetFacts::default();
@@ -79,13 +83,31 @@ fn target(
             None
         }
     };
-    for pod in inputs.pods.iter().filter(|p| {
-        namespaces.contains(&p.namespace) && selector.as_ref().is_some_and(|s| s.matches(&p.labels))
-    }) {
-        let Some(ip) = pod.ip.as_ref().filter(|_| pod.running) else {
-            continue;
-        };
-        facts.matched_pods += 1;
+    let matched: Vec<_> = inputs
+        .pods
+        .iter()
+        .filter(|p| {
+            p.running
+                && p.ip.is_some()
+                && namespaces.contains(&p.namespace)
+                && selector.as_ref().is_some_and(|s| s.matches(&p.labels))
+        })
+        .collect();
+    // The target's sampling replaces the policy's.
+    let keep = sampling::sample(
+        &matched,
+        |ns| {
+            t.spec
+                .sampling
+                .as_ref()
+                .or_else(|| governing.policy(ns).and_then(|p| p.spec.sampling.as_ref()))
+        },
+        clock,
+    );
+    facts.matched_pods = i32::try_from(matched.len()).unwrap_or(i32::MAX);
+    for (pod, _) in matched.into_iter().zip(keep).filter(|(_, keep)| *keep) {
+        let Some(ip) = &pod.ip else { continue };
+        facts.sampled_pods += 1;
         let rules = governing.rules(&pod.namespace);
         let limit = rules
             .policy

@@ -13,6 +13,7 @@ use super::*;
 
 mod annotations;
 mod policies;
+mod sampling;
 mod sharding;
 mod targets;
 mod validate;
@@ -47,6 +48,7 @@ fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str) -
                 },
             ],
         }],
+        owner: None,
     }
 }
 

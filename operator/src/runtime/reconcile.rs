@@ -56,6 +56,8 @@ pub(crate) struct Reconciler {
     /// What status needs of the last compile (the shards themselves are dropped once
     /// published: at 10,000 pods they are tens of megabytes).
     facts: Option<Arc<Facts>>,
+    /// When the last compile's sampling rotates (since the Unix epoch).
+    next_rotation: Option<std::time::Duration>,
 }
 
 impl Reconciler {
@@ -66,7 +68,14 @@ impl Reconciler {
             statuses: StatusWriter::new(client, identity, metrics.clone()),
             metrics,
             facts: None,
+            next_rotation: None,
         }
+    }
+
+    /// When the published jobs' sampling chooses other pods: the loop compiles again then.
+    pub(crate) fn next_rotation(&self) -> Option<std::time::SystemTime> {
+        self.next_rotation
+            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
     }
 
     /// Forgets what was written (after regaining leadership: another replica may have written
@@ -118,6 +127,9 @@ impl Reconciler {
                 .iter()
                 .map(|n| index::namespace_info(n))
                 .collect(),
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
         }
     }
 
@@ -140,6 +152,8 @@ impl Reconciler {
             }
             Err(e) => {
                 tracing::error!(error = %e, "compile panicked; keeping the published jobs");
+                // Not retried at the (now past) rotation either: it would panic again.
+                self.next_rotation = None;
                 self.metrics.error(Failure::Compile);
                 return true;
             }
@@ -181,7 +195,9 @@ impl Reconciler {
             shards,
             targets,
             policies,
+            next_rotation,
         } = compiled;
+        self.next_rotation = next_rotation;
         self.facts = Some(Arc::new(Facts {
             targets,
             policies,

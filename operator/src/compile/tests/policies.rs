@@ -30,6 +30,7 @@ fn the_highest_priority_policy_governs_and_ties_go_to_the_first_name() {
             mk_pod("dev", "w", &[("app", "web")], "n", "127.0.0.3"),
         ],
         namespaces: vec![mk_ns("shop", &[("env", "prod")]), mk_ns("dev", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let by_ns = |ns: &str| {
@@ -67,6 +68,7 @@ fn limits_cap_targets_and_are_reported() {
         )],
         pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert_eq!(
@@ -100,6 +102,7 @@ fn max_targets_per_namespace_is_enforced() {
             })
             .collect(),
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert_eq!(jobs(&c).len(), 2 * 5);

@@ -42,6 +42,7 @@ fn sinks_of_the_same_name_in_two_policies_stay_apart() {
             mk_pod("b", "w", &[("app", "web")], "n", "127.0.0.3"),
         ],
         namespaces: vec![mk_ns("a", &[("team", "a")]), mk_ns("b", &[("team", "b")])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let shard = &c.shards[&Some("n".into())];
@@ -67,6 +68,7 @@ fn jobs_without_a_governing_policy_name_no_sink() {
         targets: vec![mk_target("shop", "web", "web", port("pprof"))],
         pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert!(jobs(&c).iter().all(|j| j.sinks.is_empty()));
@@ -97,6 +99,7 @@ fn credentials_stay_references_and_output_is_deterministic() {
             })
             .collect(),
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let a = compile(&inputs);
     let job = jobs(&a)[0].clone();

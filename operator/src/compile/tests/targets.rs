@@ -22,6 +22,7 @@ fn a_target_selects_running_pods_and_publishes_per_node() {
             mk_pod("other", "web-9", &[("app", "web")], "node-a", "127.0.0.5"),
         ],
         namespaces: vec![mk_ns("shop", &[]), mk_ns("other", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert_eq!(
@@ -137,6 +138,7 @@ fn an_invalid_selector_is_reported_and_selects_nothing() {
         targets: vec![target],
         pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert!(jobs(&c).is_empty());
@@ -207,6 +209,7 @@ fn relabelling_runs_here_and_can_drop_a_target() {
             mk_pod("shop", "canary-1", &[("app", "web")], "n", "127.0.0.3"),
         ],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert_eq!(

@@ -39,6 +39,7 @@ fn objects_a_cel_enforcing_server_would_refuse_are_reported_and_not_applied() {
         ],
         pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
 
