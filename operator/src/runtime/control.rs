@@ -73,6 +73,8 @@ pub(crate) async fn run(
     let mut last_full = Instant::now();
     loop {
         let retry_at = retry.at;
+        // A standby does not compile: a past boundary would wake it over and over.
+        let rotation_at = reconciler.next_rotation().filter(|_| *leading.borrow());
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = triggers.inputs.notified() => work.inputs = true,
@@ -93,6 +95,8 @@ pub(crate) async fn run(
             () = tokio::time::sleep(settings.resync) => work.inputs = true,
             // The failed work is still pending in `work`.
             () = sleep_until(retry_at), if retry_at.is_some() => retry.at = None,
+            // Sampling chooses other pods from the next epoch on.
+            () = sleep_until_wall(rotation_at), if rotation_at.is_some() => work.inputs = true,
         }
         if !*leading.borrow() {
             continue;
@@ -118,6 +122,19 @@ pub(crate) async fn run(
         } else {
             retry.reset();
         }
+    }
+}
+
+/// Sleeps until the wall-clock time `at` (a rotation boundary), which may be past.
+async fn sleep_until_wall(at: Option<std::time::SystemTime>) {
+    match at {
+        Some(at) => {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
