@@ -17,8 +17,11 @@
 //! 6. `scraping_goes_on_while_the_operator_is_down`, and a restarted operator carries on;
 //! 7. `a_standby_replica_takes_over_from_a_dead_leader`: one of two replicas leads and writes;
 //!    killing it hands over; SIGTERM releases the lease.
+//! 8. `scaling_a_replica_set_keeps_the_profiled_pods_bounded_and_stable` (in `sampling`): a
+//!    ReplicaSet's pods scaled from 5 to 50 under `maxPods: 3`.
 
 mod probes;
+mod sampling;
 mod stage;
 
 use std::time::Duration;

@@ -267,13 +267,25 @@ impl Stage {
         &self,
         name: &str,
         node: &str,
-        (ip, port): (&str, u16),
+        addr: (&str, u16),
         labels: serde_json::Value,
         annotations: serde_json::Value,
     ) -> anyhow::Result<()> {
+        let metadata = json!({"name": name, "labels": labels, "annotations": annotations});
+        self.create_running_pod_with(metadata, node, addr).await
+    }
+
+    /// [`Stage::create_running_pod`] with the pod's whole `metadata` (to give it an owner).
+    pub async fn create_running_pod_with(
+        &self,
+        metadata: serde_json::Value,
+        node: &str,
+        (ip, port): (&str, u16),
+    ) -> anyhow::Result<()> {
         let api = self.pods();
+        let name = metadata["name"].as_str().context("a pod name")?.to_owned();
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "metadata": metadata,
             "spec": {
                 "nodeName": node,
                 "containers": [{
@@ -285,7 +297,7 @@ impl Stage {
         }))?;
         api.create(&PostParams::default(), &pod).await?;
         api.patch_status(
-            name,
+            &name,
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {
                 "phase": "Running",
@@ -465,7 +477,7 @@ impl Stage {
         if !self.app.is_empty() {
             self.kubectl(&[
                 "delete",
-                "pods,profilingtargets.kubeprof.io",
+                "pods,replicasets.apps,profilingtargets.kubeprof.io",
                 "--all",
                 "--namespace",
                 &self.app,
