@@ -14,6 +14,7 @@ pub mod labels;
 pub mod limits;
 pub mod policy;
 pub mod profiles;
+pub mod references;
 pub mod relabel;
 pub mod sampling;
 pub mod target;

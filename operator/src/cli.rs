@@ -40,6 +40,24 @@ pub struct Args {
     /// Reconcile everything at least this often.
     #[arg(long, env = "KUBEPROF_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
+    /// The scrapers' ServiceAccount (in --namespace). The operator maintains the Roles
+    /// `<it>-named` that let it patch the health report of each node with jobs and, with
+    /// --scraper-secrets, get each Secret a job or sink refers to, by name.
+    #[arg(
+        long,
+        env = "KUBEPROF_SCRAPER_SERVICE_ACCOUNT",
+        default_value = "kubeprof-scraper"
+    )]
+    pub scraper_service_account: String,
+    /// Grant the scrapers `get` on the Secrets their jobs and sinks refer to (a Role per
+    /// namespace holding such Secrets). The operator then needs `get` on Secrets itself: RBAC
+    /// lets it grant only what it holds.
+    #[arg(long, env = "KUBEPROF_SCRAPER_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scraper_secrets: bool,
+    /// A ClusterRole to make the owner of those Roles and RoleBindings, so that deleting it
+    /// (`helm uninstall`) deletes them in every namespace; unset: they have no owner.
+    #[arg(long, env = "KUBEPROF_OWNER_CLUSTER_ROLE")]
+    pub owner_cluster_role: Option<String>,
 }
 
 /// Runs the operator with the process's arguments; the process's exit code.
@@ -109,6 +127,9 @@ async fn serve(args: Args) -> ExitCode {
         resync: args.resync,
         retry_first: RETRY_FIRST,
         retry_cap: RETRY_CAP,
+        scraper_service_account: args.scraper_service_account.clone(),
+        scraper_secrets: args.scraper_secrets,
+        owner_cluster_role: args.owner_cluster_role.clone(),
     };
     tracing::info!(namespace = %settings.namespace, identity = %settings.identity, "starting");
     let stop = shutdown.clone();

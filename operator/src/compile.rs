@@ -33,6 +33,7 @@
 //! (port resolution and the shared label pipeline) and choose their pods through `sampling`;
 //! `selector` checks label selectors and `validate` what the API server would have refused.
 
+pub mod access;
 mod annotations;
 mod jobs;
 mod policies;

@@ -4,6 +4,7 @@
 
 mod cli;
 pub mod compile;
+mod grants;
 mod index;
 mod leader;
 mod metrics;

@@ -22,6 +22,8 @@ pub(crate) enum Failure {
     PolicyStatus,
     /// An Event could not be published.
     Event,
+    /// The scraper's Roles (or their bindings, or a health report to be) could not be written.
+    Grant,
 }
 
 impl Failure {
@@ -33,6 +35,7 @@ impl Failure {
             Self::TargetStatus => "target_status",
             Self::PolicyStatus => "policy_status",
             Self::Event => "event",
+            Self::Grant => "grant",
         }
     }
 }
@@ -52,6 +55,10 @@ pub(crate) enum Watched {
     Shards,
     /// The scrapers' health reports.
     Health,
+    /// The Roles granting the scraper its named objects.
+    Roles,
+    /// Their RoleBindings.
+    RoleBindings,
 }
 
 impl Watched {
@@ -63,6 +70,8 @@ impl Watched {
             Self::Namespaces => "namespaces",
             Self::Shards => "shards",
             Self::Health => "health",
+            Self::Roles => "roles",
+            Self::RoleBindings => "rolebindings",
         }
     }
 }

@@ -6,7 +6,8 @@
 //! annotations), it runs in well under a second at 10,000 pods, and the writes it implies are
 //! diffed against what is published, so an unchanged object is never written. Bursts of changes
 //! are coalesced by a short debounce. Scrape-health changes re-use the last compile result and
-//! only recompute status. Failed writes are retried with backoff ([`control`]).
+//! only recompute status. Failed writes are retried with backoff ([`control`]). Each publish is
+//! wrapped in the scraper's grants ([`crate::grants`]): widened before, narrowed after.
 
 mod control;
 mod reconcile;
@@ -23,11 +24,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    compile::access::AccessNames,
+    grants::Grants,
     leader::{self, LeaseSettings},
     metrics::Metrics,
 };
 use reconcile::Reconciler;
-use stores::Stores;
+use stores::{AccessWatch, Stores};
 
 /// First delay before a failed write is retried (it doubles per failure, plus jitter).
 pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -53,6 +56,12 @@ pub(crate) struct Settings {
     pub retry_first: Duration,
     /// Longest delay between retries, before jitter.
     pub retry_cap: Duration,
+    /// The scraper's ServiceAccount (in `namespace`), granted its named objects.
+    pub scraper_service_account: String,
+    /// Grant it `get` on the Secrets its jobs and sinks refer to.
+    pub scraper_secrets: bool,
+    /// The cluster-scoped owner of the Roles and RoleBindings written for it.
+    pub owner_cluster_role: Option<String>,
 }
 
 /// Why the runtime stopped.
@@ -82,7 +91,16 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let triggers = Arc::new(Triggers::default());
-    let stores = Stores::watch(&client, &settings.namespace, &metrics, &triggers);
+    let names = AccessNames {
+        namespace: settings.namespace.clone(),
+        service_account: settings.scraper_service_account.clone(),
+        owner: None,
+    };
+    let access = AccessWatch {
+        name: names.object_name(),
+        cluster_wide: settings.scraper_secrets,
+    };
+    let stores = Stores::watch(&client, &settings.namespace, &access, &metrics, &triggers);
     if !stores.filled(&shutdown).await? {
         return Ok(());
     }
@@ -97,10 +115,18 @@ pub(crate) async fn run(
         },
         shutdown.clone(),
     );
+    let grants = Grants::new(
+        client.clone(),
+        names,
+        settings.owner_cluster_role.clone(),
+        metrics.clone(),
+    );
     let reconciler = Reconciler::new(
         client,
         &settings.namespace,
         &settings.identity,
+        grants,
+        settings.scraper_secrets,
         metrics.clone(),
     );
     control::run(

@@ -15,7 +15,11 @@ use kubeprof_crds::{
 
 use super::stores::Stores;
 use crate::{
-    compile::{Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput, compile},
+    compile::{
+        Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput,
+        access::ScraperAccess, compile,
+    },
+    grants::{Grants, Observed},
     index,
     metrics::{Failure, Metrics},
     publish::{Publisher, stale_health_reports},
@@ -51,6 +55,9 @@ struct Facts {
 #[derive(Debug)]
 pub(crate) struct Reconciler {
     publisher: Publisher,
+    grants: Grants,
+    /// Grant the scraper the Secrets its jobs refer to.
+    grant_secrets: bool,
     statuses: StatusWriter,
     metrics: Metrics,
     /// What status needs of the last compile (the shards themselves are dropped once
@@ -62,9 +69,18 @@ pub(crate) struct Reconciler {
 
 impl Reconciler {
     /// A reconciler publishing into `namespace`, reporting Events as `identity`.
-    pub(crate) fn new(client: Client, namespace: &str, identity: &str, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        grants: Grants,
+        grant_secrets: bool,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             publisher: Publisher::new(client.clone(), namespace, metrics.clone()),
+            grants,
+            grant_secrets,
             statuses: StatusWriter::new(client, identity, metrics.clone()),
             metrics,
             facts: None,
@@ -140,9 +156,12 @@ impl Reconciler {
         let started = Instant::now();
         self.metrics.reconciles.inc();
         let inputs = Self::inputs(stores);
-        let compiled = match tokio::task::spawn_blocking(move || {
+        let grant_secrets = self.grant_secrets;
+        let (compiled, access) = match tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            (compile(&inputs), t.elapsed())
+            let compiled = compile(&inputs);
+            let access = ScraperAccess::of(&compiled.shards, grant_secrets);
+            ((compiled, access), t.elapsed())
         })
         .await
         {
@@ -168,6 +187,30 @@ impl Reconciler {
         self.metrics
             .shards
             .set(i64::try_from(compiled.shards.len()).unwrap_or(i64::MAX));
+        // Grant first: a scraper must never see a job whose Secrets it may not read yet, nor
+        // have jobs and no health report to write.
+        let roles = stores.roles.state();
+        let bindings = stores.role_bindings.state();
+        let observed = Observed {
+            roles: &roles,
+            bindings: &bindings,
+            reports: stores
+                .health
+                .state()
+                .iter()
+                .map(|cm| cm.name_any())
+                .collect(),
+            namespaces: stores
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| n.name_any())
+                .collect(),
+        };
+        let (widened, granted) = self.grants.widen(&access, &observed).await;
+        if let Err(e) = &granted {
+            tracing::warn!(error = %e, "granting the scrapers access failed");
+        }
         let published = match self
             .publisher
             .publish(&compiled.shards, &stores.shards.state())
@@ -191,6 +234,20 @@ impl Reconciler {
                 false
             }
         };
+        // Revoke last, and only what the published jobs no longer need: if publishing failed,
+        // scrapers may still run the old jobs.
+        let revoked = if published {
+            match self.grants.narrow(&access, &observed, &widened).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "revoking the scrapers' access failed");
+                    false
+                }
+            }
+        } else {
+            true
+        };
+        let published = published && granted.is_ok() && revoked;
         let Compiled {
             shards,
             targets,

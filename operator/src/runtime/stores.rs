@@ -4,7 +4,10 @@
 use std::{collections::HashMap, hash::Hash};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Namespace, Pod},
+    rbac::v1::{Role, RoleBinding},
+};
 use kube::{
     Api, Client, Resource,
     api::PartialObjectMeta,
@@ -38,6 +41,19 @@ pub(crate) struct Stores {
     pub shards: Store<PartialObjectMeta<ConfigMap>>,
     /// The scrapers' health reports.
     pub health: Store<ConfigMap>,
+    /// The Roles granting the scraper its named objects.
+    pub roles: Store<Role>,
+    /// Their RoleBindings, metadata only (their content never changes).
+    pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+}
+
+/// Where the Roles granting the scraper its named objects are watched.
+#[derive(Clone, Debug)]
+pub(crate) struct AccessWatch {
+    /// Their name (a field selector: the operator may list only that name).
+    pub name: String,
+    /// In every namespace (the scraper reads referenced Secrets), or only the operator's.
+    pub cluster_wide: bool,
 }
 
 impl Stores {
@@ -46,10 +62,13 @@ impl Stores {
     pub(crate) fn watch(
         client: &Client,
         namespace: &str,
+        access: &AccessWatch,
         metrics: &Metrics,
         triggers: &std::sync::Arc<Triggers>,
     ) -> Self {
         let cfg = watcher::Config::default;
+        let by_name = || cfg().fields(&format!("metadata.name={}", access.name));
+
         let t = triggers.clone();
         let on_inputs = move || t.inputs.notify_one();
         let t = triggers.clone();
@@ -93,7 +112,7 @@ impl Stores {
                 .modify(|m| m.metadata.managed_fields = None),
                 metrics,
                 // Someone else changed or deleted a shard: put it back.
-                on_inputs,
+                on_inputs.clone(),
                 always,
             ),
             health: reflect(
@@ -106,6 +125,27 @@ impl Stores {
                 .modify(index::strip_config_map),
                 metrics,
                 on_health,
+                always,
+            ),
+            // Someone else changed or deleted one (a `helm upgrade`, a person): put it back.
+            roles: reflect(
+                Watched::Roles,
+                watcher::watcher(access.api(client, namespace), by_name())
+                    .default_backoff()
+                    .modify(|r: &mut Role| r.metadata.managed_fields = None),
+                metrics,
+                on_inputs.clone(),
+                always,
+            ),
+            role_bindings: reflect(
+                Watched::RoleBindings,
+                watcher::watcher(access.api(client, namespace), by_name())
+                    .default_backoff()
+                    .modify(|m: &mut PartialObjectMeta<RoleBinding>| {
+                        m.metadata.managed_fields = None;
+                    }),
+                metrics,
+                on_inputs,
                 always,
             ),
         }
@@ -123,7 +163,15 @@ impl Stores {
                 }
             )*};
         }
-        wait_ready!(policies, targets, namespaces, shards, health);
+        wait_ready!(
+            policies,
+            targets,
+            namespaces,
+            shards,
+            health,
+            roles,
+            role_bindings
+        );
         tokio::select! {
             () = self.pods.wait_until_ready() => {}
             () = shutdown.cancelled() => return Ok(false),
@@ -136,6 +184,20 @@ impl Stores {
             "caches filled"
         );
         Ok(true)
+    }
+}
+
+impl AccessWatch {
+    fn api<K>(&self, client: &Client, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        if self.cluster_wide {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), namespace)
+        }
     }
 }
 
@@ -271,6 +333,8 @@ impl Stores {
             namespaces: store_of(namespaces),
             shards: store_of(Vec::new()),
             health: store_of(Vec::new()),
+            roles: store_of(Vec::new()),
+            role_bindings: store_of(Vec::new()),
         }
     }
 }

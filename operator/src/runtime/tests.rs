@@ -30,7 +30,30 @@ fn settings() -> Settings {
         resync: Duration::from_secs(3600),
         retry_first: Duration::from_millis(10),
         retry_cap: Duration::from_millis(100),
+        scraper_service_account: "kp-scraper".into(),
+        scraper_secrets: true,
+        owner_cluster_role: None,
     }
+}
+
+const CONFIG_MAPS: &str = "/api/v1/namespaces/kubeprof/configmaps";
+const OWN_ROLE: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/kubeprof/roles/kp-scraper-named";
+const OWN_BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/kubeprof/rolebindings/kp-scraper-named";
+
+/// Answers what a pass writes before it publishes, with `reports` health reports to create
+/// (the stores of these tests never see them, so every pass writes them again); the Role's
+/// rules.
+async fn grants(server: &mut ApiServer, reports: usize) -> serde_json::Value {
+    for _ in 0..reports {
+        server.expect(Method::POST, CONFIG_MAPS).await.echo();
+    }
+    let role = server.expect(Method::PATCH, OWN_ROLE).await;
+    let rules = role.body["rules"].clone();
+    role.echo();
+    server.expect(Method::PATCH, OWN_BINDING).await.echo();
+    rules
 }
 
 fn namespace(name: &str) -> Namespace {
@@ -85,10 +108,18 @@ impl Running {
         let (client, server) = mock::client();
         let metrics = Metrics::unregistered();
         let settings = settings();
+        let names = crate::compile::access::AccessNames {
+            namespace: settings.namespace.clone(),
+            service_account: settings.scraper_service_account.clone(),
+            owner: None,
+        };
+        let grants = crate::grants::Grants::new(client.clone(), names, None, metrics.clone());
         let reconciler = Reconciler::new(
             client,
             &settings.namespace,
             &settings.identity,
+            grants,
+            settings.scraper_secrets,
             metrics.clone(),
         );
         let (leading_tx, leading) = watch::channel(false);
@@ -132,13 +163,16 @@ async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
         vec![namespace("shop")],
     );
     let (running, mut server) = Running::start(stores);
+    grants(&mut server, 1).await;
     let first = server.expect(Method::PATCH, SHARD_A).await;
     assert!(first.body["data"].is_object(), "the shard's jobs");
     first.fail(503, "ServiceUnavailable");
+    grants(&mut server, 1).await;
     server
         .expect(Method::PATCH, SHARD_A)
         .await
         .fail(500, "InternalError");
+    grants(&mut server, 1).await;
     server.expect(Method::PATCH, SHARD_A).await.echo();
     let metrics = running.stop(server).await;
     assert_eq!(metrics.errors_of(Failure::Publish), 2);
@@ -155,7 +189,9 @@ async fn a_failed_status_write_is_retried_and_the_event_follows_the_write() {
         vec![namespace("shop")],
     );
     let (running, mut server) = Running::start(stores);
-    // No pod matches: the target is degraded, and nothing is published.
+    // No pod matches: the target is degraded, nothing is published, and the scraper may
+    // write no health report.
+    assert_eq!(grants(&mut server, 0).await, serde_json::json!([]));
     let patch = server.expect(Method::PATCH, WEB_STATUS).await;
     let status: ProfilingTargetStatus =
         serde_json::from_value(patch.body["status"].clone()).unwrap_or_default();
@@ -201,6 +237,7 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
         vec![namespace("shop")],
     );
     let (running, mut server) = Running::start(stores);
+    grants(&mut server, 1).await;
     server.expect(Method::PATCH, SHARD_A).await.echo();
     let patch = server
         .expect(
@@ -224,5 +261,38 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
     );
     patch.ok(&serde_json::json!({ "metadata": { "name": "broken", "namespace": "shop" } }));
     server.expect(Method::POST, SHOP_EVENTS).await.echo();
+    running.stop(server).await;
+}
+
+#[tokio::test]
+async fn a_node_gets_its_health_report_and_the_right_to_patch_it_before_its_jobs() {
+    let stores = Stores::of(
+        vec![],
+        vec![],
+        vec![annotated_pod("web-1")],
+        vec![namespace("shop")],
+    );
+    let (running, mut server) = Running::start(stores);
+    let report = server.expect(Method::POST, CONFIG_MAPS).await;
+    assert_eq!(report.body["metadata"]["name"], "kubeprof-health.node-a");
+    assert!(report.body["data"].is_null(), "its scraper fills it in");
+    report.echo();
+    let role = server.expect(Method::PATCH, OWN_ROLE).await;
+    assert_eq!(
+        role.body["rules"],
+        serde_json::json!([{
+            "apiGroups": [""], "resources": ["configmaps"],
+            "resourceNames": ["kubeprof-health.node-a"], "verbs": ["patch"],
+        }])
+    );
+    role.echo();
+    let binding = server.expect(Method::PATCH, OWN_BINDING).await;
+    assert_eq!(
+        binding.body["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "kp-scraper", "namespace": "kubeprof"}])
+    );
+    binding.echo();
+    // Only then the jobs.
+    server.expect(Method::PATCH, SHARD_A).await.echo();
     running.stop(server).await;
 }

@@ -53,20 +53,35 @@ impl ClusterSource {
         let name = jobs_object_name(node);
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        // Rotated credentials are picked up within a minute; a Secret that could not be read
+        // (access not granted yet, not created yet) is tried again sooner: after 5 s, doubling
+        // up to the minute (a Secret missing for good costs one read a minute per scraper).
         let refresh_every = Duration::from_secs(60);
+        let first_retry = Duration::from_secs(5);
         tokio::spawn(async move {
             let stream = watcher::watcher(api, config).default_backoff();
             futures::pin_mut!(stream);
             let mut seen_in_list = false;
-            let mut refresh = tokio::time::interval(refresh_every);
-            refresh.tick().await;
+            let mut refresh_at = tokio::time::Instant::now() + refresh_every;
+            let mut retry = first_retry;
+            let mut next_refresh = move |all_read: bool| {
+                let delay = if all_read {
+                    retry = first_retry;
+                    refresh_every
+                } else {
+                    let d = retry;
+                    retry = (retry * 2).min(refresh_every);
+                    d
+                };
+                tokio::time::Instant::now() + delay
+            };
             loop {
                 let event = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = refresh.tick() => {
-                        // Rotated credentials: re-read the Secrets of the current jobs.
+                    () = tokio::time::sleep_until(refresh_at) => {
                         let current = tx.borrow().clone();
-                        secrets.load(&current).await;
+                        let all_read = secrets.load(&current).await;
+                        refresh_at = next_refresh(all_read);
                         continue;
                     }
                     e = stream.next() => e,
@@ -111,7 +126,8 @@ impl ClusterSource {
                         continue;
                     }
                 };
-                secrets.load(&set).await;
+                let all_read = secrets.load(&set).await;
+                refresh_at = next_refresh(all_read);
                 metrics.reloads.get_or_create(&outcome(true)).inc();
                 tracing::info!(object = %name, jobs = set.jobs.len(), sinks = set.sinks.len(), ebpf = set.ebpf.is_some(), "job shard loaded");
                 tx.send_replace(Arc::new(set));

@@ -1,4 +1,5 @@
-//! Scrape health, reported back in a ConfigMap beside the shard.
+//! Scrape health, reported back in a ConfigMap beside the shard. The operator creates that
+//! ConfigMap for every node it publishes jobs for; the scraper may only patch it.
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +62,7 @@ pub fn spawn_health_reporter(
     let name = health_object_name(node.as_deref());
     tokio::spawn(async move {
         let mut last_written: Option<(HealthReport, Instant)> = None;
+        let mut waiting = false;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -110,7 +112,20 @@ pub fn spawn_health_reporter(
                 )
                 .await
             {
-                Ok(_) => last_written = Some((report, Instant::now())),
+                Ok(_) => {
+                    last_written = Some((report, Instant::now()));
+                    waiting = false;
+                }
+                // The scraper may only patch a report the operator created (RBAC names each
+                // one; a create cannot be limited by name). The operator creates it, and grants
+                // the patch, before it publishes this node's jobs: until then, try again at
+                // the next tick, and say so once.
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+                    if !waiting {
+                        tracing::info!(object = %name, reason = %e.message, "the scrape-health report is not created yet (or not ours to write); trying again");
+                        waiting = true;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot write the scrape-health report"),
             }
         }

@@ -40,8 +40,9 @@ impl KubeSecrets {
         }
     }
 
-    /// Loads every Secret the set refers to (jobs and sinks), and refreshes those already known.
-    pub async fn load(&self, set: &JobSet) {
+    /// Loads every Secret the set refers to (jobs and sinks), and refreshes those already known;
+    /// whether every one of them could be read.
+    pub async fn load(&self, set: &JobSet) -> bool {
         let mut wanted: HashSet<(String, String)> = secret_refs(set)
             .into_iter()
             .map(|r| (r.namespace, r.name))
@@ -53,6 +54,7 @@ impl KubeSecrets {
                 .keys()
                 .cloned(),
         );
+        let mut all_read = true;
         for (namespace, name) in wanted {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
             let value = match api.get_opt(&name).await {
@@ -64,21 +66,27 @@ impl KubeSecrets {
                     Ok(data)
                 }
                 Ok(None) => Err("secret not found".to_string()),
+                // The operator grants `get` on each referenced Secret by name, just before it
+                // publishes the jobs that refer to it; a refusal right after that is retried.
                 Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
-                    "the scraper may not read it ({}); enable scraper.readSecrets in the chart",
+                    "the scraper may not read it ({}): the operator grants access to referenced \
+                     Secrets only with the chart's scraper.readSecrets",
                     e.message
                 )),
                 Err(e) => {
                     // Unreachable API: keep whatever was known.
                     tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e, "cannot read secret; keeping the cached value");
+                    all_read = false;
                     continue;
                 }
             };
+            all_read &= value.is_ok();
             self.cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((namespace, name), value);
         }
+        all_read
     }
 }
 
@@ -102,33 +110,7 @@ impl SecretSource for KubeSecrets {
     }
 }
 
-/// Every Secret reference in a job set. Found by shape (`namespace`, `name`, `key`) in the
-/// serialized set, so a credential field added to jobs or sinks later is never missed.
+/// Every Secret reference in a job set: the ones the operator grants this scraper `get` on.
 pub fn secret_refs(set: &JobSet) -> Vec<NamespacedSecretKeyRef> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<NamespacedSecretKeyRef>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                if map.len() == 3
-                    && ["namespace", "name", "key"]
-                        .iter()
-                        .all(|k| map.get(*k).is_some_and(serde_json::Value::is_string))
-                    && let Ok(r) = serde_json::from_value(v.clone())
-                {
-                    out.push(r);
-                    return;
-                }
-                map.values().for_each(|v| walk(v, out));
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(v) = serde_json::to_value(&set.jobs) {
-        walk(&v, &mut out);
-    }
-    if let Ok(v) = serde_json::to_value(&set.sinks) {
-        walk(&v, &mut out);
-    }
-    out
+    kubeprof_crds::references::jobs_secret_refs(&set.jobs, &set.sinks)
 }
