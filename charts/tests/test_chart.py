@@ -217,11 +217,21 @@ def readme_rbac_rows():
     return rows
 
 
+def applies(why, read_secrets):
+    """Whether a row holds with `scraper.readSecrets` set to `read_secrets`."""
+    if "only with `scraper.readSecrets`" in why:
+        return read_secrets
+    if "only without `scraper.readSecrets`" in why:
+        return not read_secrets
+    return True
+
+
 def expected_rbac(fullname, read_secrets=True):
+    """The rows the chart renders (not those the operator grants at run time)."""
     return {
         (account, scope, group, resource, name.replace("<release>", fullname) if name else None, verb)
         for account, scope, group, resource, name, verb, why in readme_rbac_rows()
-        if read_secrets or "`scraper.readSecrets`" not in why
+        if applies(why, read_secrets) and not scope.startswith("run time")
     }
 
 
@@ -262,11 +272,51 @@ def test_rbac_is_exactly_the_readme_table(fullname):
     assert workload(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == f"{fullname}-scraper"
 
 
-def test_reading_secrets_is_optional():
-    docs = render({"scraper": {"readSecrets": False}})
-    assert rendered_rbac(docs) == expected_rbac(RELEASE, read_secrets=False)
+@pytest.mark.parametrize("fullname", [RELEASE, "custom"])
+def test_rbac_without_reading_secrets_is_exactly_the_readme_table(fullname):
+    docs = render({"scraper": {"readSecrets": False}, "fullnameOverride": fullname})
+    assert rendered_rbac(docs) == expected_rbac(fullname, read_secrets=False)
     assert not any("secrets" in rule for rule in rendered_rbac(docs))
-    assert not any(doc["metadata"]["name"].endswith("scraper-secrets") for _, doc in docs)
+    args = workload(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--scraper-secrets=false" in args
+
+
+@pytest.mark.parametrize("read_secrets", [True, False])
+def test_the_operator_holds_every_permission_it_grants_the_scraper_at_run_time(read_secrets):
+    """RBAC refuses a Role granting more than its writer holds (without `escalate`, which the
+    chart never gives): every run-time row of the table must be covered by the operator's own
+    rules, in the release namespace or cluster-wide."""
+    granted = rendered_rbac(render({"scraper": {"readSecrets": read_secrets}}))
+    run_time = [r for r in readme_rbac_rows() if r[1].startswith("run time") and applies(r[6], read_secrets)]
+    assert run_time, "the README lists what the operator grants at run time"
+    for account, scope, group, resource, name, verb, why in run_time:
+        assert account == "scraper", (account, scope)
+        scopes = ["cluster"] if "every namespace" in scope else ["cluster", "namespace"]
+        assert any(("operator", s, group, resource, None, verb) in granted for s in scopes), (resource, verb, scope)
+    # And it may write those Roles, by name.
+    for resource in ["roles", "rolebindings"]:
+        for verb in ["patch", "list", "watch"]:
+            assert any(
+                r == ("operator", s, "rbac.authorization.k8s.io", resource, f"{RELEASE}-scraper-named", verb) for r in granted for s in ["cluster", "namespace"]
+            ), (resource, verb)
+    assert not any(r[3] in ("roles", "rolebindings", "clusterroles") and r[5] in ("escalate", "bind") for r in granted)
+
+
+def test_the_operator_is_told_whose_access_it_maintains():
+    docs = render({"fullnameOverride": "prof"})
+    args = workload(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--scraper-service-account=prof-scraper" in args
+    assert "--scraper-secrets=true" in args
+    assert "--owner-cluster-role=prof-operator" in args
+    assert "prof-operator" in [doc["metadata"]["name"] for doc in objects(docs, "ClusterRole")]
+
+
+def test_the_scraper_may_not_write_a_shard_nor_read_a_secret_from_the_chart():
+    """Shards are read-only to it; what it may write or read it gets by name from the operator."""
+    for row in rendered_rbac(render()):
+        account, scope, group, resource, name, verb = row
+        if account == "scraper":
+            assert (scope, resource, verb) in {("namespace", "configmaps", "list"), ("namespace", "configmaps", "watch")}, row
 
 
 def test_no_wildcards_and_no_write_access_to_secrets_or_workloads():
@@ -297,8 +347,8 @@ def test_optional_objects_render_only_when_enabled():
     default = kinds(render())
     assert default == sorted(
         ["ServiceAccount"] * 2
-        + ["ClusterRole"] * 2
-        + ["ClusterRoleBinding"] * 2
+        + ["ClusterRole"]
+        + ["ClusterRoleBinding"]
         + ["Role"] * 2
         + ["RoleBinding"] * 2
         + ["Deployment", "DaemonSet", "PodDisruptionBudget"]
