@@ -99,6 +99,7 @@ pub(crate) async fn run(
     let access = AccessWatch {
         name: names.object_name(),
         cluster_wide: settings.scraper_secrets,
+        selector: names.selector(),
     };
     let stores = Stores::watch(&client, &settings.namespace, &access, &metrics, &triggers);
     if !stores.filled(&shutdown).await? {

@@ -19,7 +19,11 @@
 //!    killing it hands over; SIGTERM releases the lease.
 //! 8. `scaling_a_replica_set_keeps_the_profiled_pods_bounded_and_stable` (in `sampling`): a
 //!    ReplicaSet's pods scaled from 5 to 50 under `maxPods: 3`.
+//! 9. `the_scraper_may_read_only_referenced_secrets_and_write_only_health_reports` (in
+//!    `access`): as the scraper's ServiceAccount, 403 on an unreferenced Secret and on any shard,
+//!    200 on a referenced Secret and on its health report; the grant follows the reference.
 
+mod access;
 mod probes;
 mod sampling;
 mod stage;

@@ -236,6 +236,23 @@ impl Stage {
         &self.app
     }
 
+    /// The operator namespace (job shards, health reports, the scraper's ServiceAccount).
+    pub fn ops(&self) -> &str {
+        &self.ops
+    }
+
+    /// A client acting as `user` (impersonated by the admin), to see what RBAC lets it do.
+    pub async fn client_as(&self, user: &str) -> anyhow::Result<Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.env.kubeconfig_path())?;
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        config.auth_info.impersonate = Some(user.to_owned());
+        Ok(Client::try_from(config)?)
+    }
+
     /// This stage's node called `short` (node names are per stage: see the module doc).
     pub fn node(&self, short: &str) -> String {
         format!("{}-{short}", self.app)

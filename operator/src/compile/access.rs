@@ -20,6 +20,9 @@ use kubeprof_crds::{
 
 /// [`COMPONENT_LABEL`] of the Roles and RoleBindings granting the scraper its named objects.
 pub const COMPONENT_SCRAPER_ACCESS: &str = "scraper-access";
+/// Label naming the operator's namespace on those Roles and RoleBindings: an operator watches,
+/// rewrites and deletes only its own (another installation may use the same names).
+pub const ACCESS_FOR_LABEL: &str = "kubeprof.io/scraper-namespace";
 
 /// What the scrapers need by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -106,6 +109,11 @@ pub struct AccessNames {
 }
 
 impl AccessNames {
+    /// The label selector of this operator's Roles and RoleBindings.
+    pub fn selector(&self) -> String {
+        format!("{ACCESS_FOR_LABEL}={}", self.namespace)
+    }
+
     /// Name of every Role and RoleBinding granting the scraper its named objects.
     pub fn object_name(&self) -> String {
         format!("{}-named", self.service_account)
@@ -121,6 +129,7 @@ impl AccessNames {
                     COMPONENT_LABEL.to_string(),
                     COMPONENT_SCRAPER_ACCESS.to_string(),
                 ),
+                (ACCESS_FOR_LABEL.to_string(), self.namespace.clone()),
             ])),
             owner_references: self.owner.clone().map(|o| vec![o]),
             ..Default::default()

@@ -54,6 +54,8 @@ pub(crate) struct AccessWatch {
     pub name: String,
     /// In every namespace (the scraper reads referenced Secrets), or only the operator's.
     pub cluster_wide: bool,
+    /// Only this operator's (see [`crate::compile::access::ACCESS_FOR_LABEL`]).
+    pub selector: String,
 }
 
 impl Stores {
@@ -67,7 +69,11 @@ impl Stores {
         triggers: &std::sync::Arc<Triggers>,
     ) -> Self {
         let cfg = watcher::Config::default;
-        let by_name = || cfg().fields(&format!("metadata.name={}", access.name));
+        let by_name = || {
+            cfg()
+                .fields(&format!("metadata.name={}", access.name))
+                .labels(&access.selector)
+        };
 
         let t = triggers.clone();
         let on_inputs = move || t.inputs.notify_one();
