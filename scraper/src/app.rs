@@ -156,7 +156,7 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
     if cluster.is_none() {
         // The check `check-config` and a reload make, so all three accept the same files.
         config
-            .check_sinks(secrets.as_ref())
+            .check_resources(secrets.as_ref())
             .map_err(|source| StartError::Config {
                 name: config_name(args.config.as_deref()),
                 source,

@@ -218,10 +218,33 @@ impl Config {
         Ok(config)
     }
 
-    /// Every sink of the file built once (and dropped), its Secret references resolved through
-    /// `secrets`: the check `run`, a reload and `check-config` share, so a file one accepts
-    /// the others accept too. Needs a Tokio runtime (gRPC clients are built on one).
-    pub fn check_sinks(&self, secrets: &dyn crate::SecretSource) -> Result<(), ConfigError> {
+    /// Every credential file of the targets read (missing, unreadable and empty files are
+    /// named with their field), and every sink built once (and dropped), its Secret references
+    /// resolved through `secrets`: the check `run`, a reload and `check-config` share, so a
+    /// file one accepts the others accept too. Needs a Tokio runtime (gRPC clients are built
+    /// on one).
+    pub fn check_resources(&self, secrets: &dyn crate::SecretSource) -> Result<(), ConfigError> {
+        for (i, t) in self.targets.iter().enumerate() {
+            let tls = t.tls_config.as_ref();
+            let files = [
+                ("bearerTokenFile", t.bearer_token_file.as_ref()),
+                (
+                    "basicAuth.passwordFile",
+                    t.basic_auth.as_ref().map(|b| &b.password_file),
+                ),
+                ("tlsConfig.caFile", tls.and_then(|c| c.ca_file.as_ref())),
+                ("tlsConfig.certFile", tls.and_then(|c| c.cert_file.as_ref())),
+                ("tlsConfig.keyFile", tls.and_then(|c| c.key_file.as_ref())),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path {
+                    crate::credentials::read_file(path).map_err(|e| ConfigError::Invalid {
+                        field: format!("targets[{i}].{key}"),
+                        message: e.to_string(),
+                    })?;
+                }
+            }
+        }
         for (i, spec) in self.sinks.iter().enumerate() {
             crate::sinks::build(spec, secrets).map_err(|e| ConfigError::Invalid {
                 field: format!("sinks[{i}]"),

@@ -10,13 +10,14 @@ pub enum CredentialError {
     /// The reference names nothing.
     #[error("credential reference names no value, file or secret")]
     Empty,
-    /// A file could not be read.
-    #[error("cannot read credential file {path}: {source}")]
+    /// A file cannot be used.
+    #[error("credential file {path} {problem}")]
     File {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        #[source]
+        problem: FileProblem,
     },
     /// A Secret or key does not exist or could not be read.
     #[error("secret {namespace}/{name} key {key}: {message}")]
@@ -30,6 +31,35 @@ pub enum CredentialError {
         /// Why.
         message: String,
     },
+}
+
+/// Why a credential file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    /// Nothing at the path.
+    #[error("does not exist")]
+    Missing,
+    /// Permissions, a directory, not UTF-8, an I/O error.
+    #[error("is not readable: {0}")]
+    Unreadable(#[source] std::io::Error),
+    /// Nothing but whitespace: a token or password that was never written.
+    #[error("is empty")]
+    Empty,
+}
+
+/// The content of a credential file without its trailing newline; the one reader of credential
+/// files, so `check-config`, `run` and each scrape give the same reason.
+pub fn read_file(path: &str) -> Result<String, CredentialError> {
+    let problem = match std::fs::read_to_string(path) {
+        Ok(v) if v.trim().is_empty() => FileProblem::Empty,
+        Ok(v) => return Ok(v.trim_end_matches(['\n', '\r']).to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileProblem::Missing,
+        Err(e) => FileProblem::Unreadable(e),
+    };
+    Err(CredentialError::File {
+        path: path.to_owned(),
+        problem,
+    })
 }
 
 /// Reads Secret keys. Standalone mode reads a directory laid out as Kubernetes mounts Secrets;
@@ -71,12 +101,7 @@ pub fn resolve(r: &CredentialRef, secrets: &dyn SecretSource) -> Result<String, 
         return Ok(v.clone());
     }
     if let Some(path) = &r.file {
-        return std::fs::read_to_string(path)
-            .map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|source| CredentialError::File {
-                path: path.clone(),
-                source,
-            });
+        return read_file(path);
     }
     if let Some(s) = &r.secret {
         return secrets.read(s);

@@ -28,7 +28,7 @@ pub mod ui;
 
 pub use app::main;
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT};
-pub use credentials::{CredentialError, SecretSource, SecretsDir};
+pub use credentials::{CredentialError, FileProblem, SecretSource, SecretsDir};
 pub use envelope::Envelope;
 /// The endpoints shared by every kubeprof binary.
 pub use kubeprof_telemetry as telemetry;

@@ -76,6 +76,56 @@ fn invalid_configs_exit_2_naming_the_field() {
 }
 
 #[test]
+fn credential_files_that_cannot_be_used_are_named_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.path().join("missing-token");
+    let a_dir = dir.path().join("a-directory");
+    std::fs::create_dir(&a_dir).unwrap();
+    let sinks = "sinks:\n  - name: local\n    file: {directory: ./p}\n";
+    let target = "targets:\n  - name: a\n    addresses: [\"127.0.0.1:1\"]\n";
+    for (auth, field, why) in [
+        (
+            format!("    bearerTokenFile: {}\n", missing.display()),
+            "targets[0].bearerTokenFile",
+            "does not exist",
+        ),
+        (
+            format!("    bearerTokenFile: {}\n", empty.display()),
+            "targets[0].bearerTokenFile",
+            "is empty",
+        ),
+        (
+            format!(
+                "    basicAuth: {{username: u, passwordFile: {}}}\n",
+                a_dir.display()
+            ),
+            "targets[0].basicAuth.passwordFile",
+            "is not readable",
+        ),
+        (
+            format!(
+                "    scheme: https\n    tlsConfig: {{caFile: {}}}\n",
+                missing.display()
+            ),
+            "targets[0].tlsConfig.caFile",
+            "does not exist",
+        ),
+    ] {
+        let path = write_config(dir.path(), &format!("{target}{auth}{sinks}"));
+        // Both commands, from one check: `run` used to start and fail every scrape instead.
+        for args in [vec!["run", "--config"], vec!["check-config"]] {
+            let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {auth}: {stderr}");
+            assert!(stderr.contains(field), "{field} not named in: {stderr}");
+            assert!(stderr.contains(why), "{why:?} not said in: {stderr}");
+        }
+    }
+}
+
+#[test]
 fn the_embedded_default_is_valid() {
     let config = kubeprof_scraper::Config::parse(kubeprof_scraper::EMBEDDED_DEFAULT).unwrap();
     let set = config.job_set();

@@ -19,7 +19,9 @@ pub fn check_config(path: &Path, secrets_dir: Option<PathBuf>) -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(async { c.check_sinks(&secrets) }).map(|()| c),
+            Ok(rt) => rt
+                .block_on(async { c.check_resources(&secrets) })
+                .map(|()| c),
             Err(e) => Err(crate::ConfigError::Read {
                 path: "<tokio runtime>".into(),
                 source: e,

@@ -69,7 +69,7 @@ impl FileSource {
                 // All or nothing: a sink that cannot be built refuses the whole file, so jobs
                 // never point at a sink that does not exist.
                 let loaded = Config::load(&path.to_string_lossy())
-                    .and_then(|c| c.check_sinks(secrets.as_ref()).map(|()| c));
+                    .and_then(|c| c.check_resources(secrets.as_ref()).map(|()| c));
                 let outcome = match loaded {
                     Ok(config) => {
                         let set = config.job_set();
