@@ -66,6 +66,46 @@ impl DecodeError {
     }
 }
 
+/// The decompressed size a gzip body announces in its trailer (ISIZE, the size modulo 2^32
+/// of its last member), capped at `limits.max_decompressed_bytes`; a raw body's own length.
+/// Only a hint: [`decompress_within`] holds a body to it.
+pub fn decompressed_size_hint(body: &[u8], limits: &DecodeLimits) -> usize {
+    if !is_gzip(body) {
+        return body.len();
+    }
+    let isize = body
+        .len()
+        .checked_sub(4)
+        .and_then(|at| body.get(at..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    usize::try_from(isize)
+        .unwrap_or(usize::MAX)
+        .min(limits.max_decompressed_bytes)
+}
+
+/// [`decompress`] holding no more than `within` bytes (at most the limit): `Ok(None)` when the
+/// body decompresses to more than `within` but not more than the limit (a trailer that
+/// understated its size, or a stream of several gzip members), to be retried with more room.
+pub fn decompress_within<'a>(
+    body: &'a [u8],
+    within: usize,
+    limits: &DecodeLimits,
+) -> Result<Option<Cow<'a, [u8]>>, DecodeError> {
+    let within = within.min(limits.max_decompressed_bytes);
+    let narrowed = DecodeLimits {
+        max_decompressed_bytes: within,
+        ..*limits
+    };
+    match decompress(body, &narrowed) {
+        Err(DecodeError::TooLarge { .. }) if within < limits.max_decompressed_bytes => Ok(None),
+        Err(DecodeError::TooLarge { .. }) => Err(DecodeError::TooLarge {
+            limit: limits.max_decompressed_bytes,
+        }),
+        other => other.map(Some),
+    }
+}
+
 /// Whether `body` starts with the gzip magic.
 pub fn is_gzip(body: &[u8]) -> bool {
     body.starts_with(&[0x1f, 0x8b])
@@ -108,7 +148,16 @@ pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError
 /// Decodes decompressed protobuf bytes, refusing more than `limits.max_entries` entries
 /// before allocating any of them.
 pub fn decode_raw(raw: &[u8], limits: &DecodeLimits) -> Result<Profile, DecodeError> {
-    if super::wire::count_entries(raw)? > limits.max_entries {
+    decode_measured(raw, super::wire::decoded_size(raw)?, limits)
+}
+
+/// [`decode_raw`] of bytes [`super::decoded_size`] has measured already.
+pub fn decode_measured(
+    raw: &[u8],
+    size: super::DecodedSize,
+    limits: &DecodeLimits,
+) -> Result<Profile, DecodeError> {
+    if size.entries > limits.max_entries {
         return Err(DecodeError::TooManyEntries {
             limit: limits.max_entries,
         });

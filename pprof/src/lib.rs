@@ -12,11 +12,14 @@ mod proto;
 mod validate;
 mod wire;
 
-pub use decode::{DecodeError, DecodeLimits, decode, decode_raw, decompress, is_gzip};
+pub use decode::{
+    DecodeError, DecodeLimits, decode, decode_measured, decode_raw, decompress, decompress_within,
+    decompressed_size_hint, is_gzip,
+};
 pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use validate::{ValidateError, validate};
-pub use wire::{WireError, decode_profile, encode_with_samples};
+pub use wire::{DecodedSize, WireError, decode_profile, decoded_size, encode_with_samples};
 
 use std::io::Write as _;
 

@@ -147,16 +147,56 @@ fn sample(buf: &[u8]) -> Result<Sample, DecodeError> {
     Ok(s)
 }
 
-/// Top-level entries (samples, locations, functions, mappings, strings, ...) of `raw`, counted
-/// without decoding them.
-pub fn count_entries(raw: &[u8]) -> Result<usize, DecodeError> {
+/// What decoding `raw` would allocate, measured without decoding it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodedSize {
+    /// Top-level entries: samples, locations, functions, mappings, strings, ...
+    pub entries: usize,
+    /// Bytes the decoded [`Profile`] and the decoder's scratch copy take, an estimate that
+    /// errs high: every packed varint becomes 8 bytes, each entry costs its struct.
+    pub bytes: usize,
+}
+
+/// Measures `raw` in one pass over its bytes, allocating nothing: the scraper reserves this
+/// much of its decode budget before decoding.
+pub fn decoded_size(raw: &[u8]) -> Result<DecodedSize, DecodeError> {
+    use std::mem::size_of;
     let mut pos = 0;
-    let mut n = 0usize;
+    let mut size = DecodedSize {
+        entries: 0,
+        // The non-sample fields are copied once for prost (`decode_profile`'s `rest`).
+        bytes: raw.len(),
+    };
     while pos < raw.len() {
-        next_field(raw, &mut pos)?;
-        n += 1;
+        let f = next_field(raw, &mut pos)?;
+        size.entries += 1;
+        let payload = &raw[f.payload.clone()];
+        let cost = match f.number {
+            FIELD_SAMPLE => {
+                let mut cost = size_of::<Sample>();
+                let mut p = 0;
+                while p < payload.len() {
+                    let sf = next_field(payload, &mut p)?;
+                    let sp = &payload[sf.payload];
+                    cost += match (sf.number, sf.wire_type) {
+                        // Packed: one 8-byte element per varint, each ending in a byte < 0x80.
+                        (1 | 2, 2) => 8 * sp.iter().filter(|b| **b < 0x80).count(),
+                        (1 | 2, _) => 8,
+                        (3, _) => size_of::<Label>() + sp.len(),
+                        _ => 0,
+                    };
+                }
+                cost
+            }
+            // Strings: the String and its bytes.
+            6 => size_of::<String>() + payload.len(),
+            // Mappings, locations (with their lines), functions, sample types, ...: a line of
+            // a location is 16 bytes decoded from 2 or more; 8x the payload covers every case.
+            _ => size_of::<crate::Location>() + 8 * payload.len(),
+        };
+        size.bytes = size.bytes.saturating_add(cost);
     }
-    Ok(n)
+    Ok(size)
 }
 
 /// Decodes a raw (uncompressed) profile; the same result as `Profile::decode`.

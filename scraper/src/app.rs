@@ -314,13 +314,16 @@ fn pull_loop(
             .unwrap_or(usize::MAX),
         ..DecodeLimits::default()
     };
-    Arc::new(Pipeline::new(
-        Fetcher::new(secrets),
-        outputs,
-        metrics.clone(),
-        limits,
-        config.scrape.max_concurrent,
-    ))
+    Arc::new(
+        Pipeline::new(
+            Fetcher::new(secrets),
+            outputs,
+            metrics.clone(),
+            limits,
+            config.scrape.max_concurrent,
+        )
+        .with_decode_budget(config.scrape.max_decode_bytes),
+    )
 }
 
 fn announce(args: &RunArgs, scheduler: &Scheduler) {

@@ -52,6 +52,11 @@ pub struct ScrapeSettings {
     /// Largest profile after decompression (default 64 MiB).
     #[serde(default = "ScrapeSettings::default_max_decompressed_bytes")]
     pub max_decompressed_bytes: u64,
+    /// Bytes that profiles being decompressed and decoded may hold at once, over all scrapes
+    /// (default 128 MiB): scrapes wait for their share (at most an interval, then the tick is
+    /// missed), and a profile needing more than all of it is refused (`too_large`).
+    #[serde(default = "ScrapeSettings::default_max_decode_bytes")]
+    pub max_decode_bytes: u64,
 }
 
 impl ScrapeSettings {
@@ -66,6 +71,9 @@ impl ScrapeSettings {
     fn default_max_decompressed_bytes() -> u64 {
         64 << 20
     }
+    fn default_max_decode_bytes() -> u64 {
+        crate::pull::DEFAULT_DECODE_BUDGET
+    }
 }
 
 impl Default for ScrapeSettings {
@@ -74,6 +82,7 @@ impl Default for ScrapeSettings {
             max_concurrent: Self::default_max_concurrent(),
             max_profile_bytes: Self::default_max_profile_bytes(),
             max_decompressed_bytes: Self::default_max_decompressed_bytes(),
+            max_decode_bytes: Self::default_max_decode_bytes(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! concurrency limit) -> [`Fetcher`] (HTTP pull with deadlines and size limits) -> decode,
 //! validate, delta -> labels -> the outputs, through an [`OutputsHandle`].
 
+mod budget;
 mod fetch;
 mod health;
 mod process;
@@ -16,11 +17,17 @@ use std::{
 use kubeprof_pprof::{DecodeLimits, DeltaTracker};
 use tokio::sync::Semaphore;
 
+pub use budget::DEFAULT_DECODE_BUDGET;
 pub use fetch::{FetchError, Fetcher};
 pub use health::JobHealth;
 pub use scheduler::{Scheduler, phase};
 
-use self::{health::HealthBook, scheduler::RunningJob};
+use self::{
+    budget::DecodeBudget,
+    health::HealthBook,
+    process::{Rejected, Stop},
+    scheduler::RunningJob,
+};
 use crate::{
     envelope::Envelope,
     metrics::{Metrics, ScrapeLabels, TypeLabels, TypeReasonLabels},
@@ -35,6 +42,7 @@ pub struct Pipeline {
     metrics: Metrics,
     limits: DecodeLimits,
     permits: Arc<Semaphore>,
+    budget: DecodeBudget,
     health: HealthBook,
 }
 
@@ -53,8 +61,16 @@ impl Pipeline {
             metrics,
             limits,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            budget: DecodeBudget::new(DEFAULT_DECODE_BUDGET),
             health: HealthBook::default(),
         }
+    }
+
+    /// The pipeline with `bytes` for decompressed and decoded profiles at once, over all
+    /// scrapes (default [`DEFAULT_DECODE_BUDGET`]).
+    pub fn with_decode_budget(mut self, bytes: u64) -> Self {
+        self.budget = DecodeBudget::new(bytes);
+        self
     }
 
     /// Health of every job, by id.
@@ -107,13 +123,40 @@ impl Pipeline {
             }
         };
         self.metrics.scrape_bytes.inc_by(body.len() as u64);
-        let processed = process::process(
-            body,
-            job.profile.delta,
-            tracker,
-            &self.limits,
-            &self.metrics,
-        );
+        // Decoding waits for its share of the budget as long as a slot would (one interval).
+        let mut want = process::first_reservation(&body, &self.limits);
+        let processed = loop {
+            let reserved =
+                tokio::time::timeout(job.interval.std(), self.budget.reserve(want)).await;
+            let Ok(reserved) = reserved else {
+                self.metrics.missed_scrapes.inc();
+                return;
+            };
+            let Some(mut reservation) = reserved else {
+                break Err(Rejected {
+                    outcome: "decode_error",
+                    reason: kubeprof_crds::health::ScrapeFailure::TooLarge,
+                    message: format!(
+                        "decompressing the profile takes {} MiB, more than the whole decode budget",
+                        want >> 20
+                    ),
+                });
+            };
+            match process::process(
+                body.clone(),
+                job.profile.delta,
+                tracker,
+                &self.limits,
+                &self.metrics,
+                (&self.budget, &mut reservation),
+            ) {
+                Ok(ready) => break Ok(ready),
+                Err(Stop::Rejected(r)) => break Err(r),
+                // Strictly more than `reservation` held, and at most the whole budget: this
+                // loop ends.
+                Err(Stop::NeedsRoom(n)) => want = n,
+            }
+        };
         let ready = match processed {
             Ok(ready) => ready,
             Err(rejected) => {

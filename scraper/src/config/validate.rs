@@ -196,6 +196,7 @@ impl Config {
             ("scrape.maxConcurrent", scrape.max_concurrent as u64),
             ("scrape.maxProfileBytes", scrape.max_profile_bytes),
             ("scrape.maxDecompressedBytes", scrape.max_decompressed_bytes),
+            ("scrape.maxDecodeBytes", scrape.max_decode_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));

@@ -11,6 +11,7 @@ use kubeprof_pprof::{
     self as pprof, DecodeError, DecodeLimits, DeltaOutcome, DeltaTracker, Profile, ValidateError,
 };
 
+use super::budget::{DecodeBudget, Reservation};
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// A profile ready for the outputs.
@@ -33,35 +34,84 @@ pub(super) struct Rejected {
     pub message: String,
 }
 
+/// Why [`process`] stopped without a profile.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// The body is not a usable profile.
+    Rejected(Rejected),
+    /// Decoding needs this many bytes of the budget, more than `reservation` holds and more
+    /// than is free now: wait for them (holding nothing) and call again. Nothing changed.
+    NeedsRoom(usize),
+}
+
+impl From<Rejected> for Stop {
+    fn from(r: Rejected) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+/// The bytes of the decode budget to reserve before calling [`process`] on `body` the first
+/// time: what its gzip trailer announces (a raw body is decoded where it is).
+pub(super) fn first_reservation(body: &[u8], limits: &DecodeLimits) -> usize {
+    if pprof::is_gzip(body) {
+        pprof::decompressed_size_hint(body, limits)
+    } else {
+        0
+    }
+}
+
 /// The profile of `body`; `None` when it is a delta profile's baseline, with nothing to send
-/// yet. `tracker` holds the job's previous values when `delta` is set.
+/// yet. `tracker` holds the job's previous values when `delta` is set. Decompressing and
+/// decoding stay within `reservation`, grown from `budget` when the measured size needs it.
 pub(super) fn process(
     body: Bytes,
     delta: bool,
     tracker: &mut DeltaTracker,
     limits: &DecodeLimits,
     metrics: &Metrics,
-) -> Result<Option<Ready>, Rejected> {
+    (budget, reservation): (&DecodeBudget, &mut Reservation),
+) -> Result<Option<Ready>, Stop> {
+    let decode_error = |e: DecodeError| Rejected {
+        outcome: "decode_error",
+        reason: decode_failure(&e),
+        message: e.to_string(),
+    };
+    let gzip = pprof::is_gzip(&body);
+    let within = if gzip {
+        reservation.bytes()
+    } else {
+        limits.max_decompressed_bytes
+    };
     // The decompressed bytes are kept: a delta re-uses all but their samples.
-    let (raw, profile) = pprof::decompress(&body, limits)
-        .and_then(|raw| {
-            let profile = pprof::decode_raw(&raw, limits)?;
-            Ok((raw, profile))
-        })
-        .map_err(|e| Rejected {
+    let Some(raw) = pprof::decompress_within(&body, within, limits).map_err(decode_error)? else {
+        return Err(Stop::NeedsRoom(limits.max_decompressed_bytes));
+    };
+    let size = pprof::decoded_size(&raw).map_err(|e| decode_error(DecodeError::NotPprof(e)))?;
+    let need = if gzip { raw.len() } else { 0 }.saturating_add(size.bytes);
+    if need > budget.total() {
+        return Err(Stop::Rejected(Rejected {
             outcome: "decode_error",
-            reason: decode_failure(&e),
-            message: e.to_string(),
-        })?;
+            reason: ScrapeFailure::TooLarge,
+            message: format!(
+                "decoding the profile takes about {} MiB, more than the whole decode budget ({} MiB)",
+                need >> 20,
+                budget.total() >> 20
+            ),
+        }));
+    }
+    if !budget.try_grow(reservation, need) {
+        return Err(Stop::NeedsRoom(need));
+    }
+    let profile = pprof::decode_measured(&raw, size, limits).map_err(decode_error)?;
     if let Err(e) = pprof::validate(&profile) {
-        return Err(Rejected {
+        return Err(Stop::Rejected(Rejected {
             outcome: "invalid_profile",
             reason: invalid_failure(&e),
             message: format!("invalid profile: {e}"),
-        });
+        }));
     }
     if !delta {
-        let profile_bytes = if pprof::is_gzip(&body) {
+        let profile_bytes = if gzip {
             // Unchanged: forward the bytes as the target sent them.
             body
         } else {
@@ -114,5 +164,73 @@ fn invalid_failure(e: &ValidateError) -> ScrapeFailure {
         ValidateError::DanglingMapping { .. } => ScrapeFailure::DanglingMapping,
         ValidateError::DanglingFunction { .. } => ScrapeFailure::DanglingFunction,
         ValidateError::BadId { .. } => ScrapeFailure::BadId,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::Bytes;
+    use futures::FutureExt as _;
+    use kubeprof_crds::health::ScrapeFailure;
+    use kubeprof_pprof::{self as pprof, DecodeLimits, DeltaTracker};
+
+    use super::{Stop, first_reservation, process};
+    use crate::{metrics::Metrics, pull::budget::DecodeBudget};
+
+    const MUTEX: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/mutex.pb.gz");
+
+    fn run(
+        body: &[u8],
+        tracker: &mut DeltaTracker,
+        budget: &DecodeBudget,
+        reserve: usize,
+    ) -> Result<bool, Stop> {
+        let mut reservation = budget.reserve(reserve).now_or_never().flatten().unwrap();
+        process(
+            Bytes::copy_from_slice(body),
+            true,
+            tracker,
+            &DecodeLimits::default(),
+            &Metrics::unregistered(),
+            (budget, &mut reservation),
+        )
+        .map(|ready| ready.is_some())
+    }
+
+    #[test]
+    fn a_profile_waits_for_budget_held_by_others_and_changes_nothing_meanwhile() {
+        let budget = DecodeBudget::new(1 << 20);
+        let mut tracker = DeltaTracker::default();
+        let first = first_reservation(MUTEX, &DecodeLimits::default());
+        // Another decode holds all but what the trailer announced.
+        let others = budget
+            .reserve(budget.total() - first.next_multiple_of(1024))
+            .now_or_never()
+            .flatten()
+            .unwrap();
+        let need = match run(MUTEX, &mut tracker, &budget, first) {
+            Err(Stop::NeedsRoom(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        assert!(need > first && need <= budget.total(), "{need}");
+        drop(others);
+        // The tracker saw nothing: the retry is the job's first profile, a baseline.
+        assert!(!run(MUTEX, &mut tracker, &budget, need).unwrap());
+        assert!(run(MUTEX, &mut tracker, &budget, need).unwrap());
+    }
+
+    #[test]
+    fn a_profile_whose_decoding_exceeds_the_whole_budget_is_too_large() {
+        // 256k empty samples: 512 KiB raw, a few KiB of gzip, ~20 MB decoded.
+        let body = pprof::gzip(&[0x12u8, 0x00].repeat(256 << 10));
+        let budget = DecodeBudget::new(4 << 20);
+        let first = first_reservation(&body, &DecodeLimits::default());
+        assert_eq!(first, 512 << 10);
+        match run(&body, &mut DeltaTracker::default(), &budget, first) {
+            Err(Stop::Rejected(r)) => assert_eq!(r.reason, ScrapeFailure::TooLarge),
+            other => panic!("{other:?}"),
+        }
     }
 }
