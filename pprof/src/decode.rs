@@ -73,15 +73,16 @@ pub fn decompressed_size_hint(body: &[u8], limits: &DecodeLimits) -> usize {
     if !is_gzip(body) {
         return body.len();
     }
-    let isize = body
-        .len()
-        .checked_sub(4)
-        .and_then(|at| body.get(at..))
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(0, u32::from_le_bytes);
-    usize::try_from(isize)
-        .unwrap_or(usize::MAX)
+    gzip_trailer_size(body)
+        .unwrap_or(0)
         .min(limits.max_decompressed_bytes)
+}
+
+/// ISIZE, the last four bytes of a gzip stream.
+fn gzip_trailer_size(body: &[u8]) -> Option<usize> {
+    let at = body.len().checked_sub(4)?;
+    let bytes = <[u8; 4]>::try_from(body.get(at..)?).ok()?;
+    usize::try_from(u32::from_le_bytes(bytes)).ok()
 }
 
 /// [`decompress`] holding no more than `within` bytes (at most the limit): `Ok(None)` when the
@@ -126,10 +127,17 @@ pub fn decompress<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<Cow<'a, [
     }
     let limit = limits.max_decompressed_bytes;
     // Reading one byte past the limit tells "exactly at the limit" from "over it" without ever
-    // holding more than limit + 1 bytes.
+    // holding more than limit + 1 bytes. The buffer is sized once from the gzip trailer: growing
+    // by doubling would touch up to twice the limit (a 64 MiB bomb took 128 MiB), while
+    // capacity never written costs no memory.
     let mut reader = flate2::read::MultiGzDecoder::new(body)
         .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit.saturating_add(1)));
+    let mut out = Vec::with_capacity(
+        decompressed_size_hint(body, limits)
+            .max(body.len().saturating_mul(4))
+            .min(limit)
+            .saturating_add(1),
+    );
     match reader.read_to_end(&mut out) {
         Ok(_) if out.len() > limit => Err(DecodeError::TooLarge { limit }),
         Ok(_) => Ok(Cow::Owned(out)),

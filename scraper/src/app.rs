@@ -322,7 +322,11 @@ fn pull_loop(
             limits,
             config.scrape.max_concurrent,
         )
-        .with_decode_budget(config.scrape.max_decode_bytes),
+        .with_budgets(
+            config.scrape.max_decode_bytes,
+            // Two of the largest bodies at once: a hostile target's body waits for its share.
+            config.scrape.max_profile_bytes.saturating_mul(2),
+        ),
     )
 }
 

@@ -53,7 +53,7 @@ pub struct ScrapeSettings {
     #[serde(default = "ScrapeSettings::default_max_decompressed_bytes")]
     pub max_decompressed_bytes: u64,
     /// Bytes that profiles being decompressed and decoded may hold at once, over all scrapes
-    /// (default 128 MiB): scrapes wait for their share (at most an interval, then the tick is
+    /// (default 96 MiB): scrapes wait for their share (at most an interval, then the tick is
     /// missed), and a profile needing more than all of it is refused (`too_large`).
     #[serde(default = "ScrapeSettings::default_max_decode_bytes")]
     pub max_decode_bytes: u64,

@@ -17,13 +17,13 @@ use std::{
 use kubeprof_pprof::{DecodeLimits, DeltaTracker};
 use tokio::sync::Semaphore;
 
-pub use budget::DEFAULT_DECODE_BUDGET;
+pub use budget::{DEFAULT_BODY_BUDGET, DEFAULT_DECODE_BUDGET};
 pub use fetch::{FetchError, Fetcher};
 pub use health::JobHealth;
 pub use scheduler::{Scheduler, phase};
 
 use self::{
-    budget::DecodeBudget,
+    budget::ByteBudget,
     health::HealthBook,
     process::{Rejected, Stop},
     scheduler::RunningJob,
@@ -42,7 +42,8 @@ pub struct Pipeline {
     metrics: Metrics,
     limits: DecodeLimits,
     permits: Arc<Semaphore>,
-    budget: DecodeBudget,
+    budget: ByteBudget,
+    bodies: ByteBudget,
     health: HealthBook,
 }
 
@@ -61,15 +62,18 @@ impl Pipeline {
             metrics,
             limits,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            budget: DecodeBudget::new(DEFAULT_DECODE_BUDGET),
+            budget: ByteBudget::with_small_lane(DEFAULT_DECODE_BUDGET),
+            bodies: ByteBudget::new(DEFAULT_BODY_BUDGET),
             health: HealthBook::default(),
         }
     }
 
     /// The pipeline with `bytes` for decompressed and decoded profiles at once, over all
-    /// scrapes (default [`DEFAULT_DECODE_BUDGET`]).
-    pub fn with_decode_budget(mut self, bytes: u64) -> Self {
-        self.budget = DecodeBudget::new(bytes);
+    /// scrapes (default [`DEFAULT_DECODE_BUDGET`]), and `body_bytes` for bodies being fetched
+    /// past their first 256 KiB (default [`DEFAULT_BODY_BUDGET`]).
+    pub fn with_budgets(mut self, bytes: u64, body_bytes: u64) -> Self {
+        self.budget = ByteBudget::with_small_lane(bytes);
+        self.bodies = ByteBudget::new(body_bytes);
         self
     }
 
@@ -105,7 +109,10 @@ impl Pipeline {
         let start = SystemTime::now();
         let t0 = Instant::now();
         let limit = job.max_profile_bytes.unwrap_or(16 << 20);
-        let fetched = self.fetcher.fetch(job, limit).await;
+        let fetched = self
+            .fetcher
+            .fetch_within(job, limit, Some(&self.bodies))
+            .await;
         drop(permit);
         self.metrics
             .scrape_duration
@@ -113,8 +120,9 @@ impl Pipeline {
                 r#type: type_label.clone(),
             })
             .observe(t0.elapsed().as_secs_f64());
-        let body = match fetched {
-            Ok(body) => body,
+        // The body's share of its budget is held until the scrape ends.
+        let (body, _body_held) = match fetched {
+            Ok(fetched) => fetched,
             Err(e) => {
                 count(e.reason().as_str());
                 self.health

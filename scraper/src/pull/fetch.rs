@@ -17,10 +17,15 @@ use kubeprof_crds::{
     job::{ScrapeAuth, ScrapeJob, ScrapeTls},
 };
 
+use super::budget::{ByteBudget, Reservation};
 use crate::credentials::{self, CredentialError, SecretSource};
 
 /// Most bytes of an error response's body read (its first 256 are shown).
 const ERROR_BODY_BYTES: usize = 4096;
+
+/// Bytes of a body read without reserving them from the body budget: a Go service's profiles
+/// are a few KiB to a few hundred, so ordinary targets never wait for the budget.
+pub const FREE_BODY_BYTES: usize = 256 << 10;
 
 /// Why a fetch failed. [`FetchError::reason`] is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -236,14 +241,33 @@ impl Fetcher {
 
     /// Pulls the job's profile; the body as sent, at most `limit` bytes.
     pub async fn fetch(&self, job: &ScrapeJob, limit: u64) -> Result<Bytes, FetchError> {
+        self.fetch_within(job, limit, None)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// [`Self::fetch`], the bytes of a body past [`FREE_BODY_BYTES`] reserved from `budget`
+    /// before they are read (waiting for them within the request's deadline), and held by the
+    /// returned reservation for as long as the body is kept.
+    pub(super) async fn fetch_within(
+        &self,
+        job: &ScrapeJob,
+        limit: u64,
+        budget: Option<&ByteBudget>,
+    ) -> Result<(Bytes, Reservation), FetchError> {
         let deadline = job.request_deadline();
-        match tokio::time::timeout(deadline, self.fetch_inner(job, limit)).await {
+        match tokio::time::timeout(deadline, self.fetch_inner(job, limit, budget)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout(deadline)),
         }
     }
 
-    async fn fetch_inner(&self, job: &ScrapeJob, limit: u64) -> Result<Bytes, FetchError> {
+    async fn fetch_inner(
+        &self,
+        job: &ScrapeJob,
+        limit: u64,
+        budget: Option<&ByteBudget>,
+    ) -> Result<(Bytes, Reservation), FetchError> {
         let server_name = job
             .tls
             .as_ref()
@@ -299,14 +323,44 @@ impl Fetcher {
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(FetchError::BodyTooLarge { limit });
         }
-        let mut body = BytesMut::new();
+        let too_large = || FetchError::BodyTooLarge { limit };
+        let mut held = Reservation::default();
+        // The whole announced length at once, holding nothing yet; the body's buffer is sized
+        // to it.
+        let announced = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        if let Some(budget) = budget
+            && announced > FREE_BODY_BYTES
+        {
+            held = budget.reserve(announced).await.ok_or_else(too_large)?;
+        }
+        let mut body = BytesMut::with_capacity(announced.min(FREE_BODY_BYTES.max(held.bytes())));
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(FetchError::BodyTooLarge { limit });
+            let need = body.len() + chunk.len();
+            if need as u64 > limit {
+                return Err(too_large());
+            }
+            if let Some(budget) = budget
+                && need > FREE_BODY_BYTES
+                && need > held.bytes()
+            {
+                // The buffer doubles as it grows: reserve what it will take.
+                let want = need.next_power_of_two();
+                if !budget.try_grow(&mut held, want) {
+                    // Waiting while holding: only bodies past the free bytes do, and the
+                    // request's deadline ends the wait.
+                    let more = budget
+                        .reserve(want - held.bytes())
+                        .await
+                        .ok_or_else(too_large)?;
+                    held.merge(more);
+                }
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok((body.freeze(), held))
     }
 }
 
@@ -394,5 +448,53 @@ mod tests {
             url("goroutine"),
             "http://10.0.0.1:6060/debug/pprof/goroutine?q=a+b%26c&seconds=5"
         );
+    }
+
+    /// A body past the free bytes waits for its share of the body budget, within the request's
+    /// deadline, and holds it while the body is kept.
+    #[tokio::test]
+    async fn a_large_body_waits_for_the_body_budget_and_holds_its_share() {
+        use axum::{Router, routing::get};
+
+        use super::FREE_BODY_BYTES;
+        use crate::pull::budget::ByteBudget;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = vec![7u8; 600 << 10];
+        let app = Router::new().route(
+            "/debug/pprof/goroutine",
+            get(move || {
+                let body = body.clone();
+                async move { body }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = Config::parse(&format!(
+            "targets:\n  - name: a\n    addresses: [\"{addr}\"]\n    interval: 2s\n    scrapeTimeout: 1s\nsinks:\n  - name: local\n    file: {{directory: ./p}}\n"
+        ))
+        .unwrap();
+        let job = config
+            .job_set()
+            .jobs
+            .into_iter()
+            .find(|j| j.profile.name == "goroutine")
+            .unwrap();
+        let fetcher = Fetcher::new(std::sync::Arc::new(crate::SecretsDir(None)));
+        let budget = ByteBudget::new(1 << 20);
+        let others = budget.reserve(1 << 20).await.unwrap();
+        // Held elsewhere until the deadline: the body is never read.
+        let err = fetcher
+            .fetch_within(&job, 16 << 20, Some(&budget))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason().as_str(), "timeout", "{err}");
+        drop(others);
+        let (got, held) = fetcher
+            .fetch_within(&job, 16 << 20, Some(&budget))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 600 << 10);
+        assert!(held.bytes() >= got.len() && got.len() > FREE_BODY_BYTES);
     }
 }

@@ -11,7 +11,7 @@ use kubeprof_pprof::{
     self as pprof, DecodeError, DecodeLimits, DeltaOutcome, DeltaTracker, Profile, ValidateError,
 };
 
-use super::budget::{DecodeBudget, Reservation};
+use super::budget::{ByteBudget, Reservation};
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// A profile ready for the outputs.
@@ -69,7 +69,7 @@ pub(super) fn process(
     tracker: &mut DeltaTracker,
     limits: &DecodeLimits,
     metrics: &Metrics,
-    (budget, reservation): (&DecodeBudget, &mut Reservation),
+    (budget, reservation): (&ByteBudget, &mut Reservation),
 ) -> Result<Option<Ready>, Stop> {
     let decode_error = |e: DecodeError| Rejected {
         outcome: "decode_error",
@@ -177,14 +177,14 @@ mod tests {
     use kubeprof_pprof::{self as pprof, DecodeLimits, DeltaTracker};
 
     use super::{Stop, first_reservation, process};
-    use crate::{metrics::Metrics, pull::budget::DecodeBudget};
+    use crate::{metrics::Metrics, pull::budget::ByteBudget};
 
     const MUTEX: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/mutex.pb.gz");
 
     fn run(
         body: &[u8],
         tracker: &mut DeltaTracker,
-        budget: &DecodeBudget,
+        budget: &ByteBudget,
         reserve: usize,
     ) -> Result<bool, Stop> {
         let mut reservation = budget.reserve(reserve).now_or_never().flatten().unwrap();
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_profile_waits_for_budget_held_by_others_and_changes_nothing_meanwhile() {
-        let budget = DecodeBudget::new(1 << 20);
+        let budget = ByteBudget::new(1 << 20);
         let mut tracker = DeltaTracker::default();
         let first = first_reservation(MUTEX, &DecodeLimits::default());
         // Another decode holds all but what the trailer announced.
@@ -225,7 +225,7 @@ mod tests {
     fn a_profile_whose_decoding_exceeds_the_whole_budget_is_too_large() {
         // 256k empty samples: 512 KiB raw, a few KiB of gzip, ~20 MB decoded.
         let body = pprof::gzip(&[0x12u8, 0x00].repeat(256 << 10));
-        let budget = DecodeBudget::new(4 << 20);
+        let budget = ByteBudget::new(4 << 20);
         let first = first_reservation(&body, &DecodeLimits::default());
         assert_eq!(first, 512 << 10);
         match run(&body, &mut DeltaTracker::default(), &budget, first) {
