@@ -202,7 +202,7 @@ async fn threads_profile() -> Response {
 async fn heap_profile() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
-        "heap profiles of kubeprof itself are not available: its allocators (jemalloc in the operator, the system allocator in the scraper) run without allocation sampling\n",
+        "heap profiles of kubeprof itself are not available: both binaries use jemalloc without allocation sampling\n",
     )
         .into_response()
 }
