@@ -19,6 +19,9 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 /// The longest duration accepted: 24 hours.
 pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// The CEL rule of every duration field: [`MAX_DURATION`], checked by the API server.
+pub const MAX_DURATION_RULE: &str = "duration(self) <= duration('24h')";
+
 /// A non-negative duration, at most 24h, written as `15s`, `1m30s`, `500ms` or `2h`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
@@ -109,7 +112,7 @@ impl FromStr for Duration {
             rest = tail;
         }
         if total_nanos > MAX_DURATION.as_nanos() {
-            return Err(err("longer than 24h, the longest kubeprof accepts"));
+            return Err(err("must be at most 24h"));
         }
         let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("too large"))?;
         Ok(Self(std::time::Duration::new(
@@ -176,6 +179,11 @@ impl JsonSchema for Duration {
             "type": "string",
             "pattern": DURATION_PATTERN,
             "maxLength": crate::limits::MAX_DURATION_LENGTH,
+            // The parser's bound, on the server: one `duration()` of a 32-character string.
+            "x-kubernetes-validations": [{
+                "rule": MAX_DURATION_RULE,
+                "message": "must be at most 24h",
+            }],
         })
     }
 }

@@ -141,11 +141,21 @@ mod with_cel {
             self.check(&self.policy, spec)
         }
 
+        /// [`Self::target`] of a spec as JSON, before it is read into the Rust type (which
+        /// refuses some values, such as durations over 24h, on its own).
+        pub fn target_json(&self, spec: &Value) -> Vec<String> {
+            self.check_value(&self.target, spec)
+        }
+
         fn check(&self, schema: &SpecSchema, spec: &impl Serialize) -> Vec<String> {
-            let value = match serde_json::to_value(spec) {
-                Ok(v) => v,
-                Err(e) => return vec![format!("spec: cannot be read: {e}")],
-            };
+            match serde_json::to_value(spec) {
+                Ok(v) => self.check_value(schema, &v),
+                Err(e) => vec![format!("spec: cannot be read: {e}")],
+            }
+        }
+
+        fn check_value(&self, schema: &SpecSchema, value: &Value) -> Vec<String> {
+            let value = value.clone();
             let mut out = bound_violations(&schema.schema, &value, "spec");
             if let Err(errors) = self.cel.validate_compiled(&schema.rules, &value, None) {
                 out.extend(errors.iter().map(|e| {
@@ -186,6 +196,34 @@ mod tests {
                 "spec.list[0]: Too long: must have at most 3 characters (has 4)",
                 "spec.map: Too many: 2: must have at most 1 items",
             ]
+        );
+    }
+
+    #[cfg(feature = "cel")]
+    #[test]
+    fn durations_over_a_day_are_refused_by_the_crds_cel_rule() {
+        let validator = SpecValidator::new();
+        let spec = |interval: &str, timeout: &str| {
+            json!({
+                "selector": {},
+                "endpoints": [{"port": "pprof", "interval": interval, "scrapeTimeout": timeout}],
+            })
+        };
+        assert_eq!(
+            validator.target_json(&spec("24h", "10s")),
+            Vec::<String>::new()
+        );
+        let errors = validator.target_json(&spec("25h", "1441m"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors.iter().all(|e| e.contains("must be at most 24h")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("spec.endpoints[0].interval")),
+            "{errors:?}"
         );
     }
 }
