@@ -79,3 +79,132 @@ fn objects_a_cel_enforcing_server_would_refuse_are_reported_and_not_applied() {
         && j.interval == Duration::from_secs(15)));
     assert_eq!(c.shards[&Some("n".to_string())].sinks.len(), 1);
 }
+
+/// Absurd objects, as a careless or hostile user writes them: 10,000 endpoints, selectors of
+/// 10,000 terms, the longest interval, a 100,000-character label. Each is reported on its own
+/// object, none panics, and the sane target beside them is scraped as usual.
+#[test]
+fn absurd_objects_are_reported_and_do_not_block_the_others() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    let mut endless = mk_target("shop", "endless", "web", port("pprof"));
+    endless.spec.endpoints = vec![port("pprof"); 10_000];
+    let mut wide = mk_target("shop", "wide-selector", "web", port("pprof"));
+    wide.spec.selector.match_expressions = Some(
+        (0..10_000)
+            .map(|i| LabelSelectorRequirement {
+                key: format!("k{i}"),
+                operator: "In".into(),
+                values: Some(vec!["v".into(); 10]),
+            })
+            .collect(),
+    );
+    let mut long_label = mk_target("shop", "long-label", "web", port("pprof"));
+    long_label
+        .spec
+        .labels
+        .insert("team".into(), "x".repeat(100_000));
+    let slowest = mk_target(
+        "shop",
+        "slowest",
+        "web",
+        Endpoint {
+            interval: Some(Duration::from_secs(24 * 3600)),
+            scrape_timeout: Some(Duration::from_secs(24 * 3600 - 1)),
+            ..port("pprof")
+        },
+    );
+    let inputs = Inputs {
+        policies: vec![mk_policy("fallback", 0, |_| {})],
+        targets: vec![
+            endless,
+            wide,
+            long_label,
+            slowest,
+            mk_target("shop", "fine", "web", port("pprof")),
+        ],
+        pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+
+    let first_problem = |name: &str| {
+        facts(&c, "shop", name)
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.reason, p.message))
+            .next()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        first_problem("endless"),
+        "InvalidSpec: spec.endpoints: Too many: 10000: must have at most 64 items"
+    );
+    assert!(
+        first_problem("wide-selector")
+            .starts_with("InvalidSpec: spec.selector.matchExpressions: Too many: 10000"),
+        "{}",
+        first_problem("wide-selector")
+    );
+    assert!(
+        first_problem("long-label").starts_with("InvalidSpec: spec.labels.team: Too long"),
+        "{}",
+        first_problem("long-label")
+    );
+    for refused in ["endless", "wide-selector", "long-label"] {
+        assert_eq!(facts(&c, "shop", refused).active_jobs, 0, "{refused}");
+    }
+    // A day is the longest interval: accepted, scheduled like any other.
+    assert_eq!(first_problem("slowest"), "");
+    let by_target = |name: &str| {
+        jobs(&c)
+            .into_iter()
+            .filter(|j| j.origin.name == name)
+            .count()
+    };
+    assert_eq!((by_target("slowest"), by_target("fine")), (5, 5));
+}
+
+/// Objects the Rust types cannot hold (a duration over 24h, JSON nested past any schema) are
+/// read as errors, which the runtime reports on the object (`InvalidSpec`, "cannot be read"),
+/// never a panic of the watch.
+#[test]
+fn unreadable_absurd_objects_are_errors_that_name_why() {
+    use kube::core::DeserializeGuard;
+    use kubeprof_crds::ProfilingTarget;
+
+    let object = |spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "kubeprof.io/v1alpha1",
+            "kind": "ProfilingTarget",
+            "metadata": {"name": "t", "namespace": "shop"},
+            "spec": spec,
+        })
+    };
+    let read = |v: serde_json::Value| {
+        serde_json::from_value::<DeserializeGuard<ProfilingTarget>>(v)
+            .unwrap()
+            .0
+            .map(|_| ())
+            .map_err(|e| e.error)
+    };
+    let huge = object(serde_json::json!({
+        "selector": {},
+        "endpoints": [{"port": "pprof", "interval": "9223372036854775813s"}],
+    }));
+    let err = read(huge).unwrap_err();
+    assert!(err.contains("24h"), "{err}");
+    // 1,000 levels of nesting where a selector goes.
+    let mut deep = serde_json::json!("x");
+    for _ in 0..1_000 {
+        deep = serde_json::json!({ "matchLabels": deep });
+    }
+    let text = object(serde_json::json!({"selector": deep, "endpoints": []})).to_string();
+    // serde_json stops at 128 levels when reading text, as the watch reads it.
+    let err = serde_json::from_str::<DeserializeGuard<ProfilingTarget>>(&text)
+        .map(|g| g.0.map(|_| ()).map_err(|e| e.error));
+    assert!(
+        matches!(&err, Err(_) | Ok(Err(_))),
+        "a 1,000-deep selector was read: {err:?}"
+    );
+}
