@@ -7,6 +7,14 @@
 //! target/release/kubeprof-loadtest --targets 1000 --interval 15s --duration 120s
 //! ```
 //! Everything listens on loopback and the run stops by itself after `--duration`.
+//!
+//! `--hostile N` adds N hostile targets (huge error bodies, gzip bombs, a million mutex series,
+//! slowloris, ...: [`hostile::CLASSES`]) on 127.2.0.0/16, scraped into their own sink, and
+//! prints the scraper's peak RSS, the good targets' missed scrapes (gaps between their requests
+//! longer than an interval) and the scrape outcomes and rejection reasons.
+
+mod hostile;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -51,26 +59,57 @@ struct Args {
     /// Port every fake target listens on.
     #[arg(long, default_value_t = 6060)]
     port: u16,
+    /// Hostile targets beside the good ones (127.2.0.1, 127.2.0.2, ...), each of one class in
+    /// turn.
+    #[arg(long, default_value_t = 0)]
+    hostile: u32,
 }
 
-const CPU: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/cpu.pb.gz");
+const CPU: &[u8] = include_bytes!("../../../tests/fixtures/pprof-go/cpu.pb.gz");
 const ALLOCS: [&[u8]; 2] = [
-    include_bytes!("../../tests/fixtures/pprof-go/allocs.pb.gz"),
-    include_bytes!("../../tests/fixtures/pprof-go/allocs-2.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/allocs.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/allocs-2.pb.gz"),
 ];
 const MUTEX: [&[u8]; 2] = [
-    include_bytes!("../../tests/fixtures/pprof-go/mutex.pb.gz"),
-    include_bytes!("../../tests/fixtures/pprof-go/mutex-2.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/mutex.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/mutex-2.pb.gz"),
 ];
 const BLOCK: [&[u8]; 2] = [
-    include_bytes!("../../tests/fixtures/pprof-go/block.pb.gz"),
-    include_bytes!("../../tests/fixtures/pprof-go/block-2.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/block.pb.gz"),
+    include_bytes!("../../../tests/fixtures/pprof-go/block-2.pb.gz"),
 ];
-const GOROUTINE: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/goroutine.pb.gz");
+const GOROUTINE: &[u8] = include_bytes!("../../../tests/fixtures/pprof-go/goroutine.pb.gz");
 
+/// What the good targets saw.
 #[derive(Default)]
 struct Served {
     requests: AtomicU64,
+    /// Set once the warm-up is over: gaps are counted from then on.
+    measuring: std::sync::atomic::AtomicBool,
+    /// Intervals without a request, over every good target, by type.
+    missed: [AtomicU64; 5],
+    /// The longest gap between two requests of one target, by type, in ms.
+    max_gap_ms: [AtomicU64; 5],
+    interval: std::sync::OnceLock<Duration>,
+}
+
+impl Served {
+    /// Counts a request of one target's type whose previous one came at `last`.
+    fn request(&self, last: &std::sync::Mutex<Option<Instant>>, kind: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let previous = last.lock().unwrap_or_else(|e| e.into_inner()).replace(now);
+        let (Some(previous), Some(interval)) = (previous, self.interval.get()) else {
+            return;
+        };
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let gap = now - previous;
+        self.max_gap_ms[kind].fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+        let intervals = (gap.as_secs_f64() / interval.as_secs_f64()).round() as u64;
+        self.missed[kind].fetch_add(intervals.saturating_sub(1), Ordering::Relaxed);
+    }
 }
 
 /// One fake service: counts its own requests per type, so each starts with its first capture.
@@ -78,6 +117,10 @@ struct Served {
 struct Target {
     served: Arc<Served>,
     cumulative: [AtomicU64; 3],
+    /// The last request of each type (cpu, allocs, mutex, block, goroutine).
+    last: [std::sync::Mutex<Option<Instant>>; 5],
+    /// The CPU profile served, covering the interval asked.
+    cpu: bytes::Bytes,
 }
 
 #[derive(serde::Deserialize)]
@@ -90,13 +133,18 @@ async fn profile(
     Path(name): Path<String>,
     Query(p): Query<Params>,
 ) -> Response {
-    t.served.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(i) = ["profile", "allocs", "mutex", "block", "goroutine"]
+        .iter()
+        .position(|n| *n == name)
+    {
+        t.served.request(&t.last[i], i);
+    }
     let nth = |i: usize| usize::from(t.cumulative[i].fetch_add(1, Ordering::Relaxed) > 0);
     let body: &'static [u8] = match name.as_str() {
         "profile" => {
             // Like Go: the answer comes after the sampling period.
             tokio::time::sleep(Duration::from_secs(p.seconds.unwrap_or(30).min(60))).await;
-            CPU
+            return t.cpu.clone().into_response();
         }
         // The first capture, then the later one: a real delta, then zero deltas.
         "allocs" => ALLOCS[nth(0)],
@@ -150,6 +198,23 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// Sums of the series starting with `prefix`, by the value of their label `key`.
+fn by_label(text: &str, prefix: &str, key: &str) -> Vec<(String, f64)> {
+    let mut sums = std::collections::BTreeMap::<String, f64>::new();
+    for line in text.lines().filter(|l| l.starts_with(prefix)) {
+        let Some((series, v)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let needle = format!("{key}=\"");
+        let label = series
+            .split_once(&needle)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("", |(v, _)| v);
+        *sums.entry(label.to_owned()).or_default() += v.parse::<f64>().unwrap_or(0.0);
+    }
+    sums.into_iter().collect()
+}
+
 /// Kills the scraper when the harness ends, however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -181,6 +246,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let served = Arc::new(Served::default());
+    let _ = served.interval.set(interval.std());
+    // The captured CPU profile covers 5 s; the scraper asks for the interval.
+    let cpu_body: bytes::Bytes = {
+        let mut p = kubeprof_pprof::decode(CPU, &Default::default())?;
+        p.duration_nanos = i64::try_from(interval.std().as_nanos()).unwrap_or(i64::MAX);
+        kubeprof_pprof::encode_gzip(&p).into()
+    };
     let mut addresses = Vec::new();
     for i in 0..args.targets {
         let addr = SocketAddr::new(IpAddr::V4(target_ip(i)), args.port);
@@ -191,12 +263,37 @@ async fn main() -> anyhow::Result<()> {
             .route("/debug/pprof/{name}", get(profile))
             .with_state(Arc::new(Target {
                 served: served.clone(),
+                cpu: cpu_body.clone(),
                 ..Default::default()
             }));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         addresses.push(addr.to_string());
+    }
+
+    let mut hostile_addresses = Vec::new();
+    if args.hostile > 0 {
+        let bodies = Arc::new(hostile::Bodies::build(CPU, GOROUTINE)?);
+        for i in 0..args.hostile {
+            let n = i + 1;
+            let ip = Ipv4Addr::new(127, 2, (n >> 8) as u8, (n & 0xff) as u8);
+            let addr = SocketAddr::new(IpAddr::V4(ip), args.port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let app = Router::new()
+                .route("/debug/pprof/{name}", get(hostile::serve))
+                .with_state(Arc::new(hostile::Hostile {
+                    class: i as usize % hostile::CLASSES.len(),
+                    bodies: bodies.clone(),
+                    requests: AtomicU64::new(0),
+                }));
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            hostile_addresses.push(addr.to_string());
+        }
     }
 
     let dir = tempfile::tempdir()?;
@@ -206,7 +303,15 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "targets:\n  - name: load\n    addresses: {addresses:?}\n    interval: {interval}\n    scrapeTimeout: 10s\nsinks:\n  - name: local\n    file: {{directory: {}, retentionBytes: 268435456}}\n",
+            "targets:\n  - name: load\n    addresses: {addresses:?}\n    interval: {interval}\n    scrapeTimeout: 10s\n    sinks: [local]\n{}sinks:\n  - name: local\n    file: {{directory: {}, retentionBytes: 268435456}}\n  - name: quarantine\n    file: {{directory: {}-hostile, retentionBytes: 268435456}}\n",
+            if hostile_addresses.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  - name: hostile\n    addresses: {hostile_addresses:?}\n    interval: {interval}\n    scrapeTimeout: 10s\n    sinks: [quarantine]\n"
+                )
+            },
+            profiles.display(),
             profiles.display()
         ),
     )?;
@@ -240,6 +345,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(text)
     };
     let before = scrape_metrics().await?;
+    served.measuring.store(true, Ordering::Relaxed);
     let cpu0 = cpu_seconds(pid)?;
     let t0 = Instant::now();
     let mut peak_rss: f64 = 0.0;
@@ -281,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
     let expected = expected_per_interval as f64 * wall / interval.std().as_secs_f64();
     let dropped = metric(&after, "kubeprof_sink_dropped_profiles_total").max(0.0);
     let sent = delta("kubeprof_sink_sent_profiles_total");
+    let good_sent = delta("kubeprof_sink_sent_profiles_total{sink=\"local\"");
 
     drop(child);
 
@@ -306,6 +413,49 @@ async fn main() -> anyhow::Result<()> {
         "fake target requests    {}",
         served.requests.load(Ordering::Relaxed)
     );
+    if args.hostile > 0 {
+        println!(
+            "hostile targets         {} ({} classes: {})",
+            args.hostile,
+            hostile::CLASSES.len(),
+            hostile::CLASSES.join(", ")
+        );
+        let missed: Vec<u64> = served
+            .missed
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .collect();
+        println!(
+            "good targets            {:.0} profiles delivered while measured; {} missed scrapes (intervals without a request)",
+            good_sent,
+            missed.iter().sum::<u64>()
+        );
+        for (i, kind) in ["cpu", "allocs", "mutex", "block", "goroutine"]
+            .iter()
+            .enumerate()
+        {
+            println!(
+                "  {kind:<10} {} missed, longest gap {:.1} s",
+                missed[i],
+                served.max_gap_ms[i].load(Ordering::Relaxed) as f64 / 1000.0
+            );
+        }
+        println!("scrape outcomes (whole run, all targets):");
+        for (label, n) in by_label(&after, "kubeprof_scrapes_total{", "outcome") {
+            println!("  {n:8.0}  {label}");
+        }
+        println!("rejection reasons (whole run):");
+        for (label, n) in by_label(&after, "kubeprof_scrape_rejections_total{", "reason") {
+            println!("  {n:8.0}  {label}");
+        }
+        for name in [
+            "kubeprof_short_profiles_total",
+            "kubeprof_delta_baselines_total",
+            "kubeprof_job_panics_total",
+        ] {
+            println!("{name:<40}{:.0}", metric(&after, name));
+        }
+    }
     let body = match self_profile {
         Some(task) => task.await.ok().and_then(Result::ok),
         None => None,
