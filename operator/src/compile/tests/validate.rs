@@ -125,6 +125,7 @@ fn absurd_objects_are_reported_and_do_not_block_the_others() {
         ],
         pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
 
