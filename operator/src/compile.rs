@@ -27,14 +27,26 @@
 //!   cluster holds.
 //! - Output is sorted, so unchanged inputs give byte-identical shards.
 //!
-//! One module per step, composed by [`compile`]: `policies` (governing policy, defaults and
-//! limits) -> `targets` (ProfilingTargets -> jobs) -> `annotations` (annotated pods -> jobs)
-//! -> `sharding` (jobs -> one shard per node, with their sinks). Both job sources end in `jobs`
-//! (port resolution and the shared label pipeline) and choose their pods through `sampling`;
-//! `selector` checks label selectors and `validate` what the API server would have refused.
+//! - Pods are taken in (namespace, name) order; `maxTargetsPerNamespace` admits endpoints in
+//!   (target, pod, endpoint) order within a namespace.
+//!
+//! One module per step, composed by [`compile`]: `context` (everything but the pods: `policies`
+//! for the governing policy, defaults and limits, ProfilingTargets prepared) -> per pod,
+//! `targets` (ProfilingTargets -> jobs) then `annotations` (annotated pods -> jobs) ->
+//! `sharding` (jobs -> one shard per node, with their sinks). Both job sources end in `jobs`
+//! (port resolution and the shared label pipeline); `selector` checks label selectors and
+//! `validate` what the API server would have refused.
+//!
+//! A pod's jobs depend only on the pod, the context and (where a policy sets
+//! `maxTargetsPerNamespace`, or sampling applies) the other pods of its namespace, through the
+//! namespace's [`Decision`]s; a node's shard only on its pods.
+//! [`Incremental`] keeps the same result up to date by recomputing the shards of the nodes a
+//! change touches, from the same per-pod steps.
 
 pub mod access;
 mod annotations;
+mod context;
+mod incremental;
 mod jobs;
 mod policies;
 pub mod sampling;
@@ -202,42 +214,142 @@ pub struct Compiled {
     pub next_rotation: Option<std::time::Duration>,
 }
 
-/// A job with the node of its pod (`None`: a pod without a node).
-type Placed = (Option<String>, ScrapeJob);
+pub use incremental::{Incremental, PodKey, Update};
 
-/// (pod uid, profile name) pairs a ProfilingTarget scrapes: annotations add no second job.
-type Covered = BTreeSet<(String, String)>;
+/// One pod's contribution to the status of the targets selecting it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TargetShare {
+    /// The target, by (namespace, name).
+    target: (String, String),
+    /// The pod is running with an IP and selected.
+    matched: bool,
+    /// Sampling kept it.
+    sampled: bool,
+    /// Ids of the pod's jobs from this target.
+    job_ids: Vec<String>,
+    /// Problems found on this pod.
+    problems: BTreeSet<Problem>,
+}
+
+/// One annotated pod's contribution to the status of its governing policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PolicyShare {
+    /// The policy's name.
+    policy: String,
+    /// Its annotations ask for jobs.
+    annotated: bool,
+    /// It has jobs from its annotations (sampling kept it): it counts as one of the policy's
+    /// targets.
+    counts: bool,
+    /// Problems of its annotations, prefixed with the pod.
+    problems: BTreeSet<Problem>,
+}
+
+/// What a pod contributes to the status of the objects that select it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Shares {
+    targets: Vec<TargetShare>,
+    policy: Option<PolicyShare>,
+}
+
+/// What a pod's namespace decides for it: sampling and `maxTargetsPerNamespace` choose among
+/// the pods of a namespace ([`targets::decide`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Decision {
+    /// Targets (indices into the context's) whose sampling leaves the pod out.
+    unsampled: BTreeSet<usize>,
+    /// Endpoints (target, endpoint) refused by `maxTargetsPerNamespace`.
+    denied: BTreeSet<(usize, usize)>,
+    /// The policy's sampling leaves its annotations' jobs out.
+    annotations_unsampled: bool,
+}
+
+/// Everything one pod yields.
+#[derive(Debug, Default)]
+struct PodPart {
+    jobs: Vec<ScrapeJob>,
+    shares: Shares,
+    /// Profiles a ProfilingTarget scrapes: its annotations add no second job.
+    covered: BTreeSet<String>,
+    /// Jobs its annotations asked for (before sampling).
+    annotation_jobs: usize,
+}
+
+/// One pod's jobs and shares, as its namespace decided ([`targets::decide`]).
+fn pod_part(ctx: &context::Context, pod: &PodInfo, decision: &Decision) -> PodPart {
+    let mut part = PodPart::default();
+    targets::pod_jobs(ctx, pod, decision, &mut part);
+    annotations::pod_jobs(pod, &ctx.governing, decision, &mut part);
+    part
+}
+
+/// A policy's facts: those of the context plus each annotated pod's share.
+fn policy_facts<'a>(
+    base: PolicyFacts,
+    shares: impl IntoIterator<Item = &'a PolicyShare>,
+) -> PolicyFacts {
+    let mut facts = base;
+    for share in shares {
+        facts.targets += i32::from(share.counts);
+        facts.annotated_pods += i32::from(share.annotated);
+        facts.sampled_pods += i32::from(share.counts);
+        facts.problems.extend(share.problems.iter().cloned());
+    }
+    facts
+}
 
 /// Compiles the desired state. Pure: same inputs, same output.
 pub fn compile(inputs: &Inputs) -> Compiled {
-    let mut out = Compiled::default();
-    // A refused policy is not applied at all: it governs no namespace and sends to no sink.
-    let mut policies = Vec::new();
-    for p in &inputs.policies {
-        let refused = validate::policy(&p.spec);
-        if refused.is_empty() {
-            policies.push(p);
-        }
-        out.policies.entry(p.name.clone()).or_default().problems = refused;
-    }
-    let governing = policies::Governing::of(&policies, &inputs.namespaces, &mut out.policies);
+    let ctx = context::Context::new(&inputs.policies, &inputs.targets, &inputs.namespaces);
+    let mut pods: Vec<&PodInfo> = inputs.pods.iter().collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut by_node: BTreeMap<Option<String>, Vec<ScrapeJob>> = BTreeMap::new();
+    let mut target_shares: BTreeMap<(String, String), Vec<TargetShare>> = BTreeMap::new();
+    let mut policy_shares: BTreeMap<String, Vec<PolicyShare>> = BTreeMap::new();
     let mut clock = sampling::Clock::at(inputs.now);
-    let targets = targets::jobs(
-        inputs,
-        &governing,
-        &mut clock,
-        &mut out.targets,
-        &mut out.policies,
-    );
-    let mut jobs = targets.jobs;
-    jobs.extend(annotations::jobs(
-        &inputs.pods,
-        &governing,
-        &targets.covered,
-        &mut clock,
-        &mut out.policies,
-    ));
-    out.shards = sharding::shards(&policies, jobs);
-    out.next_rotation = clock.next_rotation();
+    for namespace in pods.chunk_by(|a, b| a.namespace == b.namespace) {
+        let Some(first) = namespace.first() else {
+            continue;
+        };
+        let decisions = targets::decide(&ctx, &first.namespace, namespace, &mut clock);
+        for (pod, decision) in namespace.iter().zip(&decisions) {
+            let part = pod_part(&ctx, pod, decision);
+            if !part.jobs.is_empty() {
+                by_node
+                    .entry(pod.node.clone())
+                    .or_default()
+                    .extend(part.jobs);
+            }
+            for share in part.shares.targets {
+                target_shares
+                    .entry(share.target.clone())
+                    .or_default()
+                    .push(share);
+            }
+            if let Some(share) = part.shares.policy {
+                policy_shares
+                    .entry(share.policy.clone())
+                    .or_default()
+                    .push(share);
+            }
+        }
+    }
+    let mut out = Compiled {
+        shards: by_node
+            .into_iter()
+            .map(|(node, jobs)| (node.clone(), sharding::shard(&ctx.sinks, node, jobs)))
+            .collect(),
+        next_rotation: clock.next_rotation(),
+        ..Default::default()
+    };
+    for t in &ctx.targets {
+        let key = (t.input.namespace.clone(), t.input.name.clone());
+        let facts = targets::facts(t, target_shares.get(&key).into_iter().flatten());
+        out.targets.insert(key, facts);
+    }
+    for (name, base) in &ctx.policy_facts {
+        let facts = policy_facts(base.clone(), policy_shares.get(name).into_iter().flatten());
+        out.policies.insert(name.clone(), facts);
+    }
     out
 }

@@ -26,75 +26,56 @@ use kubeprof_crds::{
 };
 
 use super::{
-    Covered, Placed, PodInfo, PolicyFacts, Problem,
+    Decision, PodInfo, PodPart, PolicyShare, Problem,
     jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
     policies::{Governing, Rules},
-    sampling::{self, Clock},
 };
 
-/// The jobs of every running pod's annotations, as the policy governing its namespace allows,
-/// leaving out what a target already covers, for the pods its sampling keeps. A pod with jobs
-/// counts towards that policy's targets; its problems are the policy's, prefixed with the pod.
-pub(super) fn jobs(
-    pods: &[PodInfo],
-    governing: &Governing<'_>,
-    covered: &Covered,
-    clock: &mut Clock,
-    policy_facts: &mut BTreeMap<String, PolicyFacts>,
-) -> Vec<Placed> {
-    let mut wanted: Vec<(&PodInfo, Vec<ScrapeJob>)> = Vec::new();
-    for pod in pods {
-        if !(pod.running && pod.ip.is_some()) {
-            continue;
-        }
-        let rules = governing.rules(&pod.namespace);
-        let settings = rules
-            .policy
-            .map(|p| p.spec.annotations.clone())
-            .unwrap_or_default();
-        if !settings.enabled {
-            continue;
-        }
-        let mut problems = BTreeSet::new();
-        let pod_jobs = pod_jobs(pod, &settings, &rules, covered, &mut problems);
-        if !pod_jobs.is_empty() {
-            if let Some(p) = rules.policy {
-                policy_facts
-                    .entry(p.name.clone())
-                    .or_default()
-                    .annotated_pods += 1;
-            }
-            wanted.push((pod, pod_jobs));
-        }
-        for problem in problems {
-            if let Some(p) = rules.policy {
-                policy_facts
-                    .entry(p.name.clone())
-                    .or_default()
-                    .problems
-                    .insert(Problem {
-                        reason: problem.reason,
-                        message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
-                    });
-            }
+/// The jobs `pod`'s annotations ask for, as the policy governing its namespace allows, leaving
+/// out the profiles its targets already scrape (`part.covered`), unless the policy's sampling
+/// leaves the pod out. A pod with such jobs counts towards that policy's targets; its problems
+/// are the policy's, prefixed with the pod.
+pub(super) fn pod_jobs(
+    pod: &PodInfo,
+    governing: &Governing,
+    decision: &Decision,
+    part: &mut PodPart,
+) {
+    if !(pod.running && pod.ip.is_some()) {
+        return;
+    }
+    let rules = governing.rules(&pod.namespace);
+    let settings = rules
+        .policy
+        .map(|p| p.spec.annotations.clone())
+        .unwrap_or_default();
+    if !settings.enabled {
+        return;
+    }
+    let mut problems = BTreeSet::new();
+    let jobs = jobs_of(pod, &settings, &rules, &part.covered, &mut problems);
+    part.annotation_jobs = jobs.len();
+    let kept = !jobs.is_empty() && !decision.annotations_unsampled;
+    if let Some(policy) = rules.policy {
+        let share = PolicyShare {
+            policy: policy.name.clone(),
+            annotated: !jobs.is_empty(),
+            counts: kept,
+            problems: problems
+                .into_iter()
+                .map(|problem| Problem {
+                    reason: problem.reason,
+                    message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
+                })
+                .collect(),
+        };
+        if share.annotated || !share.problems.is_empty() {
+            part.shares.policy = Some(share);
         }
     }
-    let pods: Vec<&PodInfo> = wanted.iter().map(|(p, _)| *p).collect();
-    let keep = sampling::sample(
-        &pods,
-        |ns| governing.policy(ns).and_then(|p| p.spec.sampling.as_ref()),
-        clock,
-    );
-    let mut jobs = Vec::new();
-    for ((pod, pod_jobs), _) in wanted.into_iter().zip(keep).filter(|(_, keep)| *keep) {
-        if let Some(p) = governing.policy(&pod.namespace) {
-            let f = policy_facts.entry(p.name.clone()).or_default();
-            f.targets += 1;
-            f.sampled_pods += 1;
-        }
-        jobs.extend(pod_jobs.into_iter().map(|j| (pod.node.clone(), j)));
+    if kept {
+        part.jobs.extend(jobs);
     }
-    jobs
 }
 
 /// One profile type requested by annotations.
@@ -198,12 +179,12 @@ fn pyroscope_types(pod: &PodInfo, defaults: &[ProfileKind]) -> BTreeMap<String, 
         .collect()
 }
 
-/// The jobs a pod's annotations ask for, skipping (pod, type) pairs a target already covers.
-fn pod_jobs(
+/// The jobs a pod's annotations ask for, skipping the profiles a target already covers.
+fn jobs_of(
     pod: &PodInfo,
     settings: &AnnotationSettings,
     rules: &Rules<'_>,
-    covered: &Covered,
+    covered: &BTreeSet<String>,
     problems: &mut BTreeSet<Problem>,
 ) -> Vec<ScrapeJob> {
     let mut requests = BTreeMap::new();
@@ -247,7 +228,7 @@ fn pod_jobs(
             // fgprof and godeltaprof_* get Alloy's paths and names; others /debug/pprof/<name>.
             None => ResolvedProfile::custom(&name, req.path.as_deref(), false, None, cpu_seconds),
         };
-        if covered.contains(&(pod.uid.clone(), profile.name.clone())) {
+        if covered.contains(&profile.name) {
             continue;
         }
         let profiles = rules.allowed(vec![profile], problems);

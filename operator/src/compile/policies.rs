@@ -8,29 +8,36 @@ use kubeprof_crds::{Duration, ResolvedProfile, conditions, job::sink_key, policy
 use super::{NamespaceInfo, PolicyFacts, PolicyInput, Problem, selector};
 
 /// The policy governing each namespace: the matching policy with the highest `priority`, ties
-/// to the name that sorts first.
-pub(super) struct Governing<'a>(BTreeMap<String, &'a PolicyInput>);
+/// to the name that sorts first. Owns the (accepted) policies, so that an incremental compile
+/// can keep it between passes.
+#[derive(Debug, Default)]
+pub(super) struct Governing {
+    /// The accepted policies, in input order.
+    policies: Vec<PolicyInput>,
+    /// Index into `policies` of each governed namespace's policy.
+    by_namespace: BTreeMap<String, usize>,
+}
 
-impl<'a> Governing<'a> {
+impl Governing {
     /// Counts the namespaces each policy governs into `facts`, and reports invalid selectors.
     pub(super) fn of(
-        policies: &[&'a PolicyInput],
+        policies: Vec<PolicyInput>,
         namespaces: &[NamespaceInfo],
         facts: &mut BTreeMap<String, PolicyFacts>,
     ) -> Self {
-        let mut sorted: Vec<&PolicyInput> = policies.to_vec();
-        sorted.sort_by(|a, b| {
+        let mut sorted: Vec<(usize, &PolicyInput)> = policies.iter().enumerate().collect();
+        sorted.sort_by(|(_, a), (_, b)| {
             b.spec
                 .priority
                 .cmp(&a.spec.priority)
                 .then_with(|| a.name.cmp(&b.name))
         });
         // A policy whose selector is invalid governs nothing.
-        let mut candidates: Vec<(&PolicyInput, Selector)> = Vec::new();
-        for p in sorted {
+        let mut candidates: Vec<(usize, &PolicyInput, Selector)> = Vec::new();
+        for (i, p) in sorted {
             match p.spec.namespace_selector.as_ref().map(selector::parse) {
-                None => candidates.push((p, Selector::default())),
-                Some(Ok(s)) => candidates.push((p, s)),
+                None => candidates.push((i, p, Selector::default())),
+                Some(Ok(s)) => candidates.push((i, p, s)),
                 Some(Err(e)) => {
                     facts
                         .entry(p.name.clone())
@@ -43,23 +50,33 @@ impl<'a> Governing<'a> {
                 }
             }
         }
-        let mut out = BTreeMap::new();
+        let mut by_namespace = BTreeMap::new();
         for ns in namespaces {
-            if let Some((p, _)) = candidates.iter().find(|(_, s)| s.matches(&ns.labels)) {
-                out.insert(ns.name.clone(), *p);
+            if let Some((i, p, _)) = candidates.iter().find(|(_, _, s)| s.matches(&ns.labels)) {
+                by_namespace.insert(ns.name.clone(), *i);
                 facts.entry(p.name.clone()).or_default().matched_namespaces += 1;
             }
         }
-        Self(out)
+        Self {
+            policies,
+            by_namespace,
+        }
+    }
+
+    /// The accepted policies.
+    pub(super) fn policies(&self) -> &[PolicyInput] {
+        &self.policies
     }
 
     /// The policy governing `namespace`, if any.
-    pub(super) fn policy(&self, namespace: &str) -> Option<&'a PolicyInput> {
-        self.0.get(namespace).copied()
+    pub(super) fn policy(&self, namespace: &str) -> Option<&PolicyInput> {
+        self.by_namespace
+            .get(namespace)
+            .and_then(|i| self.policies.get(*i))
     }
 
     /// The rules in force in `namespace`.
-    pub(super) fn rules(&self, namespace: &str) -> Rules<'a> {
+    pub(super) fn rules(&self, namespace: &str) -> Rules<'_> {
         Rules::of(self.policy(namespace))
     }
 }

@@ -7,16 +7,12 @@ use kubeprof_crds::{
     policy::SinkSpec,
 };
 
-use super::{Placed, PolicyInput};
+use super::PolicyInput;
 
-/// One shard per node that has jobs (`None`: pods without a node). A shard carries the sinks
-/// its jobs name, renamed to their key (policy, name) so that two policies' sinks of the same
-/// name stay apart.
-pub(super) fn shards(
-    policies: &[&PolicyInput],
-    jobs: Vec<Placed>,
-) -> BTreeMap<Option<String>, JobShard> {
-    let all_sinks: BTreeMap<String, SinkSpec> = policies
+/// Every sink of `policies`, renamed to its key (policy, name) so that two policies' sinks of
+/// the same name stay apart.
+pub(super) fn all_sinks(policies: &[PolicyInput]) -> BTreeMap<String, SinkSpec> {
+    policies
         .iter()
         .flat_map(|p| {
             p.spec.sinks.iter().map(|s| {
@@ -26,22 +22,22 @@ pub(super) fn shards(
                 (key, spec)
             })
         })
+        .collect()
+}
+
+/// The shard of one node (`None`: pods without a node), carrying the sinks its jobs name.
+pub(super) fn shard(
+    all_sinks: &BTreeMap<String, SinkSpec>,
+    node: Option<String>,
+    jobs: Vec<ScrapeJob>,
+) -> JobShard {
+    let names: BTreeSet<&str> = jobs
+        .iter()
+        .flat_map(|j| j.sinks.iter().map(String::as_str))
         .collect();
-    let mut by_node: BTreeMap<Option<String>, Vec<ScrapeJob>> = BTreeMap::new();
-    for (node, job) in jobs {
-        by_node.entry(node).or_default().push(job);
-    }
-    let mut shards = BTreeMap::new();
-    for (node, jobs) in by_node {
-        let names: BTreeSet<&str> = jobs
-            .iter()
-            .flat_map(|j| j.sinks.iter().map(String::as_str))
-            .collect();
-        let sinks = names
-            .iter()
-            .filter_map(|n| all_sinks.get(*n).cloned())
-            .collect();
-        shards.insert(node.clone(), JobShard::new(node, jobs, sinks));
-    }
-    shards
+    let sinks = names
+        .iter()
+        .filter_map(|n| all_sinks.get(*n).cloned())
+        .collect();
+    JobShard::new(node, jobs, sinks)
 }

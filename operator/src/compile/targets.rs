@@ -3,9 +3,9 @@
 //! one job per pod, endpoint and profile type, with target values over policy defaults and
 //! policy limits over both.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use kube::core::SelectorExt;
+use kube::core::{Selector, SelectorExt};
 use kubeprof_crds::{
     Duration, ResolvedProfile, conditions,
     job::{CredentialRef, JobOrigin, OriginKind, ScrapeAuth, ScrapeTls},
@@ -13,109 +13,150 @@ use kubeprof_crds::{
 };
 
 use super::{
-    Covered, Inputs, NamespaceInfo, Placed, PolicyFacts, Problem, TargetFacts, TargetInput,
+    Decision, NamespaceInfo, PodInfo, PodPart, Problem, TargetFacts, TargetInput, TargetShare,
+    context::Context,
     jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
-    policies::{Governing, Rules},
+    policies::Rules,
     sampling::{self, Clock},
     selector, validate,
 };
 
-/// What the targets hand on to the rest of the compile.
-#[derive(Default)]
-pub(super) struct TargetJobs {
-    /// Jobs with the node of their pod.
-    pub(super) jobs: Vec<Placed>,
-    /// The (pod, profile) pairs a target scrapes.
-    pub(super) covered: Covered,
-    /// Endpoints scraped per namespace, against the policy's `maxTargetsPerNamespace`.
-    per_namespace: BTreeMap<String, i32>,
+/// A ProfilingTarget as every pod sees it: validated, its selectors parsed, the namespaces it
+/// selects pods in resolved.
+#[derive(Debug)]
+pub(super) struct PreparedTarget {
+    pub(super) input: TargetInput,
+    /// Neither suspended nor refused: it counts towards its policy and may select pods.
+    pub(super) active: bool,
+    /// Problems of the target itself (refusal, invalid selectors).
+    pub(super) problems: BTreeSet<Problem>,
+    /// The pod selector (`None`: inactive or invalid, it selects no pod).
+    pub(super) selector: Option<Selector>,
+    /// The namespaces it selects pods in.
+    pub(super) namespaces: BTreeSet<String>,
 }
 
-/// The jobs of every ProfilingTarget, in (namespace, name) order. Each target's facts go into
-/// `facts`; a target the API server would have refused yields no job. Each target that is
-/// neither suspended nor refused counts towards the policy governing its namespace.
-pub(super) fn jobs(
-    inputs: &Inputs,
-    governing: &Governing<'_>,
-    clock: &mut Clock,
-    facts: &mut BTreeMap<(String, String), TargetFacts>,
-    policy_facts: &mut BTreeMap<String, PolicyFacts>,
-) -> TargetJobs {
-    let mut out = TargetJobs::default();
-    let mut targets: Vec<&TargetInput> = inputs.targets.iter().collect();
-    targets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    for t in targets {
-        let refused = validate::target(&t.spec);
-        let target_facts = if t.spec.suspend || !refused.is_empty() {
-            TargetFacts {
-                problems: refused,
-                ..Default::default()
-            }
-        } else {
-            if let Some(p) = governing.policy(&t.namespace) {
-                policy_facts.entry(p.name.clone()).or_default().targets += 1;
-            }
-            target(t, inputs, governing, clock, &mut out)
-        };
-        facts.insert((t.namespace.clone(), t.name.clone()), target_facts);
+/// Validates `t` and resolves its selectors against `namespaces`. A target the API server would
+/// have refused, or a suspended one, selects nothing and keeps only its refusal as problems.
+pub(super) fn prepare(t: &TargetInput, namespaces: &[NamespaceInfo]) -> PreparedTarget {
+    let refused = validate::target(&t.spec);
+    let mut prepared = PreparedTarget {
+        input: t.clone(),
+        active: !t.spec.suspend && refused.is_empty(),
+        problems: refused,
+        selector: None,
+        namespaces: BTreeSet::new(),
+    };
+    if !prepared.active {
+        return prepared;
     }
-    out
-}
-
-/// One target's jobs (into `out`) and facts.
-fn target(
-    t: &TargetInput,
-    inputs: &Inputs,
-    governing: &Governing<'_>,
-    clock: &mut Clock,
-    out: &mut TargetJobs,
-) -> TargetFacts {
-    let mut facts = TargetFacts::default();
-    let namespaces = target_namespaces(t, &inputs.namespaces, &mut facts.problems);
+    prepared.namespaces = target_namespaces(t, namespaces, &mut prepared.problems);
     // An invalid selector selects no pod.
-    let selector = match selector::parse(&t.spec.selector) {
-        Ok(s) => Some(s),
+    match selector::parse(&t.spec.selector) {
+        Ok(s) => prepared.selector = Some(s),
         Err(e) => {
-            facts.problems.insert(Problem {
+            prepared.problems.insert(Problem {
                 reason: conditions::REASON_INVALID_SPEC,
                 message: format!("selector: {e}"),
             });
-            None
         }
+    }
+    prepared
+}
+
+/// What a target sees of a pod: whether it selects it. Only running pods with an IP count.
+pub(super) fn selects(t: &PreparedTarget, pod: &PodInfo) -> bool {
+    t.selector.as_ref().is_some_and(|s| s.matches(&pod.labels))
+}
+
+/// What the namespace decides for each of `pods` (all the pods of `namespace`, sorted by
+/// name): per target, sampling (the target's, else the governing policy's) keeps a bounded set
+/// of each workload's selected pods; `maxTargetsPerNamespace` admits the kept pods' endpoints in
+/// (target, pod, endpoint) order until the namespace reaches the limit; the policy's sampling
+/// keeps a bounded set of the pods whose annotations ask for jobs. Rotations go to `clock`.
+pub(super) fn decide(
+    ctx: &Context,
+    namespace: &str,
+    pods: &[&PodInfo],
+    clock: &mut Clock,
+) -> Vec<Decision> {
+    let mut decisions = vec![Decision::default(); pods.len()];
+    if !ctx.coupled(namespace) {
+        return decisions;
+    }
+    let limit = ctx.limit(namespace);
+    let policy_sampling = ctx
+        .governing
+        .policy(namespace)
+        .and_then(|p| p.spec.sampling.as_ref());
+    let mut count = 0;
+    for (ti, t) in ctx.targets_of(namespace) {
+        let matched: Vec<usize> = (0..pods.len())
+            .filter(|i| pods[*i].running && pods[*i].ip.is_some() && selects(t, pods[*i]))
+            .collect();
+        let refs: Vec<&PodInfo> = matched.iter().map(|i| pods[*i]).collect();
+        // The target's sampling replaces the policy's.
+        let keep = sampling::sample(
+            &refs,
+            |_| t.input.spec.sampling.as_ref().or(policy_sampling),
+            clock,
+        );
+        for (pi, kept) in matched.into_iter().zip(keep) {
+            if !kept {
+                decisions[pi].unsampled.insert(ti);
+                continue;
+            }
+            let Some(limit) = limit else { continue };
+            for (ei, e) in t.input.spec.endpoints.iter().enumerate() {
+                if resolve_port(pods[pi], e.port.as_deref(), e.port_number).is_none() {
+                    continue;
+                }
+                if count >= limit {
+                    decisions[pi].denied.insert((ti, ei));
+                } else {
+                    count += 1;
+                }
+            }
+        }
+    }
+    if let Some(s) = policy_sampling {
+        let wanted: Vec<usize> = (0..pods.len())
+            .filter(|i| super::pod_part(ctx, pods[*i], &decisions[*i]).annotation_jobs > 0)
+            .collect();
+        let refs: Vec<&PodInfo> = wanted.iter().map(|i| pods[*i]).collect();
+        let keep = sampling::sample(&refs, |_| Some(s), clock);
+        for (pi, kept) in wanted.into_iter().zip(keep) {
+            decisions[pi].annotations_unsampled = !kept;
+        }
+    }
+    decisions
+}
+
+/// The jobs of the targets selecting `pod` (into `part`, with each target's share of facts).
+/// `decision`: what its namespace decided for it ([`decide`]).
+pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: &mut PodPart) {
+    let Some(ip) = pod.ip.as_ref().filter(|_| pod.running) else {
+        return;
     };
-    let matched: Vec<_> = inputs
-        .pods
-        .iter()
-        .filter(|p| {
-            p.running
-                && p.ip.is_some()
-                && namespaces.contains(&p.namespace)
-                && selector.as_ref().is_some_and(|s| s.matches(&p.labels))
-        })
-        .collect();
-    // The target's sampling replaces the policy's.
-    let keep = sampling::sample(
-        &matched,
-        |ns| {
-            t.spec
-                .sampling
-                .as_ref()
-                .or_else(|| governing.policy(ns).and_then(|p| p.spec.sampling.as_ref()))
-        },
-        clock,
-    );
-    facts.matched_pods = i32::try_from(matched.len()).unwrap_or(i32::MAX);
-    for (pod, _) in matched.into_iter().zip(keep).filter(|(_, keep)| *keep) {
-        let Some(ip) = &pod.ip else { continue };
-        facts.sampled_pods += 1;
-        let rules = governing.rules(&pod.namespace);
-        let limit = rules
-            .policy
-            .and_then(|p| p.spec.limits.max_targets_per_namespace);
-        for (i, e) in t.spec.endpoints.iter().enumerate() {
+    let rules = ctx.governing.rules(&pod.namespace);
+    for (ti, t) in ctx.targets_of(&pod.namespace) {
+        if !selects(t, pod) {
+            continue;
+        }
+        let mut share = TargetShare {
+            target: (t.input.namespace.clone(), t.input.name.clone()),
+            matched: true,
+            sampled: !decision.unsampled.contains(&ti),
+            ..Default::default()
+        };
+        if !share.sampled {
+            part.shares.targets.push(share);
+            continue;
+        }
+        for (i, e) in t.input.spec.endpoints.iter().enumerate() {
             let Some((container, port)) = resolve_port(pod, e.port.as_deref(), e.port_number)
             else {
-                facts.problems.insert(Problem {
+                share.problems.insert(Problem {
                     reason: conditions::REASON_PORT_NOT_FOUND,
                     message: format!(
                         "endpoints[{i}]: pod {} declares no port {}",
@@ -127,26 +168,24 @@ fn target(
                 });
                 continue;
             };
-            let count = out.per_namespace.entry(pod.namespace.clone()).or_default();
-            if limit.is_some_and(|l| *count >= l) {
-                facts.problems.insert(Problem {
+            if decision.denied.contains(&(ti, i)) {
+                share.problems.insert(Problem {
                     reason: conditions::REASON_LIMIT_EXCEEDED,
                     message: format!(
                         "namespace {} is at the policy's maxTargetsPerNamespace ({})",
                         pod.namespace,
-                        limit.unwrap_or(0)
+                        ctx.limit(&pod.namespace).unwrap_or(0)
                     ),
                 });
                 continue;
             }
-            *count += 1;
-            let (settings, profiles) = endpoint_settings(t, e, &rules, &mut facts.problems);
+            let (settings, profiles) = endpoint_settings(&t.input, e, &rules, &mut share.problems);
             let address = format!("{ip}:{}", port.number);
             let l = discovery_labels(pod, &container, &port, &address, settings.scheme);
             let origin = JobOrigin {
                 kind: OriginKind::ProfilingTarget,
-                namespace: t.namespace.clone(),
-                name: t.name.clone(),
+                namespace: t.input.namespace.clone(),
+                name: t.input.name.clone(),
             };
             for job in build_jobs(
                 &origin,
@@ -154,14 +193,34 @@ fn target(
                 &profiles,
                 &settings,
                 &rules,
-                &mut facts.problems,
+                &mut share.problems,
             ) {
-                out.covered
-                    .insert((pod.uid.clone(), job.profile.name.clone()));
-                facts.job_ids.push(job.id.clone());
-                out.jobs.push((pod.node.clone(), job));
+                part.covered.insert(job.profile.name.clone());
+                share.job_ids.push(job.id.clone());
+                part.jobs.push(job);
             }
         }
+        part.shares.targets.push(share);
+    }
+}
+
+/// A target's facts from its own problems and each selected pod's share, in pod order.
+pub(super) fn facts<'a>(
+    t: &PreparedTarget,
+    shares: impl IntoIterator<Item = &'a TargetShare>,
+) -> TargetFacts {
+    let mut facts = TargetFacts {
+        problems: t.problems.clone(),
+        ..Default::default()
+    };
+    if !t.active {
+        return facts;
+    }
+    for share in shares {
+        facts.matched_pods += i32::from(share.matched);
+        facts.sampled_pods += i32::from(share.sampled);
+        facts.job_ids.extend(share.job_ids.iter().cloned());
+        facts.problems.extend(share.problems.iter().cloned());
     }
     if facts.matched_pods == 0 {
         facts.problems.insert(Problem {

@@ -12,6 +12,7 @@ use kubeprof_crds::{
 use super::*;
 
 mod annotations;
+mod incremental;
 mod policies;
 mod sampling;
 mod sharding;

@@ -1,0 +1,472 @@
+//! [`compile`](super::compile), kept up to date change by change, so that one pod's change costs
+//! the shard of its node rather than the whole cluster.
+//!
+//! A pod's jobs depend on the pod, the [`Context`] (policies, targets, namespaces) and, where a
+//! policy sets `maxTargetsPerNamespace` or sampling applies, on the other pods of its namespace;
+//! a shard depends on the jobs of its node's pods. So each update marks nodes dirty:
+//! - a pod added, changed or removed: its old and new node;
+//! - the context changed: for each namespace, if its governing policy changed (or its pods are
+//!   coupled), the nodes of all its pods; else, if some of the targets that
+//!   may select its pods changed, the nodes of the pods the old or new target selects;
+//! - in a namespace whose pods are coupled (`maxTargetsPerNamespace`, sampling), the nodes of
+//!   pods whose namespace's decision changed, also when a rotating sampling's period ends;
+//!
+//! and recomputes the shard of each dirty node from its pods with the same per-pod steps as the
+//! full compile. Jobs are not kept between updates (at 100,000 pods they would be hundreds of
+//! megabytes): a node's shard is rebuilt from its pods when needed. What status needs (each
+//! pod's share of its targets' and policy's facts) is kept per pod and summed per object when
+//! one of its shares changed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use kubeprof_crds::job::{JobShard, ScrapeJob};
+
+use super::{
+    Compiled, Decision, NamespaceInfo, PodInfo, PolicyFacts, PolicyInput, Shares, TargetFacts,
+    TargetInput, context::Context, pod_part, policy_facts, sampling::Clock, sharding, targets,
+};
+
+/// A pod by (namespace, name).
+pub type PodKey = (String, String);
+
+/// A shard by node (`None`: pods without a node).
+type NodeKey = Option<String>;
+
+/// What an update changed besides the shards (which it hands to its caller one by one).
+#[derive(Debug, Default)]
+pub struct Update {
+    /// Shards recomputed (some may be equal to what they were: their pods changed in a way
+    /// their jobs do not show).
+    pub shards: usize,
+    /// Whether any status fact changed.
+    pub facts_changed: bool,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    info: Arc<PodInfo>,
+    /// As of the last rebuild of its node's shard.
+    shares: Shares,
+}
+
+/// The compile result, kept up to date by [`Incremental::update`].
+#[derive(Debug, Default)]
+pub struct Incremental {
+    ctx: Option<Context>,
+    /// Pods by namespace, then name.
+    pods: BTreeMap<String, BTreeMap<String, PodEntry>>,
+    /// The pods of each node.
+    nodes: BTreeMap<NodeKey, BTreeSet<PodKey>>,
+    /// What its namespace decided for each pod (only pods with a decision).
+    decisions: HashMap<PodKey, Decision>,
+    /// When the choices of each namespace with a rotating sampling change next.
+    rotations: BTreeMap<String, Duration>,
+    /// Job count of each node that has a shard.
+    shards: BTreeMap<NodeKey, usize>,
+    /// The pods sharing into each target's and each policy's facts.
+    target_pods: HashMap<(String, String), BTreeSet<PodKey>>,
+    policy_pods: HashMap<String, BTreeSet<PodKey>>,
+    target_facts: BTreeMap<(String, String), Arc<TargetFacts>>,
+    policy_facts: BTreeMap<String, PolicyFacts>,
+}
+
+/// What an update must redo.
+#[derive(Default)]
+struct Dirty {
+    nodes: BTreeSet<NodeKey>,
+    /// Namespaces whose pods changed.
+    namespaces: BTreeSet<String>,
+    targets: BTreeSet<(String, String)>,
+    policies: BTreeSet<String>,
+    /// Every fact (the context changed).
+    all_facts: bool,
+}
+
+static NO_DECISION: Decision = Decision {
+    unsampled: BTreeSet::new(),
+    denied: BTreeSet::new(),
+    annotations_unsampled: false,
+};
+
+impl Incremental {
+    /// Brings the result up to date with these policies, targets and namespaces (all of them)
+    /// and these pod changes (`None`: the pod is gone), at `now` (since the Unix epoch: for
+    /// sampling's rotation). On the first update, `pods` must hold
+    /// every pod. Each recomputed shard goes to `shard` (`None`: the node no longer has jobs)
+    /// as soon as it is built, so that only one is held at a time.
+    pub fn update(
+        &mut self,
+        policies: &[PolicyInput],
+        targets: &[TargetInput],
+        namespaces: &[NamespaceInfo],
+        pods: impl IntoIterator<Item = (PodKey, Option<Arc<PodInfo>>)>,
+        now: Duration,
+        mut shard: impl FnMut(&NodeKey, Option<JobShard>),
+    ) -> Update {
+        let mut dirty = Dirty::default();
+        for (key, info) in pods {
+            self.apply_pod(key, info, &mut dirty);
+        }
+        let old = self.ctx.take();
+        let first = old.is_none();
+        let (ctx, replaced) = match old {
+            Some(old) if old.built_from(policies, targets, namespaces) => (old, None),
+            old => (Context::new(policies, targets, namespaces), old),
+        };
+        if first {
+            dirty.nodes.extend(self.nodes.keys().cloned());
+            dirty.namespaces.extend(self.pods.keys().cloned());
+            dirty.all_facts = true;
+        } else if let Some(old) = replaced
+            && !old.same_inputs(&ctx)
+        {
+            self.context_changed(&old, &ctx, &mut dirty);
+            dirty.all_facts = true;
+        }
+        let ctx = self.ctx.insert(ctx);
+        // Namespaces whose sampling rotated.
+        let rotated: Vec<String> = self
+            .rotations
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        dirty.namespaces.extend(rotated);
+        Self::decide(
+            ctx,
+            &self.pods,
+            &mut self.decisions,
+            &mut self.rotations,
+            now,
+            dirty.all_facts,
+            &mut dirty,
+        );
+        let mut update = Update::default();
+        for node in std::mem::take(&mut dirty.nodes) {
+            shard(&node, self.rebuild(&node, &mut dirty));
+            update.shards += 1;
+        }
+        update.facts_changed = self.refresh_facts(&dirty);
+        update
+    }
+
+    /// Records a pod's change; marks its old and new node dirty.
+    fn apply_pod(&mut self, key: PodKey, info: Option<Arc<PodInfo>>, dirty: &mut Dirty) {
+        let old = self.pods.get(&key.0).and_then(|p| p.get(&key.1));
+        if let (Some(old), Some(new)) = (old, &info)
+            && (Arc::ptr_eq(&old.info, new) || old.info == *new)
+        {
+            return;
+        }
+        dirty.namespaces.insert(key.0.clone());
+        let old = self.pods.get_mut(&key.0).and_then(|p| p.remove(&key.1));
+        if let Some(old) = old {
+            self.forget_shares(&key, &old.shares, dirty);
+            if let Some(on_node) = self.nodes.get_mut(&old.info.node) {
+                on_node.remove(&key);
+                if on_node.is_empty() {
+                    self.nodes.remove(&old.info.node);
+                }
+            }
+            dirty.nodes.insert(old.info.node.clone());
+        }
+        match info {
+            Some(info) => {
+                self.nodes
+                    .entry(info.node.clone())
+                    .or_default()
+                    .insert(key.clone());
+                dirty.nodes.insert(info.node.clone());
+                self.pods.entry(key.0).or_default().insert(
+                    key.1,
+                    PodEntry {
+                        info,
+                        shares: Shares::default(),
+                    },
+                );
+            }
+            None => {
+                if self.pods.get(&key.0).is_some_and(BTreeMap::is_empty) {
+                    self.pods.remove(&key.0);
+                }
+                self.decisions.remove(&key);
+            }
+        }
+    }
+
+    fn forget_shares(&mut self, key: &PodKey, shares: &Shares, dirty: &mut Dirty) {
+        for s in &shares.targets {
+            if let Some(pods) = self.target_pods.get_mut(&s.target) {
+                pods.remove(key);
+            }
+            dirty.targets.insert(s.target.clone());
+        }
+        if let Some(s) = &shares.policy {
+            if let Some(pods) = self.policy_pods.get_mut(&s.policy) {
+                pods.remove(key);
+            }
+            dirty.policies.insert(s.policy.clone());
+        }
+    }
+
+    /// Marks the nodes of the pods whose jobs the change from `old` to `new` may change.
+    fn context_changed(&self, old: &Context, new: &Context, dirty: &mut Dirty) {
+        for (ns, pods) in &self.pods {
+            let (before, after) = (old.view(ns), new.view(ns));
+            if before == after {
+                continue;
+            }
+            // A limit or sampling couples the pods of a namespace: redo them all.
+            let whole = before.policy != after.policy || old.coupled(ns) || new.coupled(ns);
+            let key = |t: &TargetInput| (t.namespace.clone(), t.name.clone());
+            let b: BTreeMap<_, _> = before.targets.iter().map(|t| (key(t), *t)).collect();
+            let a: BTreeMap<_, _> = after.targets.iter().map(|t| (key(t), *t)).collect();
+            let changed: BTreeSet<&(String, String)> = b
+                .keys()
+                .chain(a.keys())
+                .filter(|k| b.get(*k) != a.get(*k))
+                .collect();
+            let selectors: Vec<&targets::PreparedTarget> = changed
+                .iter()
+                .flat_map(|k| [old.target(k), new.target(k)])
+                .flatten()
+                .collect();
+            for entry in pods.values() {
+                if whole || selectors.iter().any(|t| targets::selects(t, &entry.info)) {
+                    dirty.nodes.insert(entry.info.node.clone());
+                }
+            }
+        }
+    }
+
+    /// Recomputes the decisions of the namespaces whose pods changed (all of them when the
+    /// context changed); marks the nodes of pods whose decisions changed.
+    fn decide(
+        ctx: &Context,
+        pods: &BTreeMap<String, BTreeMap<String, PodEntry>>,
+        decisions: &mut HashMap<PodKey, Decision>,
+        rotations: &mut BTreeMap<String, Duration>,
+        now: Duration,
+        all: bool,
+        dirty: &mut Dirty,
+    ) {
+        let namespaces: Vec<String> = if all {
+            rotations.clear();
+            pods.keys().cloned().collect()
+        } else {
+            dirty.namespaces.iter().cloned().collect()
+        };
+        for ns in namespaces {
+            rotations.remove(&ns);
+            let Some(in_ns) = pods.get(&ns) else {
+                continue;
+            };
+            if !ctx.coupled(&ns) && !decisions.keys().any(|k| k.0 == ns) {
+                continue;
+            }
+            let infos: Vec<&PodInfo> = in_ns.values().map(|e| &*e.info).collect();
+            let mut clock = Clock::at(now);
+            let now_decided = targets::decide(ctx, &ns, &infos, &mut clock);
+            if let Some(at) = clock.next_rotation() {
+                rotations.insert(ns.clone(), at);
+            }
+            for ((name, entry), decision) in in_ns.iter().zip(now_decided) {
+                let key = (ns.clone(), name.clone());
+                let before = decisions.remove(&key).unwrap_or_default();
+                if before != decision {
+                    dirty.nodes.insert(entry.info.node.clone());
+                }
+                if decision != Decision::default() {
+                    decisions.insert(key, decision);
+                }
+            }
+        }
+    }
+
+    /// The jobs of `node`'s pods and each pod's shares.
+    fn build(&self, node: &NodeKey) -> (Vec<ScrapeJob>, Vec<(&PodKey, Shares)>) {
+        let (mut jobs, mut shares) = (Vec::new(), Vec::new());
+        let Some(ctx) = &self.ctx else {
+            return (jobs, shares);
+        };
+        for key in self.nodes.get(node).into_iter().flatten() {
+            let Some(entry) = self.pods.get(&key.0).and_then(|p| p.get(&key.1)) else {
+                continue;
+            };
+            let decision = self.decisions.get(key).unwrap_or(&NO_DECISION);
+            let part = pod_part(ctx, &entry.info, decision);
+            jobs.extend(part.jobs);
+            shares.push((key, part.shares));
+        }
+        (jobs, shares)
+    }
+
+    /// Rebuilds `node`'s shard and its pods' shares.
+    fn rebuild(&mut self, node: &NodeKey, dirty: &mut Dirty) -> Option<JobShard> {
+        let (jobs, shares) = self.build(node);
+        let shares: Vec<(PodKey, Shares)> =
+            shares.into_iter().map(|(k, s)| (k.clone(), s)).collect();
+        for (key, new) in shares {
+            let Some(entry) = self.pods.get_mut(&key.0).and_then(|p| p.get_mut(&key.1)) else {
+                continue;
+            };
+            if entry.shares == new {
+                continue;
+            }
+            let old = std::mem::replace(&mut entry.shares, new.clone());
+            self.forget_shares(&key, &old, dirty);
+            for s in &new.targets {
+                self.target_pods
+                    .entry(s.target.clone())
+                    .or_default()
+                    .insert(key.clone());
+                dirty.targets.insert(s.target.clone());
+            }
+            if let Some(s) = &new.policy {
+                self.policy_pods
+                    .entry(s.policy.clone())
+                    .or_default()
+                    .insert(key.clone());
+                dirty.policies.insert(s.policy.clone());
+            }
+        }
+        if jobs.is_empty() {
+            self.shards.remove(node);
+            return None;
+        }
+        self.shards.insert(node.clone(), jobs.len());
+        let ctx = self.ctx.as_ref()?;
+        Some(sharding::shard(&ctx.sinks, node.clone(), jobs))
+    }
+
+    /// Recomputes the facts of the targets and policies whose shares changed; whether any did.
+    fn refresh_facts(&mut self, dirty: &Dirty) -> bool {
+        let Some(ctx) = &self.ctx else {
+            return false;
+        };
+        let pods = &self.pods;
+        let share_of = |key: &PodKey| pods.get(&key.0).and_then(|p| p.get(&key.1));
+        let target = |t: &targets::PreparedTarget, key: &(String, String)| {
+            let shares = self
+                .target_pods
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(&share_of)
+                .filter_map(|e| e.shares.targets.iter().find(|s| &s.target == key));
+            Arc::new(targets::facts(t, shares))
+        };
+        let policy = |name: &String, base: &PolicyFacts| {
+            let shares = self
+                .policy_pods
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(&share_of)
+                .filter_map(|e| e.shares.policy.as_ref().filter(|s| &s.policy == name));
+            policy_facts(base.clone(), shares)
+        };
+        let mut changed = false;
+        if dirty.all_facts {
+            let facts: BTreeMap<_, _> = ctx
+                .targets
+                .iter()
+                .map(|t| {
+                    let key = (t.input.namespace.clone(), t.input.name.clone());
+                    let f = target(t, &key);
+                    (key, f)
+                })
+                .collect();
+            let policies: BTreeMap<_, _> = ctx
+                .policy_facts
+                .iter()
+                .map(|(name, base)| (name.clone(), policy(name, base)))
+                .collect();
+            changed = facts != self.target_facts || policies != self.policy_facts;
+            self.target_facts = facts;
+            self.policy_facts = policies;
+        } else {
+            for key in &dirty.targets {
+                if let Some(t) = ctx.target(key) {
+                    let f = target(t, key);
+                    if self.target_facts.get(key) != Some(&f) {
+                        changed = true;
+                        self.target_facts.insert(key.clone(), f);
+                    }
+                }
+            }
+            for name in &dirty.policies {
+                if let Some(base) = ctx.policy_facts.get(name) {
+                    let f = policy(name, base);
+                    if self.policy_facts.get(name) != Some(&f) {
+                        changed = true;
+                        self.policy_facts.insert(name.clone(), f);
+                    }
+                }
+            }
+        }
+        self.target_pods.retain(|_, p| !p.is_empty());
+        self.policy_pods.retain(|_, p| !p.is_empty());
+        changed
+    }
+
+    /// The shard of `node` as it stands (`None`: the node has no jobs). Rebuilt from its pods:
+    /// for a shard that must be written again.
+    pub fn shard(&self, node: &NodeKey) -> Option<JobShard> {
+        let (jobs, _) = self.build(node);
+        if jobs.is_empty() {
+            return None;
+        }
+        let ctx = self.ctx.as_ref()?;
+        Some(sharding::shard(&ctx.sinks, node.clone(), jobs))
+    }
+
+    /// When a rotating sampling next chooses other pods (since the Unix epoch).
+    pub fn next_rotation(&self) -> Option<Duration> {
+        self.rotations.values().min().copied()
+    }
+
+    /// Every pod it holds.
+    pub fn pod_keys(&self) -> impl Iterator<Item = PodKey> + '_ {
+        self.pods
+            .iter()
+            .flat_map(|(ns, pods)| pods.keys().map(|n| (ns.clone(), n.clone())))
+    }
+
+    /// The nodes that have a shard, with their job counts.
+    pub fn shard_sizes(&self) -> &BTreeMap<NodeKey, usize> {
+        &self.shards
+    }
+
+    /// The facts of each ProfilingTarget, by (namespace, name).
+    pub fn target_facts(&self) -> &BTreeMap<(String, String), Arc<TargetFacts>> {
+        &self.target_facts
+    }
+
+    /// The facts of each ProfilingPolicy, by name.
+    pub fn policy_facts(&self) -> &BTreeMap<String, PolicyFacts> {
+        &self.policy_facts
+    }
+
+    /// Everything, as [`compile`](super::compile) returns it (every shard is rebuilt).
+    pub fn compiled(&self) -> Compiled {
+        Compiled {
+            shards: self
+                .shards
+                .keys()
+                .filter_map(|n| self.shard(n).map(|s| (n.clone(), s)))
+                .collect(),
+            targets: self
+                .target_facts
+                .iter()
+                .map(|(k, f)| (k.clone(), (**f).clone()))
+                .collect(),
+            policies: self.policy_facts.clone(),
+            next_rotation: self.next_rotation(),
+        }
+    }
+}

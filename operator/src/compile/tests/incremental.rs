@@ -1,0 +1,359 @@
+//! The incremental compile against the full one: for random sequences of changes (pods added,
+//! removed, relabelled, moved between nodes, started and stopped; targets and policies created,
+//! edited and deleted; namespaces relabelled), the shards an [`Incremental`] reports, applied
+//! one update after another, and its status facts always equal [`compile`] of the same objects.
+//!
+//! The sequences come from a seeded generator (printed on failure, so a failure replays).
+
+use std::sync::Arc;
+
+use kubeprof_crds::common::NamespaceSelector;
+use pretty_assertions::assert_eq;
+
+use super::*;
+
+/// splitmix64: small, seedable, and good enough to pick changes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[self.below(of.len())]
+    }
+}
+
+const NAMESPACES: [&str; 4] = ["ns0", "ns1", "ns2", "ns3"];
+const APPS: [&str; 3] = ["web", "api", "db"];
+const NODES: [&str; 3] = ["n0", "n1", "n2"];
+
+fn random_pod(rng: &mut Rng, i: usize) -> PodInfo {
+    let ns = rng.pick(&NAMESPACES);
+    let mut pod = mk_pod(
+        ns,
+        &format!("pod{i}"),
+        &[("app", rng.pick(&APPS))],
+        rng.pick(&NODES),
+        &format!("10.0.0.{i}"),
+    );
+    pod.running = rng.chance(85);
+    if rng.chance(70) {
+        pod.owner = Some(Owner {
+            kind: "StatefulSet".into(),
+            name: rng.pick(&["a", "b"]).into(),
+        });
+    }
+    if rng.chance(10) {
+        pod.node = None;
+    }
+    if rng.chance(40) {
+        pod.annotations = map(&[
+            ("profiles.grafana.com/cpu.scrape", "true"),
+            ("profiles.grafana.com/cpu.port_name", "pprof"),
+            ("profiles.grafana.com/memory.scrape", "true"),
+            (
+                "profiles.grafana.com/memory.port_name",
+                rng.pick(&["pprof", "missing"]),
+            ),
+        ]);
+    } else if rng.chance(20) {
+        pod.annotations = map(&[
+            ("pyroscope.io/scrape", "true"),
+            ("pyroscope.io/port", "6060"),
+        ]);
+    }
+    pod
+}
+
+fn random_target(rng: &mut Rng) -> TargetInput {
+    let ns = rng.pick(&NAMESPACES);
+    let mut t = mk_target(
+        ns,
+        rng.pick(&["t0", "t1"]),
+        rng.pick(&APPS),
+        port(rng.pick(&["pprof", "http", "nope"])),
+    );
+    if rng.chance(30) {
+        t.spec.endpoints.push(port("http"));
+    }
+    t.spec.suspend = rng.chance(10);
+    t.spec.namespace_selector = match rng.below(5) {
+        0 => Some(NamespaceSelector {
+            any: Some(true),
+            ..Default::default()
+        }),
+        1 => Some(NamespaceSelector {
+            match_labels: Some(map(&[("team", "a")])),
+            ..Default::default()
+        }),
+        2 => Some(NamespaceSelector {
+            match_names: Some(vec![rng.pick(&NAMESPACES).to_string()]),
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    if rng.chance(25) {
+        t.spec.sampling = Some(random_sampling(rng));
+    }
+    if rng.chance(20) {
+        t.spec.selector.match_labels = Some(map(&[("app", "web")]));
+        t.spec.selector.match_expressions = None;
+    }
+    t
+}
+
+fn random_sampling(rng: &mut Rng) -> kubeprof_crds::Sampling {
+    kubeprof_crds::Sampling {
+        max_pods: Some(rng.below(3) as i32 + 1),
+        rotation_period: rng
+            .chance(50)
+            .then(|| kubeprof_crds::Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+fn random_policy(rng: &mut Rng) -> PolicyInput {
+    let name = rng.pick(&["p0", "p1"]);
+    let priority = rng.below(3) as i32;
+    let limit = rng.chance(25).then(|| rng.below(4) as i32 + 1);
+    let team = rng.chance(60).then(|| rng.pick(&["a", "b"]).to_string());
+    let annotations = rng.chance(80);
+    let min = rng.chance(20);
+    let sampling = rng.chance(25).then(|| random_sampling(rng));
+    mk_policy(name, priority, |s| {
+        s.limits.max_targets_per_namespace = limit;
+        s.namespace_selector = team.map(|t| LabelSelector {
+            match_labels: Some(map(&[("team", &t)])),
+            match_expressions: None,
+        });
+        s.annotations.enabled = annotations;
+        s.sampling = sampling;
+        if min {
+            s.limits.min_interval = Some(kubeprof_crds::Duration::from_secs(60));
+        }
+    })
+}
+
+/// The cluster as the test holds it, keyed as the stores would.
+#[derive(Default)]
+struct World {
+    policies: BTreeMap<String, PolicyInput>,
+    targets: BTreeMap<(String, String), TargetInput>,
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    pods: BTreeMap<PodKey, Arc<PodInfo>>,
+    now: std::time::Duration,
+}
+
+impl World {
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            policies: self.policies.values().cloned().collect(),
+            targets: self.targets.values().cloned().collect(),
+            pods: self.pods.values().map(|p| (**p).clone()).collect(),
+            namespaces: self.namespaces.values().cloned().collect(),
+            now: self.now,
+        }
+    }
+
+    /// One random change; the pods it changed.
+    fn change(&mut self, rng: &mut Rng, changed: &mut BTreeMap<PodKey, Option<Arc<PodInfo>>>) {
+        let set_pod = |world: &mut Self,
+                       changed: &mut BTreeMap<PodKey, Option<Arc<PodInfo>>>,
+                       pod: PodInfo| {
+            let key = (pod.namespace.clone(), pod.name.clone());
+            let pod = Arc::new(pod);
+            world.pods.insert(key.clone(), pod.clone());
+            changed.insert(key, Some(pod));
+        };
+        let existing: Vec<PodKey> = self.pods.keys().cloned().collect();
+        let some_pod = |rng: &mut Rng| existing.get(rng.below(existing.len().max(1))).cloned();
+        match rng.below(12) {
+            0..=2 => {
+                let i = rng.below(16);
+                let pod = random_pod(rng, i);
+                // A pod keeps its name in one namespace: drop it from any other first.
+                let old: Vec<PodKey> = existing
+                    .iter()
+                    .filter(|k| k.1 == pod.name && k.0 != pod.namespace)
+                    .cloned()
+                    .collect();
+                for k in old {
+                    self.pods.remove(&k);
+                    changed.insert(k, None);
+                }
+                set_pod(self, changed, pod);
+            }
+            3 => {
+                if let Some(k) = some_pod(rng) {
+                    self.pods.remove(&k);
+                    changed.insert(k, None);
+                }
+            }
+            4 => {
+                if let Some(k) = some_pod(rng) {
+                    let mut pod = (*self.pods[&k]).clone();
+                    pod.labels.insert("app".into(), rng.pick(&APPS).into());
+                    set_pod(self, changed, pod);
+                }
+            }
+            5 => {
+                if let Some(k) = some_pod(rng) {
+                    let mut pod = (*self.pods[&k]).clone();
+                    pod.node = Some(rng.pick(&NODES).into());
+                    pod.running = !pod.running || rng.chance(70);
+                    set_pod(self, changed, pod);
+                }
+            }
+            6 | 7 => {
+                let t = random_target(rng);
+                self.targets
+                    .insert((t.namespace.clone(), t.name.clone()), t);
+            }
+            8 => {
+                let keys: Vec<_> = self.targets.keys().cloned().collect();
+                if !keys.is_empty() {
+                    let k = keys[rng.below(keys.len())].clone();
+                    self.targets.remove(&k);
+                }
+            }
+            9 => {
+                let p = random_policy(rng);
+                self.policies.insert(p.name.clone(), p);
+            }
+            10 => {
+                if rng.chance(50) {
+                    let name = rng.pick(&["p0", "p1"]);
+                    self.policies.remove(name);
+                } else {
+                    let name = rng.pick(&NAMESPACES);
+                    self.namespaces.remove(name);
+                }
+            }
+            _ => {
+                let name = rng.pick(&NAMESPACES);
+                let team = rng.pick(&["a", "b"]);
+                self.namespaces
+                    .insert(name.into(), mk_ns(name, &[("team", team)]));
+            }
+        }
+    }
+}
+
+fn check(rng_seed: u64, steps: usize) {
+    let mut rng = Rng(rng_seed);
+    let mut world = World::default();
+    for ns in NAMESPACES {
+        world
+            .namespaces
+            .insert(ns.into(), mk_ns(ns, &[("team", "a")]));
+    }
+    let mut engine = Incremental::default();
+    let mut published: BTreeMap<Option<String>, JobShard> = BTreeMap::new();
+    let mut first = true;
+    for step in 0..steps {
+        let mut changed = BTreeMap::new();
+        for _ in 0..=rng.below(3) {
+            world.change(&mut rng, &mut changed);
+        }
+        // Time passes: sometimes past a sampling rotation.
+        world.now += std::time::Duration::from_secs(rng.below(40) as u64);
+        if first {
+            // The first update sees every pod.
+            changed = world
+                .pods
+                .iter()
+                .map(|(k, p)| (k.clone(), Some(p.clone())))
+                .collect();
+            first = false;
+        }
+        let inputs = world.inputs();
+        engine.update(
+            &inputs.policies,
+            &inputs.targets,
+            &inputs.namespaces,
+            changed,
+            world.now,
+            |node, shard| {
+                match shard {
+                    Some(s) => published.insert(node.clone(), s),
+                    None => published.remove(node),
+                };
+            },
+        );
+        let full = compile(&inputs);
+        let context = format!("seed {rng_seed}, step {step}");
+        assert_eq!(published, full.shards, "shards, {context}");
+        let facts: BTreeMap<_, _> = engine
+            .target_facts()
+            .iter()
+            .map(|(k, f)| (k.clone(), (**f).clone()))
+            .collect();
+        assert_eq!(facts, full.targets, "target facts, {context}");
+        assert_eq!(
+            engine.policy_facts(),
+            &full.policies,
+            "policy facts, {context}"
+        );
+        let sizes: BTreeMap<_, _> = full
+            .shards
+            .iter()
+            .map(|(n, s)| (n.clone(), s.jobs.len()))
+            .collect();
+        assert_eq!(engine.shard_sizes(), &sizes, "shard sizes, {context}");
+        assert_eq!(
+            engine.next_rotation(),
+            full.next_rotation,
+            "next rotation, {context}"
+        );
+    }
+    assert_eq!(
+        engine.compiled(),
+        compile(&world.inputs()),
+        "seed {rng_seed}"
+    );
+}
+
+#[test]
+fn incremental_updates_equal_a_full_compile_for_random_change_sequences() {
+    for seed in 0..150 {
+        check(seed, 40);
+    }
+}
+
+#[test]
+fn an_unchanged_world_recomputes_nothing() {
+    let mut engine = Incremental::default();
+    let pod = Arc::new(mk_pod("shop", "a", &[("app", "web")], "n", "10.0.0.1"));
+    let key = ("shop".to_string(), "a".to_string());
+    let targets = [mk_target("shop", "web", "web", port("pprof"))];
+    let namespaces = [mk_ns("shop", &[])];
+    let first = engine.update(
+        &[],
+        &targets,
+        &namespaces,
+        [(key.clone(), Some(pod.clone()))],
+        std::time::Duration::ZERO,
+        |_, _| {},
+    );
+    assert_eq!(first.shards, 1);
+    let again = engine.update(
+        &[],
+        &targets,
+        &namespaces,
+        [(key, Some(pod))],
+        std::time::Duration::ZERO,
+        |_, _| panic!("nothing changed"),
+    );
+    assert!(again.shards == 0 && !again.facts_changed);
+}
