@@ -4,41 +4,93 @@
 //! [`compile`]: crate::compile::compile
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::{ResourceExt, runtime::watcher};
 
-use crate::compile::{ContainerInfo, NamespaceInfo, PodInfo, PortInfo, sampling};
+use crate::compile::{ContainerInfo, NamespaceInfo, PodInfo, PodKey, PortInfo, sampling};
 
 /// Pods as [`compile`] sees them, kept up to date by a watch. Holding [`PodInfo`] rather than
 /// `Pod` objects keeps 10,000 pods in a few megabytes instead of tens (a `Pod` with one
 /// container is over 4 KiB before any of its strings).
 ///
 /// [`compile`]: crate::compile::compile
+///
+/// It also records which pods changed since [`PodIndex::changes`] last took them, so that the
+/// compile only redoes what they touch.
 #[derive(Clone, Debug, Default)]
 pub struct PodIndex {
-    pods: Arc<RwLock<HashMap<String, Arc<PodInfo>>>>,
+    pods: Arc<RwLock<Pods>>,
     ready: Arc<tokio::sync::Notify>,
     filled: Arc<std::sync::atomic::AtomicBool>,
 }
 
+#[derive(Debug, Default)]
+struct Pods {
+    by_key: HashMap<PodKey, Arc<PodInfo>>,
+    /// Changed since the last [`PodIndex::changes`].
+    changed: HashSet<PodKey>,
+    /// A re-list replaced everything: the next [`PodIndex::changes`] returns every pod.
+    relisted: bool,
+}
+
+/// Pods changed since the last look.
+#[derive(Debug, Default)]
+pub struct PodChanges {
+    /// Every pod is in `pods` (after a re-list, or when asked for all): a pod held before and
+    /// missing here is gone.
+    pub all: bool,
+    /// Changed pods (`None`: deleted).
+    pub pods: Vec<(PodKey, Option<Arc<PodInfo>>)>,
+}
+
 impl PodIndex {
     /// Every pod, in no particular order.
+    #[cfg(test)]
     pub fn snapshot(&self) -> Vec<PodInfo> {
-        self.pods
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|p| (**p).clone())
-            .collect()
+        self.read().by_key.values().map(|p| (**p).clone()).collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pods> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Pods> {
+        self.pods.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pods changed since the last call (every pod with `everything`, or after a re-list).
+    pub fn changes(&self, everything: bool) -> PodChanges {
+        let mut pods = self.write();
+        let changed = std::mem::take(&mut pods.changed);
+        if everything || std::mem::take(&mut pods.relisted) {
+            return PodChanges {
+                all: true,
+                pods: pods
+                    .by_key
+                    .iter()
+                    .map(|(k, p)| (k.clone(), Some(p.clone())))
+                    .collect(),
+            };
+        }
+        PodChanges {
+            all: false,
+            pods: changed
+                .into_iter()
+                .map(|k| {
+                    let p = pods.by_key.get(&k).cloned();
+                    (k, p)
+                })
+                .collect(),
+        }
     }
 
     /// Number of pods.
     pub fn len(&self) -> usize {
-        self.pods.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.read().by_key.len()
     }
 
     /// Whether there are none.
@@ -63,10 +115,10 @@ impl PodIndex {
     pub fn apply(
         &self,
         event: watcher::Event<Pod>,
-        relist: &mut Option<HashMap<String, Arc<PodInfo>>>,
+        relist: &mut Option<HashMap<PodKey, Arc<PodInfo>>>,
     ) -> bool {
         use std::sync::atomic::Ordering;
-        let key = |p: &Pod| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+        let key = |p: &Pod| (p.namespace().unwrap_or_default(), p.name_any());
         match event {
             watcher::Event::Init => {
                 *relist = Some(HashMap::new());
@@ -80,7 +132,10 @@ impl PodIndex {
             }
             watcher::Event::InitDone => {
                 if let Some(buffer) = relist.take() {
-                    *self.pods.write().unwrap_or_else(|e| e.into_inner()) = buffer;
+                    let mut pods = self.write();
+                    pods.by_key = buffer;
+                    pods.changed.clear();
+                    pods.relisted = true;
                 }
                 self.filled.store(true, Ordering::Release);
                 self.ready.notify_waiters();
@@ -88,21 +143,26 @@ impl PodIndex {
             }
             watcher::Event::Apply(p) => {
                 let info = pod_info(&p);
-                let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
-                match pods.get(&key(&p)) {
+                let key = key(&p);
+                let mut pods = self.write();
+                match pods.by_key.get(&key) {
                     Some(old) if **old == info => false,
                     _ => {
-                        pods.insert(key(&p), Arc::new(info));
+                        pods.by_key.insert(key.clone(), Arc::new(info));
+                        pods.changed.insert(key);
                         true
                     }
                 }
             }
-            watcher::Event::Delete(p) => self
-                .pods
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key(&p))
-                .is_some(),
+            watcher::Event::Delete(p) => {
+                let key = key(&p);
+                let mut pods = self.write();
+                let gone = pods.by_key.remove(&key).is_some();
+                if gone {
+                    pods.changed.insert(key);
+                }
+                gone
+            }
         }
     }
 }

@@ -129,7 +129,54 @@ pub struct Publisher {
     api: Api<ConfigMap>,
     namespace: String,
     written: HashMap<String, u64>,
+    /// The fingerprint of every shard that should exist, by object name, with its node.
+    desired: HashMap<String, (Option<String>, u64)>,
     metrics: Metrics,
+}
+
+/// Shards built by a compile, as the publisher needs them.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// Fingerprint of each recomputed shard by node (`None`: the node has no shard any more).
+    pub fingerprints: Vec<(Option<String>, Option<u64>)>,
+    /// Some of the recomputed ConfigMaps, kept to save building them again (bounded: the rest
+    /// are rebuilt one by one while writing).
+    pub kept: HashMap<String, ConfigMap>,
+    /// Bytes of shard data in `kept`.
+    kept_bytes: usize,
+}
+
+impl Built {
+    /// Shard bytes kept at most: a full compile at 100,000 pods builds a thousand shards of a
+    /// few hundred kilobytes each; a change touching fewer is published without building any
+    /// of them twice.
+    const KEEP_BYTES: usize = 48 << 20;
+
+    /// Records one recomputed shard of `node`.
+    pub fn add(&mut self, namespace: &str, node: &Option<String>, shard: Option<&JobShard>) {
+        let Some(shard) = shard else {
+            self.fingerprints.push((node.clone(), None));
+            return;
+        };
+        let cm = shard_config_map(namespace, shard);
+        self.fingerprints
+            .push((node.clone(), recorded_hash(&cm.metadata)));
+        let bytes = cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+            + cm.binary_data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.0.len())
+                .sum::<usize>();
+        if self.kept_bytes + bytes <= Self::KEEP_BYTES {
+            self.kept_bytes += bytes;
+            self.kept.insert(cm.name_any(), cm);
+        }
+    }
 }
 
 impl Publisher {
@@ -139,8 +186,14 @@ impl Publisher {
             api: Api::namespaced(client, namespace),
             namespace: namespace.into(),
             written: HashMap::new(),
+            desired: HashMap::new(),
             metrics,
         }
+    }
+
+    /// The namespace it writes into.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// Forgets what was written (after losing and regaining leadership, another replica may
@@ -149,59 +202,104 @@ impl Publisher {
         self.written.clear();
     }
 
-    /// Makes the published shards equal `shards`: writes the changed ones, deletes the objects
-    /// of shards that no longer exist. `existing` is the watched metadata of the shard
-    /// ConfigMaps (an object edited by hand without its hash annotation is rewritten).
-    /// Every write is attempted; the first error is returned after all were tried.
+    /// Makes the published shards equal `shards` (all of them): writes the changed ones,
+    /// deletes the objects of shards that no longer exist.
+    #[cfg(test)]
     pub async fn publish(
         &mut self,
         shards: &BTreeMap<Option<String>, JobShard>,
         existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
     ) -> Result<PublishStats, PublishError> {
+        let mut built = Built::default();
+        for (node, shard) in shards {
+            built.add(&self.namespace, node, Some(shard));
+        }
+        let gone: Vec<Option<String>> = self
+            .desired
+            .values()
+            .map(|(node, _)| node.clone())
+            .filter(|node| !shards.contains_key(node))
+            .collect();
+        built
+            .fingerprints
+            .extend(gone.into_iter().map(|n| (n, None)));
+        let namespace = self.namespace.clone();
+        self.publish_changes(built, existing, |node| {
+            shards.get(node).map(|s| shard_config_map(&namespace, s))
+        })
+        .await
+    }
+
+    /// Records the shards a compile recomputed, then makes the published shards equal every
+    /// shard that should exist: writes those whose object differs (rebuilding the ConfigMaps
+    /// not kept with `rebuild`, a few at a time), deletes the objects of shards that no longer
+    /// exist. `existing` is the watched metadata of the shard ConfigMaps (an object edited by
+    /// hand without its hash annotation is rewritten). Every write is attempted; the first
+    /// error is returned after all were tried.
+    pub async fn publish_changes(
+        &mut self,
+        mut built: Built,
+        existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
+        rebuild: impl Fn(&Option<String>) -> Option<ConfigMap>,
+    ) -> Result<PublishStats, PublishError> {
+        for (node, fp) in std::mem::take(&mut built.fingerprints) {
+            let name = jobs_object_name(node.as_deref());
+            match fp {
+                Some(fp) => self.desired.insert(name, (node, fp)),
+                None => self.desired.remove(&name),
+            };
+        }
         let mut stats = PublishStats::default();
         let on_server: HashMap<String, u64> = existing
             .iter()
             .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
             .collect();
-        let mut writes = Vec::new();
-        for shard in shards.values() {
-            let cm = shard_config_map(&self.namespace, shard);
-            let name = cm.name_any();
-            let fp = recorded_hash(&cm.metadata).unwrap_or(0);
-            if on_server.get(&name) == Some(&fp) {
-                self.written.insert(name, fp);
+        let mut stale = Vec::new();
+        for (name, (node, fp)) in &self.desired {
+            if on_server.get(name) == Some(fp) {
+                self.written.insert(name.clone(), *fp);
                 stats.unchanged += 1;
                 continue;
             }
-            if self.written.get(&name) == Some(&fp) && on_server.contains_key(&name) {
+            if self.written.get(name) == Some(fp) && on_server.contains_key(name) {
                 stats.unchanged += 1;
                 continue;
             }
-            writes.push((name, fp, cm));
+            stale.push((name.clone(), node.clone()));
         }
-        let wanted: HashSet<String> = shards
-            .keys()
-            .map(|node| jobs_object_name(node.as_deref()))
-            .collect();
+        stale.sort();
         let orphans: Vec<String> = on_server
             .keys()
-            .filter(|n| !wanted.contains(*n))
+            .filter(|n| !self.desired.contains_key(*n))
             .cloned()
             .collect();
 
         let api = &self.api;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let results: Vec<(String, u64, Result<(), kube::Error>)> =
-            futures::stream::iter(writes.into_iter().map(|(name, fp, cm)| {
+        let rebuild = &rebuild;
+        let kept = std::sync::Mutex::new(built.kept);
+        let kept = &kept;
+        // Built lazily as writes complete: at most a few rebuilt ConfigMaps are held at once.
+        let results: Vec<(String, Option<u64>, Result<(), kube::Error>)> =
+            futures::stream::iter(stale.into_iter().filter_map(|(name, node)| {
+                let cm = kept
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name)
+                    .or_else(|| rebuild(&node))?;
+                Some((name, cm))
+            }))
+            .map(|(name, cm)| {
                 let params = params.clone();
                 async move {
+                    let fp = recorded_hash(&cm.metadata);
                     let r = api
                         .patch(&name, &params, &Patch::Apply(&cm))
                         .await
                         .map(|_| ());
                     (name, fp, r)
                 }
-            }))
+            })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
@@ -209,7 +307,9 @@ impl Publisher {
         for (name, fp, r) in results {
             match r {
                 Ok(()) => {
-                    self.written.insert(name, fp);
+                    if let Some(fp) = fp {
+                        self.written.insert(name, fp);
+                    }
                     self.metrics.shard_writes.inc();
                     stats.written += 1;
                 }

@@ -1,12 +1,16 @@
 //! The operator's runtime: watches feed reflector stores; any significant change triggers one
-//! reconciliation of everything (read stores -> compile -> publish shards -> write status).
+//! pass of the loop (read stores -> bring the compile up to date -> publish shards -> write
+//! status).
 //!
-//! One global reconciliation rather than one per object: compile is a join over all objects (a
-//! policy change touches every namespace it governs, a pod may be claimed by a target and by its
-//! annotations), it runs in well under a second at 10,000 pods, and the writes it implies are
-//! diffed against what is published, so an unchanged object is never written. Bursts of changes
-//! are coalesced by a short debounce. Scrape-health changes re-use the last compile result and
-//! only recompute status. Failed writes are retried with backoff ([`control`]). Each publish is
+//! One loop for everything rather than one reconciliation per object: compile is a join over
+//! all objects (a policy change touches every namespace it governs, a pod may be claimed by a
+//! target and by its annotations). The compile is incremental ([`crate::compile::Incremental`]):
+//! the pod index records which pods changed, and only the shards of the nodes a change touches
+//! are rebuilt, so one pod's change costs about one node's shard whatever the cluster's size.
+//! Every pass compares each wanted shard's fingerprint with the one its object records, so an
+//! object changed or deleted by someone else is written again, and an unchanged one is never
+//! written. Bursts of changes are coalesced by a short debounce. Scrape-health changes only
+//! recompute status. Failed writes are retried with backoff ([`control`]). Each publish is
 //! wrapped in the scraper's grants ([`crate::grants`]): widened before, narrowed after.
 
 mod control;

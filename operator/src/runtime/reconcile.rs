@@ -9,20 +9,20 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{Client, Resource, ResourceExt};
 use kubeprof_crds::{
-    health::{HEALTH_DATA_KEY, HealthReport, origin_key},
+    health::{HEALTH_DATA_KEY, HealthReport, health_object_name, origin_key},
     job::{JobOrigin, OriginKind},
 };
 
 use super::stores::Stores;
 use crate::{
     compile::{
-        Compiled, Inputs, PolicyFacts, PolicyInput, TargetFacts, TargetInput,
-        access::ScraperAccess, compile,
+        Incremental, NamespaceInfo, PodKey, PolicyFacts, PolicyInput, TargetFacts, TargetInput,
+        access::ScraperAccess,
     },
     grants::{Grants, Observed},
     index,
     metrics::{Failure, Metrics},
-    publish::{Publisher, stale_health_reports},
+    publish::{Built, Publisher, shard_config_map, stale_health_reports},
     status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
 };
 
@@ -45,7 +45,7 @@ impl Work {
 /// The status facts of one compile.
 #[derive(Debug, Default)]
 struct Facts {
-    targets: BTreeMap<(String, String), TargetFacts>,
+    targets: BTreeMap<(String, String), Arc<TargetFacts>>,
     policies: BTreeMap<String, PolicyFacts>,
     /// The nodes the compile gave a shard (published, or to be retried).
     shard_nodes: BTreeSet<Option<String>>,
@@ -60,9 +60,13 @@ pub(crate) struct Reconciler {
     grant_secrets: bool,
     statuses: StatusWriter,
     metrics: Metrics,
-    /// What status needs of the last compile (the shards themselves are dropped once
-    /// published: at 10,000 pods they are tens of megabytes).
+    /// The compile, kept up to date change by change (`None`: start over from every pod, at
+    /// first and after a compile panicked).
+    compiled: Option<Incremental>,
+    /// What status needs of the last compile.
     facts: Option<Arc<Facts>>,
+    /// The Secrets the jobs of each node's shard refer to (every node with a shard).
+    node_secrets: BTreeMap<Option<String>, BTreeSet<(String, String)>>,
     /// When the last compile's sampling rotates (since the Unix epoch).
     next_rotation: Option<std::time::Duration>,
 }
@@ -83,7 +87,9 @@ impl Reconciler {
             grant_secrets,
             statuses: StatusWriter::new(client, identity, metrics.clone()),
             metrics,
+            compiled: None,
             facts: None,
+            node_secrets: BTreeMap::new(),
             next_rotation: None,
         }
     }
@@ -113,9 +119,10 @@ impl Reconciler {
         failed
     }
 
-    fn inputs(stores: &Stores) -> Inputs {
-        Inputs {
-            policies: stores
+    /// Everything compile reads but the pods.
+    fn objects(stores: &Stores) -> (Vec<PolicyInput>, Vec<TargetInput>, Vec<NamespaceInfo>) {
+        (
+            stores
                 .policies
                 .state()
                 .iter()
@@ -125,7 +132,7 @@ impl Reconciler {
                     spec: p.spec.clone(),
                 })
                 .collect(),
-            targets: stores
+            stores
                 .targets
                 .state()
                 .iter()
@@ -136,38 +143,79 @@ impl Reconciler {
                     spec: t.spec.clone(),
                 })
                 .collect(),
-            pods: stores.pods.snapshot(),
-            namespaces: stores
+            stores
                 .namespaces
                 .state()
                 .iter()
                 .map(|n| index::namespace_info(n))
                 .collect(),
-            now: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        }
+        )
     }
 
-    /// Compiles and publishes; whether publishing succeeded (a compile that panicked keeps the
-    /// published jobs and is not retried: it would panic again).
+    /// Brings the compile up to date and publishes what changed, granting the scrapers what
+    /// the new jobs need before and revoking what they no longer need after; whether all of it
+    /// succeeded (a compile that panicked keeps the published jobs and is not retried: it would
+    /// panic again; the next change starts over from every pod).
     #[tracing::instrument(skip_all)]
     async fn recompile(&mut self, stores: &Stores) -> bool {
         let started = Instant::now();
         self.metrics.reconciles.inc();
-        let inputs = Self::inputs(stores);
-        let grant_secrets = self.grant_secrets;
-        let (compiled, access) = match tokio::task::spawn_blocking(move || {
+        let (policies, targets, namespaces) = Self::objects(stores);
+        let compiled = self.compiled.take();
+        let changes = stores.pods.changes(compiled.is_none());
+        let mut pods = changes.pods;
+        if changes.all {
+            // After a re-list: what is not listed any more is gone.
+            let listed: std::collections::HashSet<&PodKey> = pods.iter().map(|(k, _)| k).collect();
+            let gone: Vec<PodKey> = compiled
+                .iter()
+                .flat_map(|c| c.pod_keys())
+                .filter(|k| !listed.contains(k))
+                .collect();
+            pods.extend(gone.into_iter().map(|k| (k, None)));
+        }
+        if compiled.is_none() {
+            self.node_secrets.clear();
+        }
+        let namespace = self.publisher.namespace().to_owned();
+        let result = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            let compiled = compile(&inputs);
-            let access = ScraperAccess::of(&compiled.shards, grant_secrets);
-            ((compiled, access), t.elapsed())
+            let mut engine = compiled.unwrap_or_default();
+            let mut built = Built::default();
+            let mut secrets = Vec::new();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            engine.update(
+                &policies,
+                &targets,
+                &namespaces,
+                pods,
+                now,
+                |node, shard| {
+                    built.add(&namespace, node, shard.as_ref());
+                    let refs = shard.as_ref().map(|s| {
+                        s.secret_refs()
+                            .into_iter()
+                            .map(|r| (r.namespace, r.name))
+                            .collect::<BTreeSet<_>>()
+                    });
+                    secrets.push((node.clone(), refs));
+                },
+            );
+            (engine, built, secrets, t.elapsed())
         })
-        .await
-        {
-            Ok((c, took)) => {
+        .await;
+        let (engine, built) = match result {
+            Ok((engine, built, secrets, took)) => {
                 self.metrics.compile_duration.observe(took.as_secs_f64());
-                c
+                for (node, refs) in secrets {
+                    match refs {
+                        Some(refs) => self.node_secrets.insert(node, refs),
+                        None => self.node_secrets.remove(&node),
+                    };
+                }
+                (self.compiled.insert(engine), built)
             }
             Err(e) => {
                 tracing::error!(error = %e, "compile panicked; keeping the published jobs");
@@ -177,16 +225,35 @@ impl Reconciler {
                 return true;
             }
         };
-        let jobs: usize = compiled.shards.values().map(|s| s.jobs.len()).sum();
-        for s in compiled.shards.values() {
-            self.metrics.jobs_per_shard.observe(s.jobs.len() as f64);
-        }
+        let sizes = engine.shard_sizes();
+        let jobs: usize = sizes.values().sum();
         self.metrics
             .jobs
             .set(i64::try_from(jobs).unwrap_or(i64::MAX));
         self.metrics
             .shards
-            .set(i64::try_from(compiled.shards.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(sizes.len()).unwrap_or(i64::MAX));
+        for (node, _) in &built.fingerprints {
+            if let Some(n) = sizes.get(node) {
+                self.metrics.jobs_per_shard.observe(*n as f64);
+            }
+        }
+        // What the scrapers of every shard need (kept per node: only recomputed shards change).
+        let mut access = ScraperAccess::default();
+        for (node, refs) in &self.node_secrets {
+            access
+                .health_reports
+                .insert(health_object_name(node.as_deref()));
+            if self.grant_secrets {
+                for (ns, name) in refs {
+                    access
+                        .secrets
+                        .entry(ns.clone())
+                        .or_default()
+                        .insert(name.clone());
+                }
+            }
+        }
         // Grant first: a scraper must never see a job whose Secrets it may not read yet, nor
         // have jobs and no health report to write.
         let roles = stores.roles.state();
@@ -211,16 +278,20 @@ impl Reconciler {
         if let Err(e) = &granted {
             tracing::warn!(error = %e, "granting the scrapers access failed");
         }
+        let namespace = self.publisher.namespace().to_owned();
+        let engine: &Incremental = engine;
         let published = match self
             .publisher
-            .publish(&compiled.shards, &stores.shards.state())
+            .publish_changes(built, &stores.shards.state(), |node| {
+                engine.shard(node).map(|s| shard_config_map(&namespace, &s))
+            })
             .await
         {
             Ok(stats) => {
                 if stats.written + stats.deleted > 0 {
                     tracing::info!(
                         jobs,
-                        shards = compiled.shards.len(),
+                        shards = sizes.len(),
                         written = stats.written,
                         deleted = stats.deleted,
                         unchanged = stats.unchanged,
@@ -248,17 +319,11 @@ impl Reconciler {
             true
         };
         let published = published && granted.is_ok() && revoked;
-        let Compiled {
-            shards,
-            targets,
-            policies,
-            next_rotation,
-        } = compiled;
-        self.next_rotation = next_rotation;
+        self.next_rotation = engine.next_rotation();
         self.facts = Some(Arc::new(Facts {
-            targets,
-            policies,
-            shard_nodes: shards.into_keys().collect(),
+            targets: engine.target_facts().clone(),
+            policies: engine.policy_facts().clone(),
+            shard_nodes: sizes.keys().cloned().collect(),
         }));
         self.metrics
             .reconcile_duration
@@ -324,7 +389,7 @@ impl Reconciler {
                     let facts = facts
                         .targets
                         .get(&(ns.clone(), name.clone()))
-                        .unwrap_or(&empty);
+                        .map_or(&empty, |f| &**f);
                     let key = origin_key(&JobOrigin {
                         kind: OriginKind::ProfilingTarget,
                         namespace: ns.clone(),
