@@ -1,10 +1,15 @@
 //! The whole operator against a real API server at cluster scale: 10,000 pods in 200 namespaces
-//! on 100 nodes, half opted in by Grafana annotations, half selected by 100 ProfilingTargets.
+//! on 100 nodes, half opted in by Grafana annotations, half selected by 200 ProfilingTargets.
 //! Prints the time from the last pod becoming Running to every node's shard being published,
-//! the operator's RSS at steady state, and the time for one pod change to reach its node's shard.
+//! the operator's RSS (before any pod, at steady state, peak) and bytes per pod, the time for one
+//! pod change to reach its node's shard, and the time for a target change affecting 1,000 pods
+//! to reach every shard it changes. Each figure is printed with the load average, since the
+//! machine may be shared.
 //!
-//! Run: `cargo run --release -p kubeprof-e2e --bin kubeprof-operator-bench` (needs an API server,
-//! as the e2e tests: `$KUBEBUILDER_ASSETS`, `$KUBECONFIG`, or the cache). `--pods N` scales down.
+//! Run: `cargo run --release -p kubeprof-e2e --bin kubeprof-operator-bench -- --pods N --nodes M`
+//! (needs an API server, as the e2e tests: `$KUBEBUILDER_ASSETS`, `$KUBECONFIG`, or the cache);
+//! `--targets N` sets the number of ProfilingTargets. A shard is compared by the content hash
+//! its ConfigMap records, so plain (`data`) and gzip-compressed (`binaryData`) shards both count.
 //! The binary also is the operator (`kubeprof-operator-bench operator ...`), so the measured
 //! operator is a separate process built with the same profile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness may panic
@@ -20,22 +25,30 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use kubeprof_crds::{
     ProfilingPolicy, ProfilingTarget,
     constants::{COMPONENT_JOBS, COMPONENT_LABEL},
-    health::{jobs_object_name, shard_from_config_map},
+    health::jobs_object_name,
 };
 use kubeprof_e2e::{TestEnv, procs::Proc, say};
-use kubeprof_operator::{compile, pod_info};
+use kubeprof_operator::{CONTENT_HASH_ANNOTATION, compile, pod_info, shard_config_map};
 use serde_json::json;
 
 const NAMESPACES: usize = 200;
-const NODES: usize = 100;
-const TARGETS: usize = 100;
 const CONCURRENCY: usize = 48;
+/// Pods a target change affects (a target selecting one `batch` label: pods `0..BATCH`).
+const BATCH: usize = 1_000;
+
+/// The cluster's shape.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    pods: usize,
+    nodes: usize,
+    targets: usize,
+}
 
 #[global_allocator]
 static ALLOCATOR: kubeprof_operator::Jemalloc = kubeprof_operator::Jemalloc;
@@ -47,13 +60,19 @@ fn main() -> ExitCode {
         rest.extend(args[2..].iter().cloned());
         return kubeprof_operator::main_from(rest);
     }
-    let pods = args
-        .windows(2)
-        .find(|w| w[0] == "--pods")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(10_000usize);
+    let arg = |name: &str, default: usize| {
+        args.windows(2)
+            .find(|w| w[0] == name)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(default)
+    };
+    let shape = Shape {
+        pods: arg("--pods", 10_000),
+        nodes: arg("--nodes", 100).max(1),
+        targets: arg("--targets", 200).max(1),
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    match rt.block_on(bench(pods)) {
+    match rt.block_on(bench(shape)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubeprof-operator-bench: {e:#}");
@@ -62,9 +81,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn pod(i: usize) -> Pod {
+/// Even pods are selected by a target (`svc-<t>` in namespace `ns-<t % 100>`), odd ones opt in
+/// by annotations (in `ns-100`..`ns-199`); pod `i` runs on node `i % nodes`.
+fn pod(shape: Shape, i: usize) -> Pod {
     let annotated = i % 2 == 1;
-    let ns = if annotated { 100 + i % 100 } else { i % 100 };
+    let j = i / 2;
+    let t = j % shape.targets;
+    let ns = if annotated { 100 + j % 100 } else { t % 100 };
     let annotations = if annotated {
         json!({
             "profiles.grafana.com/cpu.scrape": "true",
@@ -79,11 +102,11 @@ fn pod(i: usize) -> Pod {
         "metadata": {
             "name": format!("pod-{i}"),
             "namespace": format!("ns-{ns}"),
-            "labels": {"app": format!("svc-{}", i % 100), "team": "core"},
+            "labels": {"app": format!("svc-{t}"), "team": "core", "batch": format!("b-{}", i / BATCH)},
             "annotations": annotations,
         },
         "spec": {
-            "nodeName": format!("node-{}", i % NODES),
+            "nodeName": format!("node-{}", i % shape.nodes),
             "containers": [{"name": "app", "image": "example.invalid/app:1",
                             "ports": [{"name": "pprof", "containerPort": 6060}]}],
         },
@@ -111,22 +134,73 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Job count per shard object name, as published.
-async fn published(api: &Api<ConfigMap>) -> anyhow::Result<BTreeMap<String, usize>> {
+/// The content hash of every published shard, by object name (metadata only: the shards
+/// themselves are tens of megabytes at scale).
+async fn published(api: &Api<ConfigMap>) -> anyhow::Result<BTreeMap<String, String>> {
     let list = api
-        .list(&ListParams::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}")))
+        .list_metadata(
+            &ListParams::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}")),
+        )
         .await?;
     Ok(list
         .items
         .iter()
-        .filter_map(|cm| {
-            let shard = shard_from_config_map(cm)?.ok()?;
-            Some((jobs_object_name(shard.node.as_deref()), shard.jobs.len()))
+        .map(|m| {
+            let hash = m
+                .annotations()
+                .get(CONTENT_HASH_ANNOTATION)
+                .cloned()
+                .unwrap_or_default();
+            (m.name_any(), hash)
         })
         .collect())
 }
 
-async fn bench(pods: usize) -> anyhow::Result<()> {
+/// The content hash of one shard object (empty if it has none or does not exist).
+async fn hash_of(api: &Api<ConfigMap>, name: &str) -> anyhow::Result<String> {
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .and_then(|m| m.annotations().get(CONTENT_HASH_ANNOTATION).cloned())
+        .unwrap_or_default())
+}
+
+/// The load averages, to print beside each figure.
+fn load() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let parts: Vec<&str> = l.split_whitespace().take(3).collect();
+    format!("load {}", parts.join(" "))
+}
+
+/// Waits until each named shard's hash differs from `before`; the time it took.
+async fn until_changed(
+    api: &Api<ConfigMap>,
+    before: &BTreeMap<String, String>,
+    started: Instant,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    loop {
+        let now = published(api).await?;
+        if before
+            .iter()
+            .all(|(name, hash)| now.get(name).is_some_and(|h| h != hash))
+        {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what} not published within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bench(shape: Shape) -> anyhow::Result<()> {
+    let Shape {
+        pods,
+        nodes,
+        targets,
+    } = shape;
     let Some(env) = TestEnv::get("kubeprof-operator-bench") else {
         return Ok(());
     };
@@ -136,7 +210,7 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
     let ops = env.namespace("kubeprof").await?;
     let work = tempfile::tempdir()?;
 
-    // The cluster: namespaces, one policy, 100 targets.
+    // The cluster: namespaces, one policy, the targets.
     let ns_api: Api<Namespace> = Api::all(client.clone());
     futures::stream::iter(0..NAMESPACES)
         .map(|i| {
@@ -161,14 +235,14 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
     Api::<ProfilingPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await?;
-    for t in 0..TARGETS {
+    for t in 0..targets {
         let target: ProfilingTarget = serde_json::from_value(json!({
             "apiVersion": "kubeprof.io/v1alpha1", "kind": "ProfilingTarget",
             "metadata": {"name": format!("svc-{t}")},
             "spec": {"selector": {"matchLabels": {"app": format!("svc-{t}")}},
                      "endpoints": [{"port": "pprof"}]},
         }))?;
-        Api::<ProfilingTarget>::namespaced(client.clone(), &format!("ns-{t}"))
+        Api::<ProfilingTarget>::namespaced(client.clone(), &format!("ns-{}", t % 100))
             .create(&PostParams::default(), &target)
             .await?;
     }
@@ -187,13 +261,19 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
         work.path(),
     )?;
     let pid = operator.pid().context("operator pid")?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let baseline = rss_mib(pid);
+    say(&format!(
+        "bench: operator RSS before any pod {baseline:.0} MiB ({})",
+        load()
+    ));
 
     // Pods: created, then set Running with an IP, as kubelets would.
     say(&format!(
-        "bench: creating {pods} pods in {NAMESPACES} namespaces on {NODES} nodes"
+        "bench: creating {pods} pods in {NAMESPACES} namespaces on {nodes} nodes, {targets} targets"
     ));
     let created = Instant::now();
-    let all: Vec<Pod> = (0..pods).map(pod).collect();
+    let all: Vec<Pod> = (0..pods).map(|i| pod(shape, i)).collect();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(all.iter().cloned())
         .map(|p| {
             let api: Api<Pod> = Api::namespaced(
@@ -209,6 +289,72 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
         .collect()
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+
+    // What must be published: the same compile, run here (before the pods become Running, so
+    // as not to compete with the operator) on the objects the server holds, as Running.
+    let mut listed = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let index: BTreeMap<String, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name_any(), i))
+        .collect();
+    for p in &mut listed {
+        let i = index.get(&p.name_any()).copied().unwrap_or(0);
+        let status = p.status.get_or_insert_with(Default::default);
+        status.phase = Some("Running".into());
+        status.pod_ip = Some(ip(i));
+    }
+    let server_policy = Api::<ProfilingPolicy>::all(client.clone())
+        .get("default")
+        .await?;
+    let server_targets = Api::<ProfilingTarget>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut expected_inputs = compile::Inputs {
+        policies: vec![compile::PolicyInput {
+            name: "default".into(),
+            spec: server_policy.spec.clone(),
+        }],
+        targets: server_targets
+            .iter()
+            .map(|t| compile::TargetInput {
+                namespace: t.namespace().unwrap_or_default(),
+                name: t.name_any(),
+                spec: t.spec.clone(),
+            })
+            .collect(),
+        pods: listed.iter().map(pod_info).collect(),
+        namespaces: (0..NAMESPACES)
+            .map(|i| compile::NamespaceInfo {
+                name: format!("ns-{i}"),
+                labels: [("kubernetes.io/metadata.name".to_string(), format!("ns-{i}"))].into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    drop(listed);
+    let compiled = compile::compile(&expected_inputs);
+    expected_inputs.pods = Vec::new();
+    let expected: BTreeMap<String, String> = compiled
+        .shards
+        .values()
+        .map(|s| {
+            let cm = shard_config_map(&ops.name, s);
+            let hash = cm
+                .annotations()
+                .get(CONTENT_HASH_ANNOTATION)
+                .cloned()
+                .unwrap_or_default();
+            (cm.name_any(), hash)
+        })
+        .collect();
+    let expected_jobs: usize = compiled.shards.values().map(|s| s.jobs.len()).sum();
+    drop(compiled);
+
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..pods)
         .map(|i| {
             let p = &all[i];
@@ -237,47 +383,8 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
         created.elapsed().as_secs_f64()
     ));
 
-    // What must be published: the same compile, run here on the objects the server holds.
-    let running = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let expected_inputs = compile::Inputs {
-        policies: vec![compile::PolicyInput {
-            name: "default".into(),
-            spec: policy.spec.clone(),
-        }],
-        targets: (0..TARGETS)
-            .map(|t| {
-                Ok(compile::TargetInput {
-                    namespace: format!("ns-{t}"),
-                    name: format!("svc-{t}"),
-                    spec: serde_json::from_value(json!({
-                        "selector": {"matchLabels": {"app": format!("svc-{t}")}},
-                        "endpoints": [{"port": "pprof"}],
-                    }))?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-        pods: running.iter().map(pod_info).collect(),
-        namespaces: (0..NAMESPACES)
-            .map(|i| compile::NamespaceInfo {
-                name: format!("ns-{i}"),
-                labels: [("kubernetes.io/metadata.name".to_string(), format!("ns-{i}"))].into(),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let compiled = compile::compile(&expected_inputs);
-    let expected: BTreeMap<String, usize> = compiled
-        .shards
-        .values()
-        .map(|s| (jobs_object_name(s.node.as_deref()), s.jobs.len()))
-        .collect();
-    let expected_jobs: usize = expected.values().sum();
-
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ops.name);
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let now = published(&cms).await?;
         if now == expected {
@@ -285,35 +392,40 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "shards not published within 300 s: {} of {} objects, {} of {expected_jobs} jobs",
-            now.len(),
+            "shards not published within 600 s: {} of {} objects as expected",
+            expected
+                .iter()
+                .filter(|(n, h)| now.get(*n) == Some(*h))
+                .count(),
             expected.len(),
-            now.values().sum::<usize>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let publish_all = last_running.elapsed();
     say(&format!(
-        "bench: all {} shards ({expected_jobs} jobs) published {:.2} s after the last pod became Running",
+        "bench: all {} shards ({expected_jobs} jobs) published {:.2} s after the last pod became Running ({})",
         expected.len(),
-        publish_all.as_secs_f64()
+        publish_all.as_secs_f64(),
+        load()
     ));
 
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let steady = rss_mib(pid);
     say(&format!(
-        "bench: operator RSS at steady state {:.0} MiB",
-        rss_mib(pid)
+        "bench: operator RSS at steady state {steady:.0} MiB, {:.0} bytes per pod over the {baseline:.0} MiB before any pod ({})",
+        (steady - baseline).max(0.0) * 1024.0 * 1024.0 / pods.max(1) as f64,
+        load()
     ));
 
     // One pod change: a pod leaves its target (label change); time until its shard changes.
     let mut latencies = Vec::new();
-    for round in 0..5 {
-        let i = round * 2 * 37; // even: target-selected pods
+    for round in 0..7 {
+        let i = ((round * 2 * 37) % pods.max(1)) & !1; // even: target-selected pods
         let p = &all[i];
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
-        let node_obj = jobs_object_name(Some(&format!("node-{}", i % NODES)));
-        let before = cms.get(&node_obj).await?.data;
+        let node_obj = jobs_object_name(Some(&format!("node-{}", i % nodes)));
+        let before = hash_of(&cms, &node_obj).await?;
         let started = Instant::now();
         Api::<Pod>::namespaced(client.clone(), &ns)
             .patch(
@@ -323,34 +435,90 @@ async fn bench(pods: usize) -> anyhow::Result<()> {
             )
             .await?;
         loop {
-            if cms.get(&node_obj).await?.data != before {
+            if hash_of(&cms, &node_obj).await? != before {
                 break;
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(30),
                 "change not published"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         latencies.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     latencies.sort();
     say(&format!(
-        "bench: one pod change reached its node's shard in {:.0} ms median ({:.0}..{:.0} ms over {} changes)",
+        "bench: one pod change reached its node's shard in {:.0} ms median ({:.0}..{:.0} ms over {} changes; {})",
         latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
         latencies[0].as_secs_f64() * 1000.0,
         latencies[latencies.len() - 1].as_secs_f64() * 1000.0,
-        latencies.len()
+        latencies.len(),
+        load()
     ));
+
+    // A target change affecting BATCH pods: a new target selecting one batch in every
+    // namespace, then an edit of its interval; time until every shard it changes changed.
+    let batch: Vec<usize> = (0..pods.min(BATCH)).collect();
+    let affected: std::collections::BTreeSet<String> = batch
+        .iter()
+        .map(|i| jobs_object_name(Some(&format!("node-{}", i % nodes))))
+        .collect();
+    let snapshot = |now: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        now.into_iter()
+            .filter(|(n, _)| affected.contains(n))
+            .collect()
+    };
+    let wide = |interval: &str| -> anyhow::Result<ProfilingTarget> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "kubeprof.io/v1alpha1", "kind": "ProfilingTarget",
+            "metadata": {"name": "batch-0", "namespace": "ns-0"},
+            "spec": {"selector": {"matchLabels": {"batch": "b-0"}},
+                     "namespaceSelector": {"any": true},
+                     "endpoints": [{"port": "pprof", "interval": interval}]},
+        }))?)
+    };
+    let targets_api = Api::<ProfilingTarget>::namespaced(client.clone(), "ns-0");
+    let before = snapshot(published(&cms).await?);
+    let started = Instant::now();
+    targets_api
+        .create(&PostParams::default(), &wide("30s")?)
+        .await?;
+    let created_in = until_changed(&cms, &before, started, "the new target").await?;
+    say(&format!(
+        "bench: a new target selecting {} running pods on {} nodes published in {:.0} ms ({})",
+        batch.len(),
+        affected.len(),
+        created_in.as_secs_f64() * 1000.0,
+        load()
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = snapshot(published(&cms).await?);
+    let started = Instant::now();
+    targets_api
+        .patch(
+            "batch-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"endpoints": [{"port": "pprof", "interval": "45s"}]}})),
+        )
+        .await?;
+    let edited_in = until_changed(&cms, &before, started, "the target edit").await?;
+    say(&format!(
+        "bench: editing that target's interval published in {:.0} ms ({})",
+        edited_in.as_secs_f64() * 1000.0,
+        load()
+    ));
+
     say(&format!(
         "bench: operator RSS right after the changes {:.0} MiB",
         rss_mib(pid)
     ));
     tokio::time::sleep(Duration::from_secs(15)).await;
     say(&format!(
-        "bench: operator RSS 15 s later {:.0} MiB; peak (VmHWM) {:.0} MiB",
+        "bench: operator RSS 15 s later {:.0} MiB; peak (VmHWM) {:.0} MiB ({})",
         rss_mib(pid),
-        status_mib(pid, "VmHWM:")
+        status_mib(pid, "VmHWM:"),
+        load()
     ));
     drop(operator);
     Ok(())
