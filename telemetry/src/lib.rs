@@ -139,6 +139,17 @@ async fn readyz(State(t): State<Telemetry>) -> Response {
     }
 }
 
+/// Clears the one-CPU-profile-at-a-time flag however a request ends: a client that hangs up
+/// mid-profile (a scrape whose timeout is shorter than the profile) has its handler dropped,
+/// and a flag left set would refuse every later profile of the process.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 #[derive(Deserialize)]
 struct ProfileParams {
     seconds: Option<u64>,
@@ -164,8 +175,9 @@ async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfilePar
         )
             .into_response();
     }
+    let running = Running(t.cpu_profile_running.clone());
     let result = self_profile::collect(Duration::from_secs(seconds)).await;
-    t.cpu_profile_running.store(false, Ordering::Release);
+    drop(running);
     match result {
         Ok(body) => (
             [

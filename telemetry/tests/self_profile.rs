@@ -105,6 +105,48 @@ fn child_serves_a_cpu_profile() {
 }
 
 #[test]
+#[ignore = "run by cpu_profile_after_a_client_hung_up in a child process"]
+fn child_profiles_after_a_client_hung_up() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shutdown = CancellationToken::new();
+    let telemetry = Telemetry::new(Default::default());
+    let addr = runtime
+        .block_on(telemetry.serve("127.0.0.1:0".parse().unwrap(), shutdown.clone()))
+        .unwrap();
+    // A scraper whose timeout is shorter than the profile it asked for: it hangs up.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /debug/pprof/profile?seconds=30 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(stream);
+    // The next scrape gets a profile, not "a CPU profile is already running" for ever. The
+    // server notices the hang-up as soon as it reads the closed connection; ask until then.
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = get(addr, "/debug/pprof/profile?seconds=1");
+        if status == 200 {
+            shutdown.cancel();
+            return;
+        }
+        answers.push(format!(
+            "{status} {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("no profile after a client hung up: {answers:?}");
+}
+
+#[test]
+fn cpu_profile_after_a_client_hung_up() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child("child_profiles_after_a_client_hung_up", dir.path());
+}
+
+#[test]
 fn cpu_profile_works_when_tmpdir_does_not_exist() {
     // As in a pod with a read-only root and nothing mounted at /tmp: the profiler falls back to
     // /dev/shm, which every container runtime mounts writable.
