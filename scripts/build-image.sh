@@ -6,10 +6,13 @@
 #              repository's root, both binaries (cargo build --profile dist) on the libraries
 #              they load (glibc, libgcc), the CA bundle and `chown` (the chart's init
 #              container), unpacked from the Debian packages this machine has; non-root, no shell
-#   pprofdemo  kubeprof-e2e/pprofdemo:latest   e2e/go/Containerfile: the Go pprof service of the
-#              e2e tests, static (CGO_ENABLED=0)
+#   pprofdemo     kubeprof-e2e/pprofdemo:latest      e2e/go/pprofdemo.Containerfile: the Go pprof
+#                 service of the e2e tests
+#   pushreceiver  kubeprof-e2e/pushreceiver:latest   e2e/go/pushreceiver.Containerfile: a Pyroscope
+#                 push receiver for the real-node test (what arrived, as JSON)
+#   (both Go images: one static binary, CGO_ENABLED=0, standard library only, FROM scratch)
 #
-#   scripts/build-image.sh [kubeprof|pprofdemo]...     # default: both
+#   scripts/build-image.sh [kubeprof|pprofdemo|pushreceiver]...     # default: all three
 #
 # Archives: $KUBEPROF_CACHE/images/<name>.oci.tar (default ~/.cache/kubeprof/images). Builds with
 # Debian's buildah (`--storage-driver vfs`, as root); with KUBEPROF_IMAGE_BUILDER=docker it runs
@@ -141,24 +144,27 @@ kubeprof() {
   log "kubeprof image: $((SECONDS - t0)) s"
 }
 
-pprofdemo() {
-  local context="$repo/target/image/pprofdemo"
+# A Go program of e2e/go/ (NAME.go, NAME.Containerfile) as kubeprof-e2e/NAME:latest.
+go_image() {
+  local name=$1
+  local context="$repo/target/image/$name"
   rm -rf "$context"
   mkdir -p "$context"
   # Static and reproducible: no cgo, no build paths in the binary; module mode off (one file,
   # standard library only).
   (cd e2e/go && CGO_ENABLED=0 GO111MODULE=off GOCACHE="$repo/target/go-cache" \
-    go build -trimpath -o "$context/pprofdemo" pprofdemo.go)
-  cp e2e/go/Containerfile "$context/Containerfile"
-  build "$context/Containerfile" "$context" "docker.io/kubeprof-e2e/pprofdemo:latest" "$out_dir/pprofdemo.oci.tar"
+    go build -trimpath -o "$context/$name" "$name.go")
+  cp "e2e/go/$name.Containerfile" "$context/Containerfile"
+  build "$context/Containerfile" "$context" "docker.io/kubeprof-e2e/$name:latest" "$out_dir/$name.oci.tar"
 }
 
 [ "$builder" != buildah ] || [ "$(id -u)" = 0 ] || { log "buildah with vfs storage needs root here"; exit 1; }
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kubeprof pprofdemo)
+[ ${#targets[@]} -gt 0 ] || targets=(kubeprof pprofdemo pushreceiver)
 for t in "${targets[@]}"; do
   case "$t" in
-    kubeprof | pprofdemo) "$t" ;;
-    *) log "unknown image $t (kubeprof, pprofdemo)"; exit 2 ;;
+    kubeprof) kubeprof ;;
+    pprofdemo | pushreceiver) go_image "$t" ;;
+    *) log "unknown image $t (kubeprof, pprofdemo, pushreceiver)"; exit 2 ;;
   esac
 done

@@ -1,6 +1,8 @@
 //! kubeprof installed as a user installs it, on a real node (`scripts/real-node.sh start`):
 //! Helm's own engine installs the chart, the operator and the scraper run as pods of the image
-//! `scripts/build-image.sh` builds, and real pods of the Go pprof service are profiled.
+//! `scripts/build-image.sh` builds, and real pods of the Go pprof service are profiled. Profiles
+//! go to two sinks: files on the node's hostPath, and a Pyroscope-protocol receiver running as a
+//! pod (`e2e/go/pushreceiver.go`) that decodes what it is pushed.
 //!
 //! One test, whose steps run in order because each starts from the cluster the previous one
 //! left (a release is installed once, upgraded, then uninstalled):
@@ -10,16 +12,22 @@
 //! 2. a ProfilingTarget's Deployment and an annotated Deployment: their CPU profiles (with the
 //!    Go service's frames) and memory profiles land in the file sink on the node's hostPath
 //!    (the time from `helm install` to the first one is printed); `kubectl get pt` shows
-//!    MATCHED 1, FAILING 0, READY True; kubeprof's own CPU profile arrives too;
+//!    MATCHED 1, FAILING 0, READY True; kubeprof's own CPU profile arrives too; the push
+//!    receiver gets the same profiles (labels, tenant, pprof that decodes with the Go frames);
+//!    every kubeprof container runs as non-root with no capabilities (pod specs and /proc on
+//!    the node), and each pod answers `/debug/pprof/profile` with a CPU profile;
 //! 3. scale up to 2: MATCHED 2 and profiles of the new pod;
 //! 4. the scraper pod deleted: the DaemonSet recreates it and profiles keep arriving;
 //! 5. the operator leader deleted: the other replica takes the lease, and a scale down to 1
 //!    shows in status (only the leader writes status); no kubeprof container restarted;
 //! 6. `helm upgrade` with changed values (external labels, log format): the new label arrives;
-//! 7. `helm uninstall`: the workloads are gone.
+//! 7. `helm uninstall`: nothing is left but the CRDs (the operator's ConfigMaps and Lease go
+//!    with the Deployment that owns them).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
 
 mod rbac;
+mod receiver;
+mod security;
 mod stage;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -32,7 +40,10 @@ use kubeprof_e2e::{
 };
 use serde_json::json;
 
-use crate::stage::{DEMO_IMAGE, Stage, crds, demo_deployment, kubeprof_image};
+use crate::{
+    receiver::{RECEIVER_IMAGE, Receiver, TENANT},
+    stage::{DEMO_IMAGE, Stage, crds, demo_deployment, kubeprof_image},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
@@ -40,12 +51,14 @@ async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
         return Ok(());
     };
     let images = node.images()?;
-    for image in [kubeprof_image()?.as_str(), DEMO_IMAGE] {
+    for image in [kubeprof_image()?.as_str(), DEMO_IMAGE, RECEIVER_IMAGE] {
         ensure!(
             images.iter().any(|i| i == image),
             "node {NODE_NAME} has no image {image}: run scripts/build-image.sh (it imports into the running node)"
         );
     }
+    // reqwest is built without a crypto provider of its own (the workspace's one is ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let s = Stage::new(&node)?;
     let result = scenario(&s).await;
     if result.is_err() {
@@ -58,8 +71,17 @@ async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
 async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
     let node = s.node;
     let crds = crds();
+    // What the cluster holds before kubeprof: after uninstall, only the CRDs may be new.
+    let cluster_before = security::cluster_objects(s)?;
 
-    // The demo services first, so that the clock below measures kubeprof alone.
+    // The demo services and the push receiver first, so that the clock below measures
+    // kubeprof alone.
+    let receiver = Receiver::deploy(s, &s.sink_ns)?;
+    let mut values = s.values.clone();
+    values["defaultPolicy"]["spec"]["sinks"]
+        .as_array_mut()
+        .context("the default policy's sinks")?
+        .push(receiver.sink());
     node.kubectl(&["create", "namespace", &s.app_ns])?;
     s.apply(&s.app_ns, &demo_deployment("checkout", json!({})))?;
     s.apply(
@@ -90,7 +112,7 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         "-f",
         &crds,
     ])?;
-    let release = s.helm.install(&s.values)?;
+    let release = s.helm.install(&values)?;
     let installed = t0.elapsed();
     ensure!(release["status"] == "deployed", "helm install: {release}");
     say(&format!(
@@ -185,6 +207,64 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
+    // The same profiles through the Pyroscope push API, in a pod behind a Service.
+    let pushed = receiver
+        .profile(
+            &[("pod", first)],
+            "process_cpu",
+            since,
+            Some("main.hotCPULeaf"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    say(&format!(
+        "e2e real node: helm install -> first pushed profile at the Pyroscope receiver: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    for (k, v) in [
+        ("namespace", s.app_ns.as_str()),
+        ("container", "checkout"),
+        ("node", NODE_NAME),
+        ("service_name", &format!("{}/checkout", s.app_ns)),
+    ] {
+        ensure!(
+            pushed.label(k) == v,
+            "pushed label {k} of {:?}",
+            pushed.labels
+        );
+    }
+    ensure!(
+        pushed.tenant == TENANT,
+        "pushed with X-Scope-OrgID {:?}",
+        pushed.tenant
+    );
+    ensure!(
+        pushed.sample_types.iter().any(|t| t == "cpu:nanoseconds"),
+        "pushed CPU profile's sample types {:?}",
+        pushed.sample_types
+    );
+    // Alloy's pyroscope.write sends these two internal labels and no other.
+    ensure!(
+        !pushed
+            .labels
+            .keys()
+            .any(|k| k.starts_with("__") && k != "__name__" && k != "__delta__"),
+        "internal labels were pushed: {:?}",
+        pushed.labels
+    );
+    let pushed_memory = receiver
+        .profile(
+            &[("pod", first)],
+            "memory",
+            since,
+            Some("main.leakyAllocator"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    say(&format!(
+        "e2e real node: 2. pushed to the receiver and decoded there: process_cpu ({} samples, {:?}) and memory ({} samples, {:?})",
+        pushed.samples, pushed.sample_types, pushed_memory.samples, pushed_memory.sample_types
+    ));
     let table = s.pt_shows("checkout", 1, 3).await?;
     // kubeprof profiles itself: the chart annotates the operator's pods.
     let own = s
@@ -200,6 +280,18 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
     say(&format!(
         "e2e real node: 2. CPU and memory profiles of the target's pod, the annotated pod and the operator ({})\n{table}",
         own.label("pod")
+    ));
+
+    // Who the processes run as, and kubeprof profiling itself in its hardened pods.
+    let processes = security::non_root(s)?;
+    say(&format!(
+        "e2e real node: 2. non-root, no capabilities:\n  {}",
+        processes.join("\n  ")
+    ));
+    let own = security::self_profiles(s).await?;
+    say(&format!(
+        "e2e real node: 2. GET /debug/pprof/profile of each pod:\n  {}",
+        own.join("\n  ")
     ));
 
     // 3. Scale up.
@@ -319,7 +411,6 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
     );
 
     // 6. helm upgrade with changed values.
-    let mut values = s.values.clone();
     values["logFormat"] = json!("text");
     values["defaultPolicy"]["spec"]["externalLabels"] = json!({"cluster": "real-node"});
     let upgraded_at = SystemTime::now();
@@ -377,11 +468,24 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    let left = node.kubectl(&["get", "all,configmaps,leases", "-n", s.ns(), "-o", "name"])?;
-    say(&format!(
-        "e2e real node: 7. after uninstall, namespace {} holds: {}",
-        s.ns(),
-        left.split_whitespace().collect::<Vec<_>>().join(", ")
-    ));
+    // Nothing but the CRDs (and the namespaces the test made) is left. The job shards, the
+    // health reports and the Lease are the operator's and scrapers', not Helm's: they go only
+    // when they name the operator's Deployment as their owner and the garbage collector (the
+    // node's kube-controller-manager) follows it (issue 16, item 4).
+    let own_namespaces = [s.ns(), s.app_ns.as_str(), s.sink_ns.as_str()];
+    let left = eventually(
+        "nothing but the CRDs after helm uninstall",
+        Duration::from_secs(60),
+        || async {
+            let left = security::left_after_uninstall(s, &cluster_before, &own_namespaces)?;
+            ensure!(left.is_empty(), "left behind: {}", left.join(", "));
+            Ok(left)
+        },
+    )
+    .await;
+    if let Err(e) = left {
+        bail!("{e:#}");
+    }
+    say("e2e real node: 7. after uninstall only the CRDs are left");
     Ok(())
 }

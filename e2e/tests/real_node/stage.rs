@@ -77,6 +77,8 @@ pub struct Stage<'a> {
     pub helm: HelmRelease,
     /// Where the demo services run.
     pub app_ns: String,
+    /// Where the Pyroscope push receiver runs.
+    pub sink_ns: String,
     /// The file sink's hostPath on the node (the scraper's `/var/lib/kubeprof`).
     pub host_dir: PathBuf,
     /// The values of `helm install`.
@@ -114,6 +116,7 @@ impl<'a> Stage<'a> {
             node,
             helm: HelmRelease::new(node, "kubeprof", &format!("kubeprof-{id}")),
             app_ns: format!("shop-{id}"),
+            sink_ns: format!("sink-{id}"),
             host_dir,
             values,
         })
@@ -285,6 +288,14 @@ impl<'a> Stage<'a> {
             "--sort-by=.lastTimestamp",
         ]);
         show(&["get", "pt", "-n", &self.app_ns, "-o", "yaml"]);
+        // The push receiver logs every push it refused.
+        show(&[
+            "logs",
+            "-n",
+            &self.sink_ns,
+            "deployment/pyroscope",
+            "--tail=20",
+        ]);
         // Why a container restarted: its last state, and the log of its previous run.
         show(&[
             "get",
@@ -340,7 +351,7 @@ impl<'a> Stage<'a> {
     pub fn cleanup(&self) {
         // The release may be gone already (the last step) or never have been installed.
         let _ = self.helm.uninstall();
-        for ns in [self.app_ns.as_str(), self.ns()] {
+        for ns in [self.app_ns.as_str(), self.sink_ns.as_str(), self.ns()] {
             let _ = self.node.kubectl(&[
                 "delete",
                 "namespace",
