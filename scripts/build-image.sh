@@ -71,7 +71,9 @@ kubeprof() {
     --bin kubeprof-operator --bin kubeprof-scraper >&2
   local dir=$profile
   [ "$profile" != dev ] || dir=debug
-  local bins=("target/$dir/kubeprof-operator" "target/$dir/kubeprof-scraper")
+  # Where cargo put them: $CARGO_TARGET_DIR when set (a shared, warm target directory).
+  local target="${CARGO_TARGET_DIR:-target}"
+  local bins=("$target/$dir/kubeprof-operator" "$target/$dir/kubeprof-scraper")
   log "cargo build: $((SECONDS - t0)) s"
 
   rm -rf "$context"

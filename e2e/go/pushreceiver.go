@@ -11,7 +11,8 @@
 // arrived is served as JSON:
 //
 //	GET /received   {"accepted": [...], "rejected": N, "lastError": "..."}: per profile its
-//	                labels, tenant, sample types, sample count and function names
+//	                labels, tenant, Authorization header, sample types, sample count,
+//	                function names and the sample's ID
 //	GET /healthz    ok
 //
 // Memory is bounded: the last 1000 profiles are kept. Build: go build -o pushreceiver
@@ -42,13 +43,15 @@ const (
 
 // Received is one profile as it arrived.
 type Received struct {
-	Labels      map[string]string `json:"labels"`
-	Tenant      string            `json:"tenant"`
-	ID          string            `json:"id"`
-	SampleTypes []string          `json:"sampleTypes"`
-	Samples     int               `json:"samples"`
-	Functions   []string          `json:"functions"`
-	Bytes       int               `json:"bytes"`
+	Labels map[string]string `json:"labels"`
+	Tenant string            `json:"tenant"`
+	// The Authorization header (test credentials only).
+	Authorization string   `json:"authorization"`
+	ID            string   `json:"id"`
+	SampleTypes   []string `json:"sampleTypes"`
+	Samples       int      `json:"samples"`
+	Functions     []string `json:"functions"`
+	Bytes         int      `json:"bytes"`
 	// When it arrived, in milliseconds since the Unix epoch.
 	AtUnixMs int64 `json:"atUnixMs"`
 }
@@ -226,7 +229,7 @@ func decodeProfile(raw []byte) (profile, error) {
 
 // --- push.v1.PushRequest ---------------------------------------------------------------------
 
-func decodePush(body []byte, tenant string) ([]Received, error) {
+func decodePush(body []byte, tenant, authorization string) ([]Received, error) {
 	top, err := fields(body)
 	if err != nil {
 		return nil, fmt.Errorf("PushRequest: %w", err)
@@ -274,7 +277,7 @@ func decodePush(body []byte, tenant string) ([]Received, error) {
 			if err != nil {
 				return nil, fmt.Errorf("RawSample: %w", err)
 			}
-			r := Received{Labels: labels, Tenant: tenant, AtUnixMs: time.Now().UnixMilli()}
+			r := Received{Labels: labels, Tenant: tenant, Authorization: authorization, AtUnixMs: time.Now().UnixMilli()}
 			var prof []byte
 			for _, v := range sf {
 				switch {
@@ -329,7 +332,7 @@ func main() {
 			fail(http.StatusBadRequest, "invalid_argument", fmt.Errorf("body: %v (%d bytes)", err, len(body)))
 			return
 		}
-		got, err := decodePush(body, r.Header.Get("X-Scope-OrgID"))
+		got, err := decodePush(body, r.Header.Get("X-Scope-OrgID"), r.Header.Get("Authorization"))
 		if err != nil {
 			fail(http.StatusBadRequest, "invalid_argument", err)
 			return

@@ -243,6 +243,18 @@ pub struct StoredProfile {
 }
 
 impl StoredProfile {
+    /// When its scrape started: the file sink names each profile `<unix ms of the start>.pb.gz`.
+    pub fn started(&self) -> Option<SystemTime> {
+        let ms: u64 = self
+            .path
+            .file_name()?
+            .to_str()?
+            .strip_suffix(".pb.gz")?
+            .parse()
+            .ok()?;
+        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+    }
+
     /// A label's value, or "".
     pub fn label(&self, name: &str) -> &str {
         self.labels

@@ -21,12 +21,20 @@
 //! 5. the operator leader deleted: the other replica takes the lease, and a scale down to 1
 //!    shows in status (only the leader writes status); no kubeprof container restarted;
 //! 6. `helm upgrade` with changed values (external labels, log format): the new label arrives;
-//! 7. `helm uninstall`: nothing is left but the CRDs (the operator's ConfigMaps and Lease go
-//!    with the Deployment that owns them).
+//! 7. a pod whose two containers both name their port `pprof`: both are profiled, each with its
+//!    own `container` label, in both sinks;
+//! 8. the scraper's own token reads the Secret the receiver sink references, and gets 403 for
+//!    a Secret nothing references, for job shards and for another node's health report;
+//! 9. the application namespace loses the label the policy selects: its targets turn Degraded,
+//!    its jobs leave the scraper, and none of its profiles reaches either sink afterwards;
+//! 10. `helm uninstall`: nothing is left but the CRDs (the operator's ConfigMaps and Lease go
+//!     with the Deployment that owns them).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
 
+mod access;
 mod rbac;
 mod receiver;
+mod scope;
 mod security;
 mod stage;
 
@@ -82,7 +90,13 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         .as_array_mut()
         .context("the default policy's sinks")?
         .push(receiver.sink());
-    node.kubectl(&["create", "namespace", &s.app_ns])?;
+    // The policy governs the namespaces with this label: the application's and kubeprof's
+    // own (created here, before `helm install --create-namespace`, to carry it).
+    let profiled = format!("{}=true", scope::PROFILED_LABEL);
+    for ns in [s.app_ns.as_str(), s.ns()] {
+        node.kubectl(&["create", "namespace", ns])?;
+        node.kubectl(&["label", "namespace", ns, &profiled])?;
+    }
     s.apply(&s.app_ns, &demo_deployment("checkout", json!({})))?;
     s.apply(
         &s.app_ns,
@@ -150,8 +164,14 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         "RBAC differs from what the binaries need:\n{}",
         rbac.join("\n")
     );
+    let listed = rbac::list_differences(s)?;
+    ensure!(
+        listed.is_empty(),
+        "kubectl auth can-i --list differs from README.md's RBAC table:\n{}",
+        listed.join("\n")
+    );
     say(
-        "e2e real node: 1. RBAC: kubectl auth can-i agrees with what the operator and the scraper do",
+        "e2e real node: 1. RBAC: kubectl auth can-i agrees with what the operator and the scraper do, and --list with README.md's table",
     );
 
     // 2. Profiles of real pods, on the node's disk.
@@ -237,6 +257,12 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         pushed.tenant == TENANT,
         "pushed with X-Scope-OrgID {:?}",
         pushed.tenant
+    );
+    // The scraper read the Secret the sink references.
+    ensure!(
+        pushed.authorization == format!("Bearer {}", receiver.token),
+        "pushed with Authorization {:?}",
+        pushed.authorization
     );
     ensure!(
         pushed.sample_types.iter().any(|t| t == "cpu:nanoseconds"),
@@ -450,9 +476,53 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         labelled.path.display()
     ));
 
-    // 7. helm uninstall.
+    // 7. Two containers whose ports share a name: both are scraped, each under its own name.
+    let twins_at = SystemTime::now();
+    scope::apply_twins(s)?;
+    let twins = s.pods(&s.app_ns, "app.kubernetes.io/name=twins")?;
+    let twins = twins.first().context("no twins pod")?;
+    for container in ["twin-a", "twin-b"] {
+        let labels = [("pod", twins.as_str()), ("container", container)];
+        s.profile(
+            &labels,
+            "memory",
+            twins_at,
+            Some("main.leakyAllocator"),
+            Duration::from_secs(60),
+        )
+        .await?;
+        receiver
+            .profile(
+                &labels,
+                "memory",
+                twins_at,
+                Some("main.leakyAllocator"),
+                Duration::from_secs(60),
+            )
+            .await?;
+    }
+    let table = s.pt_shows("twins", 1, 2).await?;
+    say(&format!(
+        "e2e real node: 7. two containers with one port name: twin-a and twin-b both profiled, in both sinks\n{table}"
+    ));
+
+    // 8. One node's scraper, with its own token: the Secret a sink references, nothing else.
+    let refused = access::scraper_is_confined(s, (&receiver.ns, receiver::TOKEN_SECRET))?;
+    say(&format!(
+        "e2e real node: 8. the scraper's token reads the sink's Secret, and gets:\n  {}",
+        refused.join("\n  ")
+    ));
+
+    // 9. The application namespace leaves its policy: nothing of it goes anywhere.
+    let left = scope::namespace_leaves(s, &receiver).await?;
+    say(&format!(
+        "e2e real node: 9. {} left the policy: no profile of it in either sink since; {left}",
+        s.app_ns
+    ));
+
+    // 10. helm uninstall.
     let release = s.helm.uninstall()?;
-    say(&format!("e2e real node: 7. helm uninstall: {release}"));
+    say(&format!("e2e real node: 10. helm uninstall: {release}"));
     eventually("kubeprof's pods gone", Duration::from_secs(90), || async {
         let left = node.kubectl(&[
             "get",
@@ -486,6 +556,6 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
     if let Err(e) = left {
         bail!("{e:#}");
     }
-    say("e2e real node: 7. after uninstall only the CRDs are left");
+    say("e2e real node: 10. after uninstall only the CRDs are left");
     Ok(())
 }

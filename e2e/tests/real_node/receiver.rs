@@ -22,12 +22,19 @@ const PORT: u16 = 4040;
 /// The tenant the sink sends (`X-Scope-OrgID`).
 pub const TENANT: &str = "e2e";
 
+/// The Secret holding the sink's bearer token, in the receiver's namespace: the scraper reads
+/// it because the policy references it.
+pub const TOKEN_SECRET: &str = "pyroscope-token";
+
 /// One profile as the receiver decoded it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pushed {
     pub labels: std::collections::BTreeMap<String, String>,
     pub tenant: String,
+    pub authorization: String,
+    /// kubeprof's `<job id>-<scrape start, ns since the epoch>`.
+    pub id: String,
     pub sample_types: Vec<String>,
     pub samples: usize,
     #[serde(default)]
@@ -46,6 +53,12 @@ impl Pushed {
 
     fn has_function(&self, name: &str) -> bool {
         self.functions.iter().flatten().any(|f| f == name)
+    }
+
+    /// When its scrape started (from the sample's ID).
+    pub fn started(&self) -> Option<SystemTime> {
+        let nanos: u64 = self.id.rsplit_once('-')?.1.parse().ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
     }
 
     /// When it arrived (the pod shares the node's clock).
@@ -67,6 +80,10 @@ pub struct Received {
 pub struct Receiver {
     /// `http://<ClusterIP>:4040`, for the sink and for the test.
     pub url: String,
+    /// Its namespace.
+    pub ns: String,
+    /// The bearer token the sink sends.
+    pub token: String,
     http: reqwest::Client,
 }
 
@@ -74,6 +91,16 @@ impl Receiver {
     /// Deploys the receiver and its Service in `ns` (which it creates) and waits until it runs.
     pub fn deploy(s: &Stage<'_>, ns: &str) -> anyhow::Result<Self> {
         s.node.kubectl(&["create", "namespace", ns])?;
+        let token = format!("e2e-token-{ns}");
+        s.node.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            TOKEN_SECRET,
+            "-n",
+            ns,
+            &format!("--from-literal=token={token}"),
+        ])?;
         let labels = json!({"app.kubernetes.io/name": NAME});
         s.apply(
             ns,
@@ -125,6 +152,8 @@ impl Receiver {
         ensure!(!ip.trim().is_empty(), "service {NAME} has no ClusterIP");
         Ok(Self {
             url: format!("http://{}:{PORT}", ip.trim()),
+            ns: ns.to_owned(),
+            token,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -133,7 +162,11 @@ impl Receiver {
 
     /// The policy sink that sends to it.
     pub fn sink(&self) -> serde_json::Value {
-        json!({"name": "receiver", "pyroscope": {"url": self.url, "tenantID": TENANT}})
+        json!({"name": "receiver", "pyroscope": {
+            "url": self.url,
+            "tenantID": TENANT,
+            "bearerTokenSecret": {"namespace": self.ns, "name": TOKEN_SECRET, "key": "token"},
+        }})
     }
 
     /// What arrived so far.
@@ -191,15 +224,15 @@ impl Receiver {
         .await?
     }
 
-    /// Every profile that arrived after `after`.
-    pub async fn since(&self, after: SystemTime) -> anyhow::Result<Vec<Pushed>> {
+    /// Every profile whose scrape started after `after`.
+    pub async fn started_after(&self, after: SystemTime) -> anyhow::Result<Vec<Pushed>> {
         Ok(self
             .received()
             .await?
             .accepted
             .into_iter()
             .flatten()
-            .filter(|p| p.arrived() > after)
+            .filter(|p| p.started().is_some_and(|t| t > after))
             .collect())
     }
 }

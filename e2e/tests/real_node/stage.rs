@@ -107,6 +107,8 @@ impl<'a> Stage<'a> {
                 "create": true,
                 "name": format!("e2e-{id}"),
                 "spec": {
+                    // The namespaces the test labels, so that one can leave the policy.
+                    "namespaceSelector": {"matchLabels": {crate::scope::PROFILED_LABEL: "true"}},
                     "defaults": {"interval": "10s", "scrapeTimeout": "5s"},
                     "sinks": [{"name": "local", "file": {"directory": "/var/lib/kubeprof/profiles"}}],
                 },
