@@ -164,12 +164,21 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         "RBAC differs from what the binaries need:\n{}",
         rbac.join("\n")
     );
-    let listed = rbac::list_differences(s)?;
-    ensure!(
-        listed.is_empty(),
-        "kubectl auth can-i --list differs from README.md's RBAC table:\n{}",
-        listed.join("\n")
-    );
+    // The run-time grants follow the jobs the operator publishes: wait for them.
+    eventually(
+        "kubectl auth can-i --list as README.md's RBAC table says",
+        Duration::from_secs(60),
+        || async {
+            let listed = rbac::list_differences(s, (&receiver.ns, receiver::TOKEN_SECRET))?;
+            ensure!(
+                listed.is_empty(),
+                "kubectl auth can-i --list differs from README.md's RBAC table:\n{}",
+                listed.join("\n")
+            );
+            Ok(())
+        },
+    )
+    .await?;
     say(
         "e2e real node: 1. RBAC: kubectl auth can-i agrees with what the operator and the scraper do, and --list with README.md's table",
     );

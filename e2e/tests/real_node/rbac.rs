@@ -85,20 +85,38 @@ pub fn differences(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
 /// resource name or ""; verb).
 type Grant = (String, String, String);
 
-/// The README's RBAC table (`### RBAC`) for `account` (`operator` or `scraper`), with
-/// `<release>` replaced: `(scope, grant)` per row, resource, name and verb.
-fn readme_grants(release: &str, account: &str) -> anyhow::Result<Vec<(String, Grant)>> {
+/// A row of the README's RBAC table, for one account.
+struct Row {
+    /// `cluster`, `namespace`, or `run time, <where>`.
+    scope: String,
+    /// `resource.group[/sub]` as `kubectl auth can-i --list` names it.
+    resources: Vec<String>,
+    /// The resource names; `None`: names known only at run time ("each Secret a job or sink
+    /// refers to"), which the caller supplies.
+    names: Option<Vec<String>>,
+    verbs: Vec<String>,
+}
+
+/// The backticked words of a cell, with `<release>` and `<node>` filled in.
+fn ticked(cell: &str, release: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|w| {
+            w.replace("<release>", release)
+                .replace("<node>", kubeprof_e2e::real_node::NODE_NAME)
+        })
+        .collect()
+}
+
+/// The README's RBAC table (`### RBAC`) for `account` (`operator` or `scraper`), as the chart
+/// installs it by default (`scraper.readSecrets` on).
+fn readme_rows(release: &str, account: &str) -> anyhow::Result<Vec<Row>> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
     let section = readme
         .split_once("\n### RBAC\n")
         .map(|(_, rest)| rest.split_once("\n#").map_or(rest, |(s, _)| s))
         .ok_or_else(|| anyhow::anyhow!("README.md has no ### RBAC section"))?;
-    let split = |cell: &str| -> Vec<String> {
-        cell.split(',')
-            .map(|c| c.trim().trim_matches('`').replace("<release>", release))
-            .filter(|c| !c.is_empty())
-            .collect()
-    };
     let mut out = Vec::new();
     for line in section.lines() {
         let cells: Vec<&str> = line
@@ -107,10 +125,12 @@ fn readme_grants(release: &str, account: &str) -> anyhow::Result<Vec<(String, Gr
             .split('|')
             .map(str::trim)
             .collect();
-        let [who, scope, group, resources, names, verbs, _why] = cells.as_slice() else {
+        let [who, scope, group, resources, names, verbs, why] = cells.as_slice() else {
             continue;
         };
-        if *who != format!("`<release>-{account}`") {
+        if *who != format!("`<release>-{account}`")
+            || why.contains("only without `scraper.readSecrets`")
+        {
             continue;
         }
         let group = if *group == "core" {
@@ -118,30 +138,67 @@ fn readme_grants(release: &str, account: &str) -> anyhow::Result<Vec<(String, Gr
         } else {
             group.trim_matches('`').to_owned()
         };
-        for resource in split(resources) {
+        let resources = ticked(resources, release)
+            .into_iter()
             // `leases.coordination.k8s.io`, `profilingtargets.kubeprof.io/status`.
-            let qualified = match (group.is_empty(), resource.split_once('/')) {
-                (true, _) => resource.clone(),
+            .map(|r| match (group.is_empty(), r.split_once('/')) {
+                (true, _) => r,
                 (false, Some((r, sub))) => format!("{r}.{group}/{sub}"),
-                (false, None) => format!("{resource}.{group}"),
-            };
-            let names = split(names);
-            for name in if names.is_empty() {
-                vec![String::new()]
+                (false, None) => format!("{r}.{group}"),
+            })
+            .collect();
+        let fixed = ticked(names, release);
+        out.push(Row {
+            scope: (*scope).to_owned(),
+            resources,
+            names: if fixed.is_empty() && !names.is_empty() {
+                None
             } else {
-                names
-            } {
-                for verb in split(verbs) {
-                    out.push(((*scope).to_owned(), (qualified.clone(), name.clone(), verb)));
-                }
-            }
-        }
+                Some(fixed)
+            },
+            verbs: ticked(verbs, release),
+        });
     }
     anyhow::ensure!(
         !out.is_empty(),
         "README.md's RBAC table has no row for {account}"
     );
     Ok(out)
+}
+
+/// What the README's rows grant in one namespace: `cluster` rows everywhere, `namespace` rows
+/// and `run time, release namespace` rows in the release namespace, and `run time` rows of
+/// Secrets where `secrets` (the referenced Secrets of that namespace) is not empty.
+fn documented(rows: &[Row], release_ns: bool, secrets: &[&str]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for row in rows {
+        let names: Vec<String> = match (&row.names, row.scope.as_str()) {
+            (_, "cluster") => row.names.clone().unwrap_or_default(),
+            (_, "namespace") if release_ns => row.names.clone().unwrap_or_default(),
+            (Some(names), scope)
+                if scope.starts_with("run time, release namespace") && release_ns =>
+            {
+                names.clone()
+            }
+            (None, scope) if scope.starts_with("run time") && !secrets.is_empty() => {
+                secrets.iter().map(|s| (*s).to_owned()).collect()
+            }
+            _ => continue,
+        };
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
+        for resource in &row.resources {
+            for name in &names {
+                for verb in &row.verbs {
+                    out.insert((resource.clone(), name.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `kubectl auth can-i --list --as=USER -n NS`, one grant per (resource, name, verb).
@@ -190,18 +247,22 @@ fn can_i_list(s: &Stage<'_>, user: &str, ns: &str) -> anyhow::Result<BTreeSet<Gr
     Ok(grants)
 }
 
-/// `kubectl auth can-i --list` for both ServiceAccounts, in the release namespace (cluster and
-/// namespace rows of the README's table) and in another namespace (cluster rows only), minus
-/// what any ServiceAccount of that namespace may do (discovery, self-reviews): differences
-/// from the README's table, as readable lines.
-pub fn list_differences(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
+/// `kubectl auth can-i --list` for both ServiceAccounts, minus what any ServiceAccount may do
+/// (discovery, self-reviews), against the README's table: in the release namespace, in the
+/// application namespace (no referenced Secret), and in `secret_ns` whose Secret `secret` a sink
+/// references. Differences as readable lines.
+pub fn list_differences(
+    s: &Stage<'_>,
+    (secret_ns, secret): (&str, &str),
+) -> anyhow::Result<Vec<String>> {
     let release = s.helm.name.as_str();
     let mut differences = Vec::new();
     for account in ["operator", "scraper"] {
-        let table = readme_grants(release, account)?;
-        for (ns, scopes) in [
-            (s.ns(), &["cluster", "namespace"][..]),
-            (s.app_ns.as_str(), &["cluster"][..]),
+        let rows = readme_rows(release, account)?;
+        for (ns, release_ns, secrets) in [
+            (s.ns(), true, &[][..]),
+            (s.app_ns.as_str(), false, &[][..]),
+            (secret_ns, false, &[secret][..]),
         ] {
             let user = format!("system:serviceaccount:{}:{release}-{account}", s.ns());
             // A ServiceAccount that does not exist gets the groups every one gets.
@@ -211,11 +272,7 @@ pub fn list_differences(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
                 .difference(&baseline)
                 .cloned()
                 .collect();
-            let documented: BTreeSet<Grant> = table
-                .iter()
-                .filter(|(scope, _)| scopes.contains(&scope.as_str()))
-                .map(|(_, g)| g.clone())
-                .collect();
+            let documented = documented(&rows, release_ns, secrets);
             for g in granted.difference(&documented) {
                 differences.push(format!(
                     "{account} in {ns}: granted but not in README.md's table: {g:?}"
