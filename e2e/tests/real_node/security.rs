@@ -13,10 +13,10 @@ use crate::stage::Stage;
 /// hostPath), and the one capability it may have.
 const ROOT_INIT: &str = "own-file-sink-dir";
 
-/// Every kubeprof pod's long-running containers run as non-root with every capability dropped,
-/// read-only root and no privilege escalation, in their specs and in fact (the uid and the
-/// effective capabilities of their processes on the node); the only root step is the chart's
-/// init container with `CAP_CHOWN` alone. Returns one line per container checked.
+/// Every kubeprof pod's long-running containers (but the eBPF profiler's) run as non-root with
+/// every capability dropped, read-only root and no privilege escalation, in their specs and in
+/// fact (the uid and the effective capabilities of their processes on the node); the only root
+/// step is the chart's init container with `CAP_CHOWN` alone. Returns one line per container checked.
 pub fn non_root(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
     let out = s.node.kubectl(&[
         "get",
@@ -32,6 +32,13 @@ pub fn non_root(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
     let mut seen = Vec::new();
     for pod in pods["items"].as_array().into_iter().flatten() {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        // The eBPF profiler is the one component that needs privileges (issue 16).
+        if pod["metadata"]["labels"]["app.kubernetes.io/component"]
+            .as_str()
+            .is_some_and(|c| c.contains("ebpf"))
+        {
+            continue;
+        }
         let spec = &pod["spec"];
         let pod_sc = &spec["securityContext"];
         for init in spec["initContainers"].as_array().into_iter().flatten() {
