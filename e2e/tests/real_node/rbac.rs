@@ -21,18 +21,33 @@ type Check<'a> = (
 /// subresource) in a namespace (`None`: all namespaces).
 ///
 /// The operator watches pods, namespaces and both CRs cluster-wide, writes CR status and
-/// Events, its job ConfigMaps and its Lease, and reads its own Deployment (the owner of what it
-/// creates). The scraper watches its node's jobs, writes its health report and reads the Secrets
-/// that targets reference (`scraper.readSecrets`, on by default). Neither may do the rest.
-pub fn differences(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
+/// Events, its job ConfigMaps and its Lease, reads its own Deployment (the owner of what it
+/// creates), and keeps the scraper's Roles (it may `get` Secrets only because RBAC lets it grant
+/// no more than it holds). The scraper watches the job shards, patches its node's health report
+/// and reads the Secret `secret` in `secret_ns` that a sink references, by name. Neither may do
+/// the rest.
+pub fn differences(
+    s: &Stage<'_>,
+    (secret_ns, secret): (&str, &str),
+) -> anyhow::Result<Vec<String>> {
     let ns = s.ns();
     let app = s.app_ns.as_str();
     let release = s.helm.name.as_str();
     let operator = format!("system:serviceaccount:{ns}:{release}-operator");
     let scraper = format!("system:serviceaccount:{ns}:{release}-scraper");
     let own_deployment = format!("deployments.apps/{release}-operator");
+    let node = kubeprof_e2e::real_node::NODE_NAME;
+    let own_health = format!(
+        "configmaps/{}.{node}",
+        kubeprof_crds::constants::HEALTH_OBJECT_PREFIX
+    );
+    let own_shard = format!(
+        "configmaps/{}.{node}",
+        kubeprof_crds::constants::JOBS_OBJECT_PREFIX
+    );
+    let referenced = format!("secrets/{secret}");
     #[rustfmt::skip]
-    let checks: [Check<'_>; 27] = [
+    let checks: [Check<'_>; 31] = [
         // The operator's needs.
         (&operator, "watch", "pods", None, None, true),
         (&operator, "watch", "namespaces", None, None, true),
@@ -46,19 +61,23 @@ pub fn differences(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
         (&operator, "delete", "configmaps", None, Some(ns), true),
         (&operator, "update", "leases.coordination.k8s.io/kubeprof-operator", None, Some(ns), true),
         (&operator, "get", &own_deployment, None, Some(ns), true),
+        (&operator, "create", "roles.rbac.authorization.k8s.io", None, Some(app), true),
         // ... and nothing more of these.
-        (&operator, "get", "secrets", None, Some(app), false),
+        (&operator, "list", "secrets", None, Some(app), false),
         (&operator, "create", "configmaps", None, Some(app), false),
         (&operator, "delete", "pods", None, Some(app), false),
         (&operator, "update", "profilingtargets.kubeprof.io", None, Some(app), false),
         (&operator, "update", "leases.coordination.k8s.io/another", None, Some(ns), false),
         (&operator, "get", "deployments.apps/another", None, Some(ns), false),
+        (&operator, "patch", "roles.rbac.authorization.k8s.io/another", None, Some(app), false),
         // The scraper's needs.
         (&scraper, "watch", "configmaps", None, Some(ns), true),
-        (&scraper, "patch", "configmaps", None, Some(ns), true),
-        (&scraper, "get", "secrets", None, Some(app), true),
+        (&scraper, "patch", &own_health, None, Some(ns), true),
+        (&scraper, "get", &referenced, None, Some(secret_ns), true),
         // ... and nothing more of these.
-        (&scraper, "list", "secrets", None, Some(app), false),
+        (&scraper, "get", "secrets", None, Some(app), false),
+        (&scraper, "list", "secrets", None, Some(secret_ns), false),
+        (&scraper, "patch", &own_shard, None, Some(ns), false),
         (&scraper, "list", "pods", None, None, false),
         (&scraper, "create", "configmaps", None, Some(app), false),
         (&scraper, "delete", "configmaps", None, Some(ns), false),
