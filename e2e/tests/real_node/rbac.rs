@@ -306,3 +306,37 @@ pub fn list_differences(
     }
     Ok(differences)
 }
+
+/// The README's table reads as the grants `kubectl auth can-i --list` prints (no node needed).
+#[test]
+fn readme_table_reads_as_can_i_list_grants() {
+    let g = |r: &str, n: &str, v: &str| (r.to_owned(), n.to_owned(), v.to_owned());
+    let scraper = readme_rows("kp", "scraper").unwrap();
+    let in_release = documented(&scraper, true, &[]);
+    assert!(
+        in_release.contains(&g("configmaps", "", "watch")),
+        "{in_release:?}"
+    );
+    assert!(
+        in_release.contains(&g(
+            "configmaps",
+            &format!("kubeprof-health.{}", kubeprof_e2e::real_node::NODE_NAME),
+            "patch"
+        )),
+        "{in_release:?}"
+    );
+    let with_secret = documented(&scraper, false, &["token"]);
+    assert_eq!(
+        with_secret,
+        BTreeSet::from([g("secrets", "token", "get")]),
+        "the scraper, where a Secret is referenced"
+    );
+    let operator = documented(&readme_rows("kp", "operator").unwrap(), true, &[]);
+    for grant in [
+        g("leases.coordination.k8s.io", "kubeprof-operator", "update"),
+        g("profilingtargets.kubeprof.io/status", "", "patch"),
+        g("deployments.apps", "kp-operator", "get"),
+    ] {
+        assert!(operator.contains(&grant), "{grant:?} in {operator:?}");
+    }
+}
