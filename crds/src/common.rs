@@ -175,6 +175,9 @@ pub mod conditions {
     pub const REASON_SCRAPE_FAILING: &str = "ScrapeFailing";
     /// A field value is invalid in a way the schema could not catch.
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+    /// Selected pods live in a namespace no ProfilingPolicy governs: with no policy there is no
+    /// sink to send to, so they get no jobs.
+    pub const REASON_NO_POLICY: &str = "NoPolicy";
     /// Everything is fine.
     pub const REASON_RECONCILED: &str = "Reconciled";
 }

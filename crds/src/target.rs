@@ -122,8 +122,8 @@ pub struct ProfilingTargetStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, and `Degraded` with a reason (PortNotFound, SecretNotFound, NoMatchingPods,
-    /// LimitExceeded, ScrapeFailing).
+    /// `Ready`, and `Degraded` with a reason (InvalidSpec, NoPolicy, PortNotFound,
+    /// SecretNotFound, ScrapeFailing, LimitExceeded, NoMatchingPods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]), transform = crate::limits::conditions)]
     pub conditions: Vec<Condition>,

@@ -4,8 +4,10 @@
 //!
 //! Rules, in order:
 //! - The governing policy of a namespace is the matching policy with the highest `priority`;
-//!   ties go to the name that sorts first. Without one, built-in defaults apply (15s, 10s, all
-//!   five types, annotations honoured, no sinks).
+//!   ties go to the name that sorts first. Pods in a namespace no policy governs get no jobs:
+//!   the policy defines the sinks, so without one a profile would go nowhere. A target that
+//!   selects them is reported `NoPolicy`; annotated ones are counted in
+//!   [`Compiled::ungoverned_pods`].
 //! - An object a CEL-enforcing API server would refuse (a CEL rule, a bound of the schema) is not
 //!   applied at all and is reported `InvalidSpec`: servers before 1.25 do not check CEL rules.
 //! - Only Running pods with an IP produce jobs.
@@ -212,6 +214,8 @@ pub struct Compiled {
     /// When a rotating sampling next chooses other pods (since the Unix epoch): compile again
     /// then. `None`: no choice depends on the time.
     pub next_rotation: Option<std::time::Duration>,
+    /// Pods that opt in by annotations where no policy governs (so get no jobs), per namespace.
+    pub ungoverned_pods: BTreeMap<String, usize>,
 }
 
 pub use incremental::{Incremental, PodKey, Update};
@@ -250,6 +254,8 @@ struct PolicyShare {
 struct Shares {
     targets: Vec<TargetShare>,
     policy: Option<PolicyShare>,
+    /// Its annotations opt in, but no policy governs its namespace (so it has no jobs).
+    ungoverned: bool,
 }
 
 /// What a pod's namespace decides for it: sampling and `maxTargetsPerNamespace` choose among
@@ -306,6 +312,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
     let mut by_node: BTreeMap<Option<String>, Vec<ScrapeJob>> = BTreeMap::new();
     let mut target_shares: BTreeMap<(String, String), Vec<TargetShare>> = BTreeMap::new();
     let mut policy_shares: BTreeMap<String, Vec<PolicyShare>> = BTreeMap::new();
+    let mut ungoverned_pods: BTreeMap<String, usize> = BTreeMap::new();
     let mut clock = sampling::Clock::at(inputs.now);
     for namespace in pods.chunk_by(|a, b| a.namespace == b.namespace) {
         let Some(first) = namespace.first() else {
@@ -326,6 +333,9 @@ pub fn compile(inputs: &Inputs) -> Compiled {
                     .or_default()
                     .push(share);
             }
+            if part.shares.ungoverned {
+                *ungoverned_pods.entry(pod.namespace.clone()).or_default() += 1;
+            }
             if let Some(share) = part.shares.policy {
                 policy_shares
                     .entry(share.policy.clone())
@@ -340,6 +350,7 @@ pub fn compile(inputs: &Inputs) -> Compiled {
             .map(|(node, jobs)| (node.clone(), sharding::shard(&ctx.sinks, node, jobs)))
             .collect(),
         next_rotation: clock.next_rotation(),
+        ungoverned_pods,
         ..Default::default()
     };
     for t in &ctx.targets {

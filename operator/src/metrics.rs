@@ -117,6 +117,8 @@ pub(crate) struct Metrics {
     pub jobs_per_shard: Histogram,
     /// Jobs in all shards.
     pub jobs: Gauge,
+    /// Running pods that opt in by annotations in namespaces no policy governs (no jobs).
+    pub ungoverned_pods: Gauge,
     /// Shards published.
     pub shards: Gauge,
     /// Shard objects written (created or changed).
@@ -142,6 +144,7 @@ impl Metrics {
             compile_duration: Histogram::new([0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             jobs_per_shard: Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
             jobs: Gauge::default(),
+            ungoverned_pods: Gauge::default(),
             shards: Gauge::default(),
             shard_writes: Counter::default(),
             shard_deletes: Counter::default(),
@@ -177,6 +180,11 @@ impl Metrics {
             m.jobs_per_shard.clone(),
         );
         r.register("jobs", "Jobs in all shards", m.jobs.clone());
+        r.register(
+            "ungoverned_pods",
+            "Running pods whose annotations ask for profiling in a namespace no ProfilingPolicy governs (they get no jobs)",
+            m.ungoverned_pods.clone(),
+        );
         r.register("shards", "Shards published", m.shards.clone());
         r.register(
             "shard_writes",

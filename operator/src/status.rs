@@ -50,8 +50,9 @@ impl HealthIndex {
 }
 
 /// Degradation reasons, most important first: the first one present names the condition.
-const REASON_ORDER: [&str; 6] = [
+const REASON_ORDER: [&str; 7] = [
     conditions::REASON_INVALID_SPEC,
+    conditions::REASON_NO_POLICY,
     conditions::REASON_PORT_NOT_FOUND,
     conditions::REASON_SECRET_NOT_FOUND,
     conditions::REASON_SCRAPE_FAILING,

@@ -34,7 +34,8 @@ use super::{
 /// The jobs `pod`'s annotations ask for, as the policy governing its namespace allows, leaving
 /// out the profiles its targets already scrape (`part.covered`), unless the policy's sampling
 /// leaves the pod out. A pod with such jobs counts towards that policy's targets; its problems
-/// are the policy's, prefixed with the pod.
+/// are the policy's, prefixed with the pod. A pod that opts in where no policy governs gets no
+/// job (there is no sink to send to) and is marked ungoverned.
 pub(super) fn pod_jobs(
     pod: &PodInfo,
     governing: &Governing,
@@ -45,10 +46,12 @@ pub(super) fn pod_jobs(
         return;
     }
     let rules = governing.rules(&pod.namespace);
-    let settings = rules
-        .policy
-        .map(|p| p.spec.annotations.clone())
-        .unwrap_or_default();
+    // No policy, no sink: the pod is only counted.
+    let Some(policy) = rules.policy else {
+        part.shares.ungoverned = opts_in(pod);
+        return;
+    };
+    let settings = policy.spec.annotations.clone();
     if !settings.enabled {
         return;
     }
@@ -56,26 +59,34 @@ pub(super) fn pod_jobs(
     let jobs = jobs_of(pod, &settings, &rules, &part.covered, &mut problems);
     part.annotation_jobs = jobs.len();
     let kept = !jobs.is_empty() && !decision.annotations_unsampled;
-    if let Some(policy) = rules.policy {
-        let share = PolicyShare {
-            policy: policy.name.clone(),
-            annotated: !jobs.is_empty(),
-            counts: kept,
-            problems: problems
-                .into_iter()
-                .map(|problem| Problem {
-                    reason: problem.reason,
-                    message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
-                })
-                .collect(),
-        };
-        if share.annotated || !share.problems.is_empty() {
-            part.shares.policy = Some(share);
-        }
+    let share = PolicyShare {
+        policy: policy.name.clone(),
+        annotated: !jobs.is_empty(),
+        counts: kept,
+        problems: problems
+            .into_iter()
+            .map(|problem| Problem {
+                reason: problem.reason,
+                message: format!("pod {}/{}: {}", pod.namespace, pod.name, problem.message),
+            })
+            .collect(),
+    };
+    if share.annotated || !share.problems.is_empty() {
+        part.shares.policy = Some(share);
     }
     if kept {
         part.jobs.extend(jobs);
     }
+}
+
+/// Whether a pod asks to be scraped in either convention.
+fn opts_in(pod: &PodInfo) -> bool {
+    truthy(pod.annotations.get(pyroscope::SCRAPE)) == Some(true)
+        || pod.annotations.iter().any(|(k, v)| {
+            k.strip_prefix(GRAFANA_PREFIX)
+                .is_some_and(|rest| rest.ends_with(".scrape"))
+                && truthy(Some(v)) == Some(true)
+        })
 }
 
 /// One profile type requested by annotations.

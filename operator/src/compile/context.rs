@@ -73,7 +73,14 @@ impl Context {
         let mut prepared = Vec::with_capacity(sorted.len());
         let mut by_namespace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for t in sorted {
-            let p = targets::prepare(t, &namespaces);
+            let mut p = targets::prepare(t, &namespaces);
+            // Said even before a pod runs: the target's own namespace is where users look first.
+            if p.active
+                && t.spec.namespace_selector.is_none()
+                && governing.policy(&t.namespace).is_none()
+            {
+                p.problems.insert(targets::no_policy(&t.namespace));
+            }
             if p.active
                 && let Some(policy) = governing.policy(&t.namespace)
             {

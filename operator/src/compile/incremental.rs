@@ -72,6 +72,8 @@ pub struct Incremental {
     policy_pods: HashMap<String, BTreeSet<PodKey>>,
     target_facts: BTreeMap<(String, String), Arc<TargetFacts>>,
     policy_facts: BTreeMap<String, PolicyFacts>,
+    /// Pods whose annotations opt in where no policy governs.
+    ungoverned: BTreeSet<PodKey>,
 }
 
 /// What an update must redo.
@@ -199,6 +201,9 @@ impl Incremental {
     }
 
     fn forget_shares(&mut self, key: &PodKey, shares: &Shares, dirty: &mut Dirty) {
+        if shares.ungoverned {
+            self.ungoverned.remove(key);
+        }
         for s in &shares.targets {
             if let Some(pods) = self.target_pods.get_mut(&s.target) {
                 pods.remove(key);
@@ -319,6 +324,9 @@ impl Incremental {
             }
             let old = std::mem::replace(&mut entry.shares, new.clone());
             self.forget_shares(&key, &old, dirty);
+            if new.ungoverned {
+                self.ungoverned.insert(key.clone());
+            }
             for s in &new.targets {
                 self.target_pods
                     .entry(s.target.clone())
@@ -452,6 +460,15 @@ impl Incremental {
         &self.policy_facts
     }
 
+    /// Annotated pods no policy governs (so without jobs), per namespace.
+    pub fn ungoverned_pods(&self) -> BTreeMap<String, usize> {
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        for (ns, _) in &self.ungoverned {
+            *out.entry(ns.clone()).or_default() += 1;
+        }
+        out
+    }
+
     /// Everything, as [`compile`](super::compile) returns it (every shard is rebuilt).
     pub fn compiled(&self) -> Compiled {
         Compiled {
@@ -467,6 +484,7 @@ impl Incremental {
                 .collect(),
             policies: self.policy_facts.clone(),
             next_rotation: self.next_rotation(),
+            ungoverned_pods: self.ungoverned_pods(),
         }
     }
 }

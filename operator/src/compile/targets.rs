@@ -81,7 +81,8 @@ pub(super) fn decide(
     clock: &mut Clock,
 ) -> Vec<Decision> {
     let mut decisions = vec![Decision::default(); pods.len()];
-    if !ctx.coupled(namespace) {
+    // Without a policy no pod gets a job: nothing to choose among.
+    if !ctx.coupled(namespace) || ctx.governing.policy(namespace).is_none() {
         return decisions;
     }
     let limit = ctx.limit(namespace);
@@ -149,6 +150,12 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
             sampled: !decision.unsampled.contains(&ti),
             ..Default::default()
         };
+        // No policy, no sink: a job would scrape for nothing (or, to an older scraper that read
+        // no sinks as all of them, for every team's sinks on the node).
+        if rules.policy.is_none() {
+            share.sampled = false;
+            share.problems.insert(no_policy(&pod.namespace));
+        }
         if !share.sampled {
             part.shares.targets.push(share);
             continue;
@@ -230,6 +237,16 @@ pub(super) fn facts<'a>(
     }
     facts.active_jobs = facts.job_ids.len() as i32;
     facts
+}
+
+/// The problem of pods in `namespace`, which no policy governs.
+pub(super) fn no_policy(namespace: &str) -> Problem {
+    Problem {
+        reason: conditions::REASON_NO_POLICY,
+        message: format!(
+            "namespace {namespace} is selected by no ProfilingPolicy; profiles would go nowhere"
+        ),
+    }
 }
 
 /// An endpoint's settings and profiles after the governing rules; a problem for each value

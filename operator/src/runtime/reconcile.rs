@@ -69,6 +69,8 @@ pub(crate) struct Reconciler {
     node_secrets: BTreeMap<Option<String>, BTreeSet<(String, String)>>,
     /// When the last compile's sampling rotates (since the Unix epoch).
     next_rotation: Option<std::time::Duration>,
+    /// Namespaces with annotated pods but no policy, as last reported.
+    ungoverned_namespaces: BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -91,6 +93,7 @@ impl Reconciler {
             facts: None,
             node_secrets: BTreeMap::new(),
             next_rotation: None,
+            ungoverned_namespaces: BTreeSet::new(),
         }
     }
 
@@ -320,6 +323,7 @@ impl Reconciler {
         };
         let published = published && granted.is_ok() && revoked;
         self.next_rotation = engine.next_rotation();
+        let ungoverned = engine.ungoverned_pods();
         self.facts = Some(Arc::new(Facts {
             targets: engine.target_facts().clone(),
             policies: engine.policy_facts().clone(),
@@ -328,7 +332,29 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        self.report_ungoverned(ungoverned);
         published
+    }
+
+    /// Annotated pods no policy governs have no status to show it: a gauge, and a warning
+    /// naming their namespaces whenever that list changes.
+    fn report_ungoverned(&mut self, pods: BTreeMap<String, usize>) {
+        let total: usize = pods.values().sum();
+        self.metrics
+            .ungoverned_pods
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        let namespaces: BTreeSet<String> = pods.into_keys().collect();
+        if namespaces != self.ungoverned_namespaces {
+            if !namespaces.is_empty() {
+                tracing::warn!(
+                    pods = total,
+                    namespaces = ?namespaces,
+                    "annotated pods in namespaces no ProfilingPolicy governs get no jobs: \
+                     their profiles would go nowhere"
+                );
+            }
+            self.ungoverned_namespaces = namespaces;
+        }
     }
 
     /// Deletes stale health reports and writes every status that changed; whether all of it

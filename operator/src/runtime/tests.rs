@@ -4,15 +4,18 @@ use std::{sync::Arc, time::Duration};
 
 use http::Method;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
-use kubeprof_crds::{ProfilingTarget, ProfilingTargetStatus, conditions};
+use kubeprof_crds::{ProfilingPolicy, ProfilingTarget, ProfilingTargetStatus, conditions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Settings, Triggers, control, reconcile::Reconciler, stores::Stores};
 use crate::{
+    compile::PolicyFacts,
     metrics::{Failure, Metrics, Retried},
     mock::{self, ApiServer},
+    status,
 };
 
 const SHARD_A: &str = "/api/v1/namespaces/kubeprof/configmaps/kubeprof-jobs.node-a";
@@ -79,6 +82,30 @@ fn annotated_pod(name: &str) -> Pod {
         "status": { "phase": "Running", "podIP": "10.0.0.7" },
     }))
     .unwrap_or_default()
+}
+
+/// A ProfilingPolicy governing every namespace, whose status already says what the loop
+/// computes for one namespace and one target (so that the tests see no write of it).
+fn policy() -> DeserializeGuard<ProfilingPolicy> {
+    let mut p: ProfilingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubeprof.io/v1alpha1",
+        "kind": "ProfilingPolicy",
+        "metadata": { "name": "default", "uid": "uid-default", "generation": 1 },
+        "spec": { "sinks": [{ "name": "files", "file": { "directory": "/p" } }] },
+    }))
+    .unwrap_or_else(|e| panic!("a valid policy: {e}"));
+    let facts = PolicyFacts {
+        matched_namespaces: 1,
+        targets: 1,
+        ..Default::default()
+    };
+    p.status = Some(status::policy_status(
+        &facts,
+        Some(1),
+        None,
+        Timestamp::UNIX_EPOCH,
+    ));
+    DeserializeGuard(Ok(p))
 }
 
 /// A ProfilingTarget in `shop` selecting `app: web`.
@@ -157,7 +184,7 @@ impl Running {
 #[tokio::test]
 async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
     let stores = Stores::of(
-        vec![],
+        vec![policy()],
         vec![],
         vec![annotated_pod("web-1")],
         vec![namespace("shop")],
@@ -183,7 +210,7 @@ async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
 #[tokio::test]
 async fn a_failed_status_write_is_retried_and_the_event_follows_the_write() {
     let stores = Stores::of(
-        vec![],
+        vec![policy()],
         vec![DeserializeGuard(Ok(target()))],
         vec![],
         vec![namespace("shop")],
@@ -231,7 +258,7 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
             },
         }));
     let stores = Stores::of(
-        vec![],
+        vec![policy()],
         vec![unreadable],
         vec![annotated_pod("web-1")],
         vec![namespace("shop")],

@@ -44,7 +44,7 @@ fn annotated_pods_are_scraped_and_a_target_wins_per_type() {
         )],
         pods: vec![grafana, legacy, both],
         namespaces: vec![mk_ns("shop", &[])],
-        ..Default::default()
+        policies: vec![mk_policy("p", 0, |_| {})],
     };
     let c = compile(&inputs);
     let from = |pod: &str| -> Vec<String> {
@@ -359,6 +359,7 @@ fn alloy_and_pyroscope_chart_annotations_give_the_same_jobs_and_labels() {
         let c = compile(&Inputs {
             pods: vec![pod],
             namespaces: vec![mk_ns("shop", &[])],
+            policies: vec![mk_policy("p", 0, |_| {})],
             ..Default::default()
         });
         let mut got: Vec<_> = jobs(&c)

@@ -62,17 +62,21 @@ fn sinks_of_the_same_name_in_two_policies_stay_apart() {
 }
 
 #[test]
-fn jobs_without_a_governing_policy_name_no_sink() {
+fn pods_without_a_governing_policy_publish_no_shard() {
+    let mut annotated = mk_pod("shop", "a", &[], "n", "127.0.0.3");
+    annotated.annotations = map(&[("pyroscope.io/scrape", "true")]);
     let inputs = Inputs {
         policies: vec![],
         targets: vec![mk_target("shop", "web", "web", port("pprof"))],
-        pods: vec![mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2")],
+        pods: vec![
+            mk_pod("shop", "w", &[("app", "web")], "n", "127.0.0.2"),
+            annotated,
+        ],
         namespaces: vec![mk_ns("shop", &[])],
         ..Default::default()
     };
     let c = compile(&inputs);
-    assert!(jobs(&c).iter().all(|j| j.sinks.is_empty()));
-    assert!(c.shards.values().all(|s| s.sinks.is_empty()));
+    assert!(c.shards.is_empty(), "{:?}", c.shards);
 }
 
 #[test]
@@ -138,7 +142,7 @@ fn each_node_gets_its_own_shard_and_pods_without_a_node_share_one() {
             unscheduled,
         ],
         namespaces: vec![mk_ns("shop", &[])],
-        ..Default::default()
+        policies: vec![mk_policy("p", 0, |_| {})],
     };
     let c = compile(&inputs);
     let pods_of = |node: Option<&str>| -> BTreeSet<String> {

@@ -78,7 +78,7 @@ fn missing_ports_and_pods_are_reported() {
         ],
         pods: vec![mk_pod("shop", "web-1", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
-        ..Default::default()
+        policies: vec![mk_policy("default", 0, |_| {})],
     };
     let c = compile(&inputs);
     assert!(jobs(&c).is_empty());
@@ -107,7 +107,7 @@ fn a_target_namespace_selector_picks_namespaces_by_name_and_label() {
             mk_ns("b", &[("env", "prod")]),
             mk_ns("c", &[("env", "dev")]),
         ],
-        ..Default::default()
+        policies: vec![mk_policy("default", 0, |_| {})],
     };
     let c = compile(&inputs);
     let namespaces: BTreeSet<&str> = jobs(&c)
@@ -219,4 +219,84 @@ fn relabelling_runs_here_and_can_drop_a_target() {
     assert!(jobs(&c).iter().all(|j| j.labels["team"] == "core"
         && j.external_labels["cluster"] == "eu"
         && j.relabelings.is_empty()));
+}
+
+#[test]
+fn a_namespace_no_policy_governs_gets_no_jobs_and_says_why() {
+    let prod_only = mk_policy("prod", 0, |s| {
+        s.namespace_selector = Some(LabelSelector {
+            match_labels: Some(map(&[("env", "prod")])),
+            match_expressions: None,
+        });
+    });
+    let mut annotated = mk_pod("shop", "api-1", &[("app", "api")], "n", "127.0.0.3");
+    annotated.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("profiles.grafana.com/cpu.port_name", "pprof"),
+    ]);
+    let mut everywhere = mk_target("ops", "all-web", "web", port("pprof"));
+    everywhere.spec.namespace_selector = Some(NamespaceSelector {
+        match_names: Some(vec!["shop".into(), "prod-shop".into()]),
+        ..Default::default()
+    });
+    let mut inputs = Inputs {
+        policies: vec![prod_only],
+        targets: vec![mk_target("shop", "web", "web", port("pprof")), everywhere],
+        pods: vec![
+            mk_pod("shop", "web-1", &[("app", "web")], "n", "127.0.0.2"),
+            annotated,
+            mk_pod("prod-shop", "web-1", &[("app", "web")], "n", "127.0.0.4"),
+        ],
+        namespaces: vec![mk_ns("shop", &[]), mk_ns("prod-shop", &[("env", "prod")])],
+    };
+    let c = compile(&inputs);
+    // Only the governed namespace's pod is scraped, and only towards its policy's sink.
+    assert_eq!(names(&c).len(), 5);
+    assert!(
+        jobs(&c)
+            .iter()
+            .all(|j| j.labels["namespace"] == "prod-shop" && j.sinks == ["prod/prod-files"])
+    );
+    let web = facts(&c, "shop", "web");
+    assert_eq!((web.matched_pods, web.active_jobs), (1, 0));
+    assert_eq!(
+        web.problems.iter().collect::<Vec<_>>(),
+        [&Problem {
+            reason: "NoPolicy",
+            message: "namespace shop is selected by no ProfilingPolicy; profiles would go nowhere"
+                .into()
+        }]
+    );
+    // A target spanning both: jobs where a policy governs, NoPolicy for the rest.
+    let all = facts(&c, "ops", "all-web");
+    assert_eq!((all.matched_pods, all.active_jobs), (2, 5));
+    assert_eq!(reasons(all), ["NoPolicy"]);
+    assert_eq!(c.ungoverned_pods, BTreeMap::from([("shop".to_string(), 1)]));
+
+    // The namespace gets the label back: everything recovers.
+    inputs.namespaces[0] = mk_ns("shop", &[("env", "prod")]);
+    let c = compile(&inputs);
+    assert_eq!(facts(&c, "shop", "web").active_jobs, 5);
+    assert!(facts(&c, "shop", "web").problems.is_empty());
+    assert!(facts(&c, "ops", "all-web").problems.is_empty());
+    assert!(c.ungoverned_pods.is_empty());
+    assert!(
+        jobs(&c)
+            .iter()
+            .any(|j| j.labels["pod"] == "api-1" && j.profile.name == "process_cpu")
+    );
+}
+
+#[test]
+fn a_target_in_a_namespace_without_policy_says_so_before_any_pod_runs() {
+    let inputs = Inputs {
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
+    };
+    let c = compile(&inputs);
+    assert_eq!(
+        reasons(facts(&c, "shop", "web")),
+        ["NoMatchingPods", "NoPolicy"]
+    );
 }
