@@ -14,6 +14,8 @@
 //! - A ProfilingTarget selects pods by label selector in the namespaces its `namespaceSelector`
 //!   names (its own by default); each endpoint's port is resolved by name or number against the
 //!   pod's declared container ports (an undeclared number is used as is, on the first container).
+//!   A port name several containers declare gives one target per container, each with its own
+//!   `container` label, as Prometheus' PodMonitor does.
 //! - Annotated pods (Grafana `profiles.grafana.com/<type>.*`, legacy `pyroscope.io/*`) produce jobs
 //!   as the governing policy allows. A pod and type already scraped by a target is skipped.
 //! - Target values beat policy defaults; policy limits cap both (`minInterval` raises the interval,
@@ -264,8 +266,9 @@ struct Shares {
 struct Decision {
     /// Targets (indices into the context's) whose sampling leaves the pod out.
     unsampled: BTreeSet<usize>,
-    /// Endpoints (target, endpoint) refused by `maxTargetsPerNamespace`.
-    denied: BTreeSet<(usize, usize)>,
+    /// Endpoints (target, endpoint, container serving its port) refused by
+    /// `maxTargetsPerNamespace`.
+    denied: BTreeSet<(usize, usize, usize)>,
     /// The policy's sampling leaves its annotations' jobs out.
     annotations_unsampled: bool,
 }

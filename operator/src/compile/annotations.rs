@@ -27,7 +27,7 @@ use kubeprof_crds::{
 
 use super::{
     Decision, PodInfo, PodPart, PolicyShare, Problem,
-    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
+    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_ports},
     policies::{Governing, Rules},
 };
 
@@ -247,41 +247,45 @@ fn jobs_of(
             continue;
         }
         let single = pod.containers.iter().flat_map(|c| &c.ports).count() == 1;
-        let port = match (&req.port_name, req.port) {
-            (Some(n), _) => resolve_port(pod, Some(n), None),
-            (None, Some(n)) => resolve_port(pod, None, Some(n)),
+        let ports = match (&req.port_name, req.port) {
+            (Some(n), _) => resolve_ports(pod, Some(n), None),
+            (None, Some(n)) => resolve_ports(pod, None, Some(n)),
             (None, None) if single => pod
                 .containers
                 .iter()
-                .find_map(|c| c.ports.first().map(|p| (c.name.clone(), p.clone()))),
-            (None, None) => None,
+                .find_map(|c| c.ports.first().map(|p| (c.name.clone(), p.clone())))
+                .into_iter()
+                .collect(),
+            (None, None) => Vec::new(),
         };
-        let Some((container, port)) = port else {
+        if ports.is_empty() {
             problems.insert(Problem {
                 reason: conditions::REASON_PORT_NOT_FOUND,
                 message: format!("annotations for {name} name no port the pod declares"),
             });
             continue;
-        };
+        }
         let scheme = req.scheme.unwrap_or_default();
-        let address = format!("{ip}:{}", port.number);
-        let labels = discovery_labels(pod, &container, &port, &address, scheme);
-        let settings = EndpointSettings {
-            scheme,
-            interval,
-            timeout,
-            params: BTreeMap::new(),
-            relabelings: Vec::new(),
-            auth: None,
-            tls: None,
-            sinks: rules.sinks(&[], problems),
-            // The service-name annotations are read by the label pipeline.
-            service_name: None,
-            static_labels: Default::default(),
-        };
-        out.extend(build_jobs(
-            &origin, labels, &profiles, &settings, rules, problems,
-        ));
+        for (container, port) in ports {
+            let address = format!("{ip}:{}", port.number);
+            let labels = discovery_labels(pod, &container, &port, &address, scheme);
+            let settings = EndpointSettings {
+                scheme,
+                interval,
+                timeout,
+                params: BTreeMap::new(),
+                relabelings: Vec::new(),
+                auth: None,
+                tls: None,
+                sinks: rules.sinks(&[], problems),
+                // The service-name annotations are read by the label pipeline.
+                service_name: None,
+                static_labels: Default::default(),
+            };
+            out.extend(build_jobs(
+                &origin, labels, &profiles, &settings, rules, problems,
+            ));
+        }
     }
     out
 }

@@ -58,12 +58,16 @@ pub(super) fn discovery_labels(
     )
 }
 
-/// The container and port a pod serves `port`/`port_number` on.
-pub(super) fn resolve_port(
+/// The containers and ports a pod serves `port`/`port_number` on. A name may be declared by
+/// several containers: each is a target of its own, as in Prometheus' PodMonitor. A number is
+/// one socket (the containers of a pod share its network), so it is served once, by the first
+/// container declaring it.
+pub(super) fn resolve_ports(
     pod: &PodInfo,
     name: Option<&str>,
     number: Option<i32>,
-) -> Option<(String, PortInfo)> {
+) -> Vec<(String, PortInfo)> {
+    let mut out: Vec<(String, PortInfo)> = Vec::new();
     for c in &pod.containers {
         for p in &c.ports {
             let hit = match (name, number) {
@@ -71,21 +75,24 @@ pub(super) fn resolve_port(
                 (None, Some(n)) => p.number == n,
                 (None, None) => false,
             };
-            if hit {
-                return Some((c.name.clone(), p.clone()));
+            if hit && !out.iter().any(|(_, seen)| seen.number == p.number) {
+                out.push((c.name.clone(), p.clone()));
             }
         }
     }
+    if !out.is_empty() {
+        return out;
+    }
     // A number no container declares is still reachable: use it on the first container.
     match (name, number, pod.containers.first()) {
-        (None, Some(n), Some(c)) if (1..=65535).contains(&n) => Some((
+        (None, Some(n), Some(c)) if (1..=65535).contains(&n) => vec![(
             c.name.clone(),
             PortInfo {
                 name: None,
                 number: n,
             },
-        )),
-        _ => None,
+        )],
+        _ => Vec::new(),
     }
 }
 

@@ -15,7 +15,7 @@ use kubeprof_crds::{
 use super::{
     Decision, NamespaceInfo, PodInfo, PodPart, Problem, TargetFacts, TargetInput, TargetShare,
     context::Context,
-    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_port},
+    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_ports},
     policies::Rules,
     sampling::{self, Clock},
     selector, validate,
@@ -109,13 +109,14 @@ pub(super) fn decide(
             }
             let Some(limit) = limit else { continue };
             for (ei, e) in t.input.spec.endpoints.iter().enumerate() {
-                if resolve_port(pods[pi], e.port.as_deref(), e.port_number).is_none() {
-                    continue;
-                }
-                if count >= limit {
-                    decisions[pi].denied.insert((ti, ei));
-                } else {
-                    count += 1;
+                // Each container serving the endpoint's port is a target of its own.
+                let ports = resolve_ports(pods[pi], e.port.as_deref(), e.port_number).len();
+                for port in 0..ports {
+                    if count >= limit {
+                        decisions[pi].denied.insert((ti, ei, port));
+                    } else {
+                        count += 1;
+                    }
                 }
             }
         }
@@ -161,8 +162,8 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
             continue;
         }
         for (i, e) in t.input.spec.endpoints.iter().enumerate() {
-            let Some((container, port)) = resolve_port(pod, e.port.as_deref(), e.port_number)
-            else {
+            let ports = resolve_ports(pod, e.port.as_deref(), e.port_number);
+            if ports.is_empty() {
                 share.problems.insert(Problem {
                     reason: conditions::REASON_PORT_NOT_FOUND,
                     message: format!(
@@ -174,37 +175,40 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
                     ),
                 });
                 continue;
-            };
-            if decision.denied.contains(&(ti, i)) {
-                share.problems.insert(Problem {
-                    reason: conditions::REASON_LIMIT_EXCEEDED,
-                    message: format!(
-                        "namespace {} is at the policy's maxTargetsPerNamespace ({})",
-                        pod.namespace,
-                        ctx.limit(&pod.namespace).unwrap_or(0)
-                    ),
-                });
-                continue;
             }
-            let (settings, profiles) = endpoint_settings(&t.input, e, &rules, &mut share.problems);
-            let address = format!("{ip}:{}", port.number);
-            let l = discovery_labels(pod, &container, &port, &address, settings.scheme);
-            let origin = JobOrigin {
-                kind: OriginKind::ProfilingTarget,
-                namespace: t.input.namespace.clone(),
-                name: t.input.name.clone(),
-            };
-            for job in build_jobs(
-                &origin,
-                l,
-                &profiles,
-                &settings,
-                &rules,
-                &mut share.problems,
-            ) {
-                part.covered.insert(job.profile.name.clone());
-                share.job_ids.push(job.id.clone());
-                part.jobs.push(job);
+            for (pi, (container, port)) in ports.into_iter().enumerate() {
+                if decision.denied.contains(&(ti, i, pi)) {
+                    share.problems.insert(Problem {
+                        reason: conditions::REASON_LIMIT_EXCEEDED,
+                        message: format!(
+                            "namespace {} is at the policy's maxTargetsPerNamespace ({})",
+                            pod.namespace,
+                            ctx.limit(&pod.namespace).unwrap_or(0)
+                        ),
+                    });
+                    continue;
+                }
+                let (settings, profiles) =
+                    endpoint_settings(&t.input, e, &rules, &mut share.problems);
+                let address = format!("{ip}:{}", port.number);
+                let l = discovery_labels(pod, &container, &port, &address, settings.scheme);
+                let origin = JobOrigin {
+                    kind: OriginKind::ProfilingTarget,
+                    namespace: t.input.namespace.clone(),
+                    name: t.input.name.clone(),
+                };
+                for job in build_jobs(
+                    &origin,
+                    l,
+                    &profiles,
+                    &settings,
+                    &rules,
+                    &mut share.problems,
+                ) {
+                    part.covered.insert(job.profile.name.clone());
+                    share.job_ids.push(job.id.clone());
+                    part.jobs.push(job);
+                }
             }
         }
         part.shares.targets.push(share);

@@ -53,6 +53,26 @@ fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str) -
     }
 }
 
+/// `pod` with a second container, "sidecar", that also names a port `pprof` (on 6061), and a
+/// third that declares the app's port 6060 again.
+fn with_sidecar(mut pod: PodInfo) -> PodInfo {
+    pod.containers.push(ContainerInfo {
+        name: "sidecar".into(),
+        ports: vec![PortInfo {
+            name: Some("pprof".into()),
+            number: 6061,
+        }],
+    });
+    pod.containers.push(ContainerInfo {
+        name: "again".into(),
+        ports: vec![PortInfo {
+            name: Some("pprof".into()),
+            number: 6060,
+        }],
+    });
+    pod
+}
+
 fn mk_ns(name: &str, labels: &[(&str, &str)]) -> NamespaceInfo {
     NamespaceInfo {
         name: name.into(),

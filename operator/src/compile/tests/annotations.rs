@@ -422,3 +422,36 @@ fn pod_labels_are_copied_only_when_the_policy_says_so() {
     // A pod label never overwrites what kubeprof sets.
     assert_eq!(on["pod"], "compat");
 }
+
+#[test]
+fn an_annotated_port_name_two_containers_declare_is_scraped_in_both() {
+    let mut pod = with_sidecar(mk_pod("shop", "g", &[], "n", "127.0.0.2"));
+    pod.annotations = map(&[
+        ("profiles.grafana.com/cpu.scrape", "true"),
+        ("profiles.grafana.com/cpu.port_name", "pprof"),
+    ]);
+    let c = compile(&Inputs {
+        pods: vec![pod],
+        namespaces: vec![mk_ns("shop", &[])],
+        policies: vec![mk_policy("p", 0, |_| {})],
+        ..Default::default()
+    });
+    let mut got: Vec<(&str, &str, &str)> = jobs(&c)
+        .into_iter()
+        .map(|j| {
+            (
+                j.labels["container"].as_str(),
+                j.labels["service_name"].as_str(),
+                j.address.as_str(),
+            )
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            ("app", "shop/app", "127.0.0.2:6060"),
+            ("sidecar", "shop/sidecar", "127.0.0.2:6061")
+        ]
+    );
+}

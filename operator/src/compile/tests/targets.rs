@@ -300,3 +300,36 @@ fn a_target_in_a_namespace_without_policy_says_so_before_any_pod_runs() {
         ["NoMatchingPods", "NoPolicy"]
     );
 }
+
+#[test]
+fn a_port_name_two_containers_declare_gives_a_target_per_container() {
+    let inputs = Inputs {
+        policies: vec![mk_policy("default", 0, |_| {})],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        pods: vec![with_sidecar(mk_pod(
+            "shop",
+            "web-1",
+            &[("app", "web")],
+            "n",
+            "127.0.0.2",
+        ))],
+        namespaces: vec![mk_ns("shop", &[])],
+    };
+    let c = compile(&inputs);
+    let mut cpu: Vec<(&str, &str)> = jobs(&c)
+        .into_iter()
+        .filter(|j| j.profile.name == "process_cpu")
+        .map(|j| (j.labels["container"].as_str(), j.address.as_str()))
+        .collect();
+    cpu.sort_unstable();
+    // 6060 is one socket, whichever containers declare it: scraped once.
+    assert_eq!(
+        cpu,
+        [("app", "127.0.0.2:6060"), ("sidecar", "127.0.0.2:6061")]
+    );
+    let ids: BTreeSet<&str> = jobs(&c).iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids.len(), 10, "every job has its own id");
+    let f = facts(&c, "shop", "web");
+    assert_eq!((f.matched_pods, f.active_jobs), (1, 10));
+    assert!(f.problems.is_empty(), "{:?}", f.problems);
+}
