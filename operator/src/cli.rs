@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
+    owner::Owner,
     runtime::{self, RETRY_CAP, RETRY_FIRST, Settings},
 };
 
@@ -37,6 +38,13 @@ pub struct Args {
     /// Wait after a change before reconciling, to coalesce bursts.
     #[arg(long, env = "KUBEPROF_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    /// The operator's Deployment: made the owner of the objects the operator creates, so that
+    /// deleting it (`helm uninstall`) deletes them. Unset: they have no owner.
+    #[arg(long, env = "DEPLOYMENT_NAME")]
+    pub owner_deployment: Option<String>,
+    /// Namespace of `--owner-deployment` (default: `--namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub owner_namespace: Option<String>,
     /// Reconcile everything at least this often.
     #[arg(long, env = "KUBEPROF_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
@@ -118,6 +126,12 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let owner = Owner::resolve(
+        client.clone(),
+        args.owner_namespace.as_deref().unwrap_or(&args.namespace),
+        args.owner_deployment.as_deref(),
+    )
+    .await;
     let settings = Settings {
         namespace: args.namespace.clone(),
         identity: args.identity.clone().unwrap_or_else(default_identity),
@@ -130,6 +144,7 @@ async fn serve(args: Args) -> ExitCode {
         scraper_service_account: args.scraper_service_account.clone(),
         scraper_secrets: args.scraper_secrets,
         owner_cluster_role: args.owner_cluster_role.clone(),
+        owner,
     };
     tracing::info!(namespace = %settings.namespace, identity = %settings.identity, "starting");
     let stop = shutdown.clone();

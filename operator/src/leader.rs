@@ -32,6 +32,8 @@ use kube::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::owner::Owner;
+
 /// Settings of one elector.
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseSettings {
@@ -43,6 +45,8 @@ pub(crate) struct LeaseSettings {
     pub lease_duration: Duration,
     /// How often the holder renews, and candidates retry.
     pub renew_every: Duration,
+    /// Owner of the Lease, so that uninstalling the operator deletes it.
+    pub owner: Owner,
 }
 
 /// Runs the election until `shutdown`; the receiver says whether this replica leads now.
@@ -130,7 +134,7 @@ impl Elector {
             Ok(Some(l)) => l,
             Ok(None) => {
                 self.resource_version = None;
-                let lease = Lease {
+                let mut lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.settings.name.clone()),
                         ..Default::default()
@@ -144,6 +148,7 @@ impl Elector {
                         ..Default::default()
                     }),
                 };
+                self.settings.owner.set_on(&mut lease.metadata);
                 return match self.api.create(&PostParams::default(), &lease).await {
                     Ok(_) => {
                         tracing::info!(identity = %me, "acquired the leader lease");
@@ -202,6 +207,8 @@ impl Elector {
             new_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
         next.spec = Some(new_spec);
+        // A Lease created before the operator had an owner gets one.
+        self.settings.owner.set_on(&mut next.metadata);
         // The resource version in `next` makes this a compare-and-swap: of two candidates, one wins.
         match self
             .api
@@ -304,22 +311,32 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::{self, ApiServer};
+    use crate::{
+        mock::{self, ApiServer},
+        owner,
+    };
     use http::Method;
 
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kubeprof/leases/kubeprof-operator";
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kubeprof/leases";
 
-    fn start(
-        identity: &str,
-        renew_every: Duration,
-        lease_duration: Duration,
-    ) -> (
+    type Started = (
         ApiServer,
         watch::Receiver<bool>,
         CancellationToken,
         tokio::task::JoinHandle<()>,
-    ) {
+    );
+
+    fn start(identity: &str, renew_every: Duration, lease_duration: Duration) -> Started {
+        start_owned(identity, renew_every, lease_duration, Owner::none())
+    }
+
+    fn start_owned(
+        identity: &str,
+        renew_every: Duration,
+        lease_duration: Duration,
+        owner: Owner,
+    ) -> Started {
         let (client, server) = mock::client();
         let shutdown = CancellationToken::new();
         let (leading, task) = spawn(
@@ -329,6 +346,7 @@ mod tests {
                 identity: identity.into(),
                 lease_duration,
                 renew_every,
+                owner,
             },
             shutdown.clone(),
         );
@@ -520,6 +538,41 @@ mod tests {
                 .fail(503, "ServiceUnavailable");
         }
         until(&mut leading, false).await;
+        shutdown.cancel();
+        drop(server);
+        task.await.unwrap_or_default();
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_owned_by_the_operator_deployment() {
+        let (mut server, mut leading, shutdown, task) = start_owned(
+            "op-1",
+            Duration::from_millis(50),
+            Duration::from_secs(15),
+            owner::tests::owner(),
+        );
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .fail(404, "NotFound");
+        let create = server.expect(Method::POST, LEASES).await;
+        assert_eq!(
+            create.body["metadata"]["ownerReferences"],
+            owner::tests::expected_reference()
+        );
+        create.echo();
+        until(&mut leading, true).await;
+        // A Lease an operator without an owner made (before an upgrade) gets one at renewal.
+        server
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease(Some("op-1"), "2"));
+        let renew = server.expect(Method::PUT, LEASE).await;
+        assert_eq!(
+            renew.body["metadata"]["ownerReferences"],
+            owner::tests::expected_reference()
+        );
+        renew.echo();
         shutdown.cancel();
         drop(server);
         task.await.unwrap_or_default();

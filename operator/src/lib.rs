@@ -10,6 +10,7 @@ mod leader;
 mod metrics;
 #[cfg(test)]
 mod mock;
+mod owner;
 mod publish;
 mod runtime;
 mod status;

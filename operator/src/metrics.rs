@@ -24,6 +24,8 @@ pub(crate) enum Failure {
     Event,
     /// The scraper's Roles (or their bindings, or a health report to be) could not be written.
     Grant,
+    /// The operator could not make itself the owner of a health report.
+    Owner,
 }
 
 impl Failure {
@@ -36,6 +38,7 @@ impl Failure {
             Self::PolicyStatus => "policy_status",
             Self::Event => "event",
             Self::Grant => "grant",
+            Self::Owner => "owner",
         }
     }
 }

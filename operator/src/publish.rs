@@ -22,7 +22,10 @@ use kubeprof_crds::{
     job::JobShard,
 };
 
-use crate::metrics::{Failure, Metrics};
+use crate::{
+    metrics::{Failure, Metrics},
+    owner::Owner,
+};
 
 /// Writes in flight at once.
 const CONCURRENT_WRITES: usize = 8;
@@ -33,6 +36,15 @@ pub enum PublishError {
     /// A shard could not be written.
     #[error("cannot write job shard {name}: {source}")]
     Write {
+        /// ConfigMap name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A health report could not be given the operator's Deployment as owner.
+    #[error("cannot set the owner of {name}: {source}")]
+    Own {
         /// ConfigMap name.
         name: String,
         /// Why.
@@ -50,8 +62,17 @@ pub enum PublishError {
     },
 }
 
-/// The ConfigMap holding `shard`.
+/// The ConfigMap holding `shard`, without an owner.
 pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
+    owned_shard_config_map(namespace, shard, &Owner::none())
+}
+
+/// The ConfigMap holding `shard`, owned by `owner`.
+pub(crate) fn owned_shard_config_map(
+    namespace: &str,
+    shard: &JobShard,
+    owner: &Owner,
+) -> ConfigMap {
     let name = jobs_object_name(shard.node.as_deref());
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
@@ -72,7 +93,8 @@ pub fn shard_config_map(namespace: &str, shard: &JobShard) -> ConfigMap {
         binary_data,
         ..Default::default()
     };
-    let hash = format!("{:016x}", fingerprint(&cm));
+    owner.set_on(&mut cm.metadata);
+    let hash = format!("{:016x}", fingerprint(&cm, owner));
     cm.metadata.annotations = Some(BTreeMap::from([(
         CONTENT_HASH_ANNOTATION.to_string(),
         hash,
@@ -93,9 +115,14 @@ fn recorded_hash(meta: &ObjectMeta) -> Option<u64> {
 /// that would change nothing.
 pub const CONTENT_HASH_ANNOTATION: &str = "kubeprof.io/content-hash";
 
-/// A fingerprint of what a shard ConfigMap carries (data and labels).
-fn fingerprint(cm: &ConfigMap) -> u64 {
+/// A fingerprint of what a shard ConfigMap carries (data, labels and owner: a shard published
+/// before the operator had an owner is rewritten once to get one).
+fn fingerprint(cm: &ConfigMap, owner: &Owner) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    if let Some(uid) = owner.uid() {
+        h.update(b"owner");
+        h.update(uid.as_bytes());
+    }
     for (k, v) in cm.data.iter().flatten() {
         h.update(k.as_bytes());
         h.update(v.as_bytes());
@@ -132,6 +159,7 @@ pub struct Publisher {
     /// The fingerprint of every shard that should exist, by object name, with its node.
     desired: HashMap<String, (Option<String>, u64)>,
     metrics: Metrics,
+    owner: Owner,
 }
 
 /// Shards built by a compile, as the publisher needs them.
@@ -152,13 +180,19 @@ impl Built {
     /// of them twice.
     const KEEP_BYTES: usize = 48 << 20;
 
-    /// Records one recomputed shard of `node`.
-    pub fn add(&mut self, namespace: &str, node: &Option<String>, shard: Option<&JobShard>) {
+    /// Records one recomputed shard of `node`, as `owner` owns it.
+    pub(crate) fn add(
+        &mut self,
+        namespace: &str,
+        owner: &Owner,
+        node: &Option<String>,
+        shard: Option<&JobShard>,
+    ) {
         let Some(shard) = shard else {
             self.fingerprints.push((node.clone(), None));
             return;
         };
-        let cm = shard_config_map(namespace, shard);
+        let cm = owned_shard_config_map(namespace, shard, owner);
         self.fingerprints
             .push((node.clone(), recorded_hash(&cm.metadata)));
         let bytes = cm
@@ -188,7 +222,14 @@ impl Publisher {
             written: HashMap::new(),
             desired: HashMap::new(),
             metrics,
+            owner: Owner::none(),
         }
+    }
+
+    /// The same publisher, making `owner` the owner of every shard it writes.
+    pub(crate) fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// The namespace it writes into.
@@ -212,7 +253,7 @@ impl Publisher {
     ) -> Result<PublishStats, PublishError> {
         let mut built = Built::default();
         for (node, shard) in shards {
-            built.add(&self.namespace, node, Some(shard));
+            built.add(&self.namespace, &self.owner, node, Some(shard));
         }
         let gone: Vec<Option<String>> = self
             .desired
@@ -223,9 +264,11 @@ impl Publisher {
         built
             .fingerprints
             .extend(gone.into_iter().map(|n| (n, None)));
-        let namespace = self.namespace.clone();
+        let (namespace, owner) = (self.namespace.clone(), self.owner.clone());
         self.publish_changes(built, existing, |node| {
-            shards.get(node).map(|s| shard_config_map(&namespace, s))
+            shards
+                .get(node)
+                .map(|s| owned_shard_config_map(&namespace, s, &owner))
         })
         .await
     }
@@ -339,6 +382,57 @@ impl Publisher {
         }
     }
 
+    /// The owner of what this publisher writes.
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Makes the operator's Deployment an owner of the named health reports, so that
+    /// uninstalling deletes them too: the scrapers write them and cannot know its UID. A
+    /// strategic-merge patch of the owner references only; the scrapers' server-side applies
+    /// do not list owners, so they keep it. Returns how many were patched.
+    pub async fn own_health_reports(&self, names: Vec<String>) -> Result<usize, PublishError> {
+        let Some(patch) = self.owner.patch() else {
+            return Ok(0);
+        };
+        let api = &self.api;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let results: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(names.into_iter().map(|name| {
+                let (patch, params) = (&patch, &params);
+                async move {
+                    let r = match api.patch(&name, params, &Patch::Strategic(patch)).await {
+                        Ok(_) => Ok(()),
+                        // Deleted meanwhile: nothing left to own.
+                        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    (name, r)
+                }
+            }))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut owned = 0;
+        let mut first_error = None;
+        for (name, r) in results {
+            match r {
+                Ok(()) => owned += 1,
+                Err(source) => {
+                    self.metrics.error(Failure::Owner);
+                    first_error.get_or_insert(PublishError::Own { name, source });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(owned),
+        }
+    }
+
     /// Deletes the named health reports (see [`stale_health_reports`]); returns how many went.
     /// Every deletion is attempted and failures are counted; the first is returned.
     pub async fn delete_health_reports(&self, names: Vec<String>) -> Result<usize, PublishError> {
@@ -403,6 +497,7 @@ mod tests {
     use crate::{
         metrics::Failure,
         mock::{self, ApiServer},
+        owner,
     };
     use http::Method;
     use kubeprof_crds::health::{
@@ -442,7 +537,11 @@ mod tests {
             (Some("node-a".to_string()), shard("node-a")),
             (Some("node-b".to_string()), shard("node-b")),
         ]);
-        let unchanged = shard_config_map("kubeprof", &shards[&Some("node-a".to_string())]);
+        let unchanged = shard_config_map(
+            "kubeprof",
+            &shards[&Some("node-a".to_string())],
+            &Owner::none(),
+        );
         let existing = vec![
             on_server(
                 &unchanged.name_any(),
@@ -466,7 +565,11 @@ mod tests {
                 "server-side apply: {}",
                 write.uri
             );
-            let expected = shard_config_map("kubeprof", &shards[&Some("node-b".to_string())]);
+            let expected = shard_config_map(
+                "kubeprof",
+                &shards[&Some("node-b".to_string())],
+                &Owner::none(),
+            );
             assert_eq!(
                 write.body,
                 serde_json::to_value(&expected).unwrap_or_default()
@@ -536,6 +639,72 @@ mod tests {
         };
         let (result, ()) = tokio::join!(publisher.publish(&shards, &[]), verify);
         assert_eq!(result.ok().map(|s| s.written), Some(1));
+    }
+
+    #[tokio::test]
+    async fn shards_are_owned_by_the_operator_deployment_and_unowned_ones_rewritten() {
+        let (publisher, mut server, _) = publisher();
+        let mut publisher = publisher.with_owner(owner::tests::owner());
+        let shards = BTreeMap::from([(Some("node-a".to_string()), shard("node-a"))]);
+        // What an operator without an owner published, with the same jobs.
+        let unowned = shard_config_map("kubeprof", &shard("node-a"));
+        let existing = vec![on_server(
+            "kubeprof-jobs.node-a",
+            unowned
+                .annotations()
+                .get(CONTENT_HASH_ANNOTATION)
+                .map(String::as_str),
+        )];
+        let verify = async {
+            let write = server
+                .expect(
+                    Method::PATCH,
+                    &format!("{CONFIG_MAPS}/kubeprof-jobs.node-a"),
+                )
+                .await;
+            assert_eq!(
+                write.body["metadata"]["ownerReferences"],
+                owner::tests::expected_reference()
+            );
+            write.echo();
+        };
+        let (stats, ()) = tokio::join!(publisher.publish(&shards, &existing), verify);
+        assert_eq!(stats.ok().map(|s| s.written), Some(1));
+    }
+
+    #[tokio::test]
+    async fn health_reports_are_given_the_operator_as_owner_by_a_merge_of_owners() {
+        let (publisher, mut server, metrics) = publisher();
+        let publisher = publisher.with_owner(owner::tests::owner());
+        let verify = async {
+            let patch = server
+                .expect(
+                    Method::PATCH,
+                    &format!("{CONFIG_MAPS}/kubeprof-health.node-a"),
+                )
+                .await;
+            assert_eq!(
+                patch.body["metadata"]["ownerReferences"],
+                owner::tests::expected_reference()
+            );
+            patch.echo();
+            server
+                .expect(
+                    Method::PATCH,
+                    &format!("{CONFIG_MAPS}/kubeprof-health.node-b"),
+                )
+                .await
+                .fail(500, "InternalError");
+        };
+        let names = vec![
+            "kubeprof-health.node-a".to_string(),
+            "kubeprof-health.node-b".to_string(),
+        ];
+        let (result, ()) = tokio::join!(publisher.own_health_reports(names), verify);
+        assert!(
+            matches!(result, Err(PublishError::Own { name, .. }) if name == "kubeprof-health.node-b")
+        );
+        assert_eq!(metrics.errors_of(Failure::Owner), 1);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::{
     grants::Grants,
     leader::{self, LeaseSettings},
     metrics::Metrics,
+    owner::Owner,
 };
 use reconcile::Reconciler;
 use stores::{AccessWatch, Stores};
@@ -66,6 +67,8 @@ pub(crate) struct Settings {
     pub scraper_secrets: bool,
     /// The cluster-scoped owner of the Roles and RoleBindings written for it.
     pub owner_cluster_role: Option<String>,
+    /// Owner of the objects the operator creates (shards, the Lease).
+    pub owner: Owner,
 }
 
 /// Why the runtime stopped.
@@ -117,6 +120,7 @@ pub(crate) async fn run(
             identity: settings.identity.clone(),
             lease_duration: settings.lease_duration,
             renew_every: settings.renew_every,
+            owner: settings.owner.clone(),
         },
         shutdown.clone(),
     );
@@ -133,7 +137,8 @@ pub(crate) async fn run(
         grants,
         settings.scraper_secrets,
         metrics.clone(),
-    );
+    )
+    .with_owner(settings.owner.clone());
     control::run(
         &stores, leading, &triggers, reconciler, &settings, &metrics, &shutdown,
     )

@@ -22,7 +22,8 @@ use crate::{
     grants::{Grants, Observed},
     index,
     metrics::{Failure, Metrics},
-    publish::{Built, Publisher, shard_config_map, stale_health_reports},
+    owner::Owner,
+    publish::{Built, Publisher, owned_shard_config_map, stale_health_reports},
     status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
 };
 
@@ -103,6 +104,12 @@ impl Reconciler {
             .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
     }
 
+    /// The same reconciler, making `owner` the owner of the shards it publishes.
+    pub(crate) fn with_owner(mut self, owner: Owner) -> Self {
+        self.publisher = self.publisher.with_owner(owner);
+        self
+    }
+
     /// Forgets what was written (after regaining leadership: another replica may have written
     /// in between).
     pub(crate) fn reset(&mut self) {
@@ -181,6 +188,7 @@ impl Reconciler {
             self.node_secrets.clear();
         }
         let namespace = self.publisher.namespace().to_owned();
+        let owner = self.publisher.owner().clone();
         let result = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             let mut engine = compiled.unwrap_or_default();
@@ -196,7 +204,7 @@ impl Reconciler {
                 pods,
                 now,
                 |node, shard| {
-                    built.add(&namespace, node, shard.as_ref());
+                    built.add(&namespace, &owner, node, shard.as_ref());
                     let refs = shard.as_ref().map(|s| {
                         s.secret_refs()
                             .into_iter()
@@ -282,11 +290,14 @@ impl Reconciler {
             tracing::warn!(error = %e, "granting the scrapers access failed");
         }
         let namespace = self.publisher.namespace().to_owned();
+        let owner = self.publisher.owner().clone();
         let engine: &Incremental = engine;
         let published = match self
             .publisher
             .publish_changes(built, &stores.shards.state(), |node| {
-                engine.shard(node).map(|s| shard_config_map(&namespace, &s))
+                engine
+                    .shard(node)
+                    .map(|s| owned_shard_config_map(&namespace, &s, &owner))
             })
             .await
         {
@@ -387,12 +398,27 @@ impl Reconciler {
                 .filter_map(|cm| cm.metadata.name.as_deref()),
         );
         if !stale.is_empty() {
-            match self.publisher.delete_health_reports(stale).await {
+            match self.publisher.delete_health_reports(stale.clone()).await {
                 Ok(deleted) => {
                     tracing::info!(deleted, "deleted the health reports of nodes without jobs");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot delete a stale health report");
+                    ok = false;
+                }
+            }
+        }
+        let unowned: Vec<String> = health_objects
+            .iter()
+            .filter(|cm| self.publisher.owner().missing_on(&cm.metadata))
+            .filter_map(|cm| cm.metadata.name.clone())
+            .filter(|name| !stale.contains(name))
+            .collect();
+        if !unowned.is_empty() {
+            match self.publisher.own_health_reports(unowned).await {
+                Ok(owned) => tracing::debug!(owned, "health reports owned by the operator"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot own a health report");
                     ok = false;
                 }
             }

@@ -15,6 +15,7 @@ use crate::{
     compile::PolicyFacts,
     metrics::{Failure, Metrics, Retried},
     mock::{self, ApiServer},
+    owner::Owner,
     status,
 };
 
@@ -36,6 +37,7 @@ fn settings() -> Settings {
         scraper_service_account: "kp-scraper".into(),
         scraper_secrets: true,
         owner_cluster_role: None,
+        owner: Owner::none(),
     }
 }
 
