@@ -22,8 +22,11 @@
 //! 9. `the_scraper_may_read_only_referenced_secrets_and_write_only_health_reports` (in
 //!    `access`): as the scraper's ServiceAccount, 403 on an unreferenced Secret and on any shard,
 //!    200 on a referenced Secret and on its health report; the grant follows the reference.
+//! 10. to 12. are in [`owners_and_scope`]: owner references, two containers with one port
+//!     name, a namespace leaving its policy.
 
 mod access;
+mod owners_and_scope;
 mod probes;
 mod sampling;
 mod stage;

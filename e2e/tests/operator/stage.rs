@@ -210,7 +210,7 @@ impl Stage {
     async fn create_policy(&self) -> anyhow::Result<()> {
         let policy: ProfilingPolicy = serde_json::from_value(json!({
             "apiVersion": "kubeprof.io/v1alpha1", "kind": "ProfilingPolicy",
-            "metadata": {"name": format!("e2e-{}", self.app), "labels": {STAGE_LABEL: self.id}},
+            "metadata": {"name": self.policy_name(), "labels": {STAGE_LABEL: self.id}},
             "spec": {
                 "priority": 10,
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.app}},
@@ -236,7 +236,8 @@ impl Stage {
         &self.app
     }
 
-    /// The operator namespace (job shards, health reports, the scraper's ServiceAccount).
+    /// The operator namespace (job shards, health reports, the Lease, the scraper's
+    /// ServiceAccount).
     pub fn ops(&self) -> &str {
         &self.ops
     }
@@ -251,6 +252,11 @@ impl Stage {
         .await?;
         config.auth_info.impersonate = Some(user.to_owned());
         Ok(Client::try_from(config)?)
+    }
+
+    /// The name of this stage's ProfilingPolicy.
+    pub fn policy_name(&self) -> String {
+        format!("e2e-{}", self.app)
     }
 
     /// This stage's node called `short` (node names are per stage: see the module doc).
@@ -299,18 +305,46 @@ impl Stage {
         node: &str,
         (ip, port): (&str, u16),
     ) -> anyhow::Result<()> {
+        self.create_pod(metadata, node, ip, &[("app", port)]).await
+    }
+
+    /// Like [`Stage::create_running_pod`], with one container per `(name, port)`, each
+    /// naming its port "pprof".
+    pub async fn create_running_pod_of(
+        &self,
+        name: &str,
+        node: &str,
+        ip: &str,
+        labels: serde_json::Value,
+        annotations: serde_json::Value,
+        containers: &[(&str, u16)],
+    ) -> anyhow::Result<()> {
+        let metadata = json!({"name": name, "labels": labels, "annotations": annotations});
+        self.create_pod(metadata, node, ip, containers).await
+    }
+
+    async fn create_pod(
+        &self,
+        metadata: serde_json::Value,
+        node: &str,
+        ip: &str,
+        containers: &[(&str, u16)],
+    ) -> anyhow::Result<()> {
         let api = self.pods();
         let name = metadata["name"].as_str().context("a pod name")?.to_owned();
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": metadata,
-            "spec": {
-                "nodeName": node,
-                "containers": [{
-                    "name": "app",
+        let containers: Vec<serde_json::Value> = containers
+            .iter()
+            .map(|(c, port)| {
+                json!({
+                    "name": c,
                     "image": "example.invalid/pprofdemo:1",
                     "ports": [{"name": "pprof", "containerPort": port}],
-                }],
-            },
+                })
+            })
+            .collect();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": metadata,
+            "spec": {"nodeName": node, "containers": containers},
         }))?;
         api.create(&PostParams::default(), &pod).await?;
         api.patch_status(
@@ -349,6 +383,21 @@ impl Stage {
     /// Starts an operator replica with `identity` (also its log's name) in this stage's
     /// operator namespace: a 6 s lease renewed every second.
     pub fn operator(&self, identity: &str) -> anyhow::Result<Operator> {
+        self.operator_with_env(identity, &[])
+    }
+
+    /// Like [`Stage::operator`], with more environment variables.
+    pub fn operator_with_env(
+        &self,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Operator> {
+        let kubeconfig = self.kubeconfig();
+        let mut all = vec![
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("RUST_LOG", LOG_FILTER),
+        ];
+        all.extend_from_slice(env);
         let listen = free_addr("127.0.0.1")?;
         let proc = Proc::start(
             identity,
@@ -365,7 +414,7 @@ impl Stage {
                 "--renew-every",
                 "1s",
             ],
-            &[("KUBECONFIG", &self.kubeconfig()), ("RUST_LOG", LOG_FILTER)],
+            &all,
             self.work(),
         )?;
         Ok(Operator { proc, listen })
