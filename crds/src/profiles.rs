@@ -137,7 +137,8 @@ impl KnownEndpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuProfile {
-    /// Pull this profile. Unset: the governing policy's default (on without a policy).
+    /// Pull this profile. Unset: the governing policy's `defaults.profileTypes` (all five unless it
+    /// names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// HTTP path. Default `/debug/pprof/profile`.
@@ -156,7 +157,8 @@ pub struct CpuProfile {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileSettings {
-    /// Pull this profile. Unset: the governing policy's default (on without a policy).
+    /// Pull this profile. Unset: the governing policy's `defaults.profileTypes` (all five unless it
+    /// names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// HTTP path. Default: the Go `net/http/pprof` path of the type.

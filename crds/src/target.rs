@@ -86,7 +86,7 @@ pub struct Endpoint {
     /// `http` (default) or `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<Scheme>,
-    /// Time between scrapes. Default: the policy's (15s without a policy).
+    /// Time between scrapes. Default: the governing policy's (15s unless it sets one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     /// Deadline of a scrape of the non-CPU types; must be less than the interval. A CPU
