@@ -87,8 +87,9 @@ fn annotated_pod(name: &str) -> Pod {
 }
 
 /// A ProfilingPolicy governing every namespace, whose status already says what the loop
-/// computes for one namespace and one target (so that the tests see no write of it).
-fn policy() -> DeserializeGuard<ProfilingPolicy> {
+/// computes for one namespace and one target, `annotated` (or a ProfilingTarget), so that the
+/// tests see no write of it.
+fn policy(annotated: bool) -> DeserializeGuard<ProfilingPolicy> {
     let mut p: ProfilingPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "kubeprof.io/v1alpha1",
         "kind": "ProfilingPolicy",
@@ -99,6 +100,8 @@ fn policy() -> DeserializeGuard<ProfilingPolicy> {
     let facts = PolicyFacts {
         matched_namespaces: 1,
         targets: 1,
+        annotated_pods: i32::from(annotated),
+        sampled_pods: i32::from(annotated),
         ..Default::default()
     };
     p.status = Some(status::policy_status(
@@ -186,7 +189,7 @@ impl Running {
 #[tokio::test]
 async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
     let stores = Stores::of(
-        vec![policy()],
+        vec![policy(true)],
         vec![],
         vec![annotated_pod("web-1")],
         vec![namespace("shop")],
@@ -212,7 +215,7 @@ async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
 #[tokio::test]
 async fn a_failed_status_write_is_retried_and_the_event_follows_the_write() {
     let stores = Stores::of(
-        vec![policy()],
+        vec![policy(false)],
         vec![DeserializeGuard(Ok(target()))],
         vec![],
         vec![namespace("shop")],
@@ -260,7 +263,7 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
             },
         }));
     let stores = Stores::of(
-        vec![policy()],
+        vec![policy(true)],
         vec![unreadable],
         vec![annotated_pod("web-1")],
         vec![namespace("shop")],
@@ -296,7 +299,7 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
 #[tokio::test]
 async fn a_node_gets_its_health_report_and_the_right_to_patch_it_before_its_jobs() {
     let stores = Stores::of(
-        vec![],
+        vec![policy(true)],
         vec![],
         vec![annotated_pod("web-1")],
         vec![namespace("shop")],

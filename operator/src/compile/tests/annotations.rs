@@ -45,6 +45,7 @@ fn annotated_pods_are_scraped_and_a_target_wins_per_type() {
         pods: vec![grafana, legacy, both],
         namespaces: vec![mk_ns("shop", &[])],
         policies: vec![mk_policy("p", 0, |_| {})],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let from = |pod: &str| -> Vec<String> {

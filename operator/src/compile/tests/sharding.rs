@@ -143,6 +143,7 @@ fn each_node_gets_its_own_shard_and_pods_without_a_node_share_one() {
         ],
         namespaces: vec![mk_ns("shop", &[])],
         policies: vec![mk_policy("p", 0, |_| {})],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let pods_of = |node: Option<&str>| -> BTreeSet<String> {

@@ -79,6 +79,7 @@ fn missing_ports_and_pods_are_reported() {
         pods: vec![mk_pod("shop", "web-1", &[("app", "web")], "n", "127.0.0.2")],
         namespaces: vec![mk_ns("shop", &[])],
         policies: vec![mk_policy("default", 0, |_| {})],
+        ..Default::default()
     };
     let c = compile(&inputs);
     assert!(jobs(&c).is_empty());
@@ -108,6 +109,7 @@ fn a_target_namespace_selector_picks_namespaces_by_name_and_label() {
             mk_ns("c", &[("env", "dev")]),
         ],
         policies: vec![mk_policy("default", 0, |_| {})],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let namespaces: BTreeSet<&str> = jobs(&c)
@@ -248,6 +250,7 @@ fn a_namespace_no_policy_governs_gets_no_jobs_and_says_why() {
             mk_pod("prod-shop", "web-1", &[("app", "web")], "n", "127.0.0.4"),
         ],
         namespaces: vec![mk_ns("shop", &[]), mk_ns("prod-shop", &[("env", "prod")])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     // Only the governed namespace's pod is scraped, and only towards its policy's sink.
@@ -314,6 +317,7 @@ fn a_port_name_two_containers_declare_gives_a_target_per_container() {
             "127.0.0.2",
         ))],
         namespaces: vec![mk_ns("shop", &[])],
+        ..Default::default()
     };
     let c = compile(&inputs);
     let mut cpu: Vec<(&str, &str)> = jobs(&c)
