@@ -537,11 +537,7 @@ mod tests {
             (Some("node-a".to_string()), shard("node-a")),
             (Some("node-b".to_string()), shard("node-b")),
         ]);
-        let unchanged = shard_config_map(
-            "kubeprof",
-            &shards[&Some("node-a".to_string())],
-            &Owner::none(),
-        );
+        let unchanged = shard_config_map("kubeprof", &shards[&Some("node-a".to_string())]);
         let existing = vec![
             on_server(
                 &unchanged.name_any(),
@@ -565,11 +561,7 @@ mod tests {
                 "server-side apply: {}",
                 write.uri
             );
-            let expected = shard_config_map(
-                "kubeprof",
-                &shards[&Some("node-b".to_string())],
-                &Owner::none(),
-            );
+            let expected = shard_config_map("kubeprof", &shards[&Some("node-b".to_string())]);
             assert_eq!(
                 write.body,
                 serde_json::to_value(&expected).unwrap_or_default()

@@ -34,7 +34,8 @@ impl Rng {
     }
 }
 
-const NAMESPACES: [&str; 4] = ["ns0", "ns1", "ns2", "ns3"];
+/// `ns4` starts with a team no policy selects: ungoverned until relabelled.
+const NAMESPACES: [&str; 5] = ["ns0", "ns1", "ns2", "ns3", "ns4"];
 const APPS: [&str; 3] = ["web", "api", "db"];
 const NODES: [&str; 3] = ["n0", "n1", "n2"];
 
@@ -56,6 +57,10 @@ fn random_pod(rng: &mut Rng, i: usize) -> PodInfo {
     }
     if rng.chance(10) {
         pod.node = None;
+    }
+    if rng.chance(20) {
+        // Two containers naming port `pprof`: a target each.
+        pod = with_sidecar(pod);
     }
     if rng.chance(40) {
         pod.annotations = map(&[
@@ -250,17 +255,20 @@ impl World {
     }
 }
 
-fn check(rng_seed: u64, steps: usize) {
+/// Checks `steps` random changes; how many steps had annotated pods no policy governs.
+fn check(rng_seed: u64, steps: usize) -> usize {
     let mut rng = Rng(rng_seed);
     let mut world = World::default();
     for ns in NAMESPACES {
+        let team = if ns == "ns4" { "z" } else { "a" };
         world
             .namespaces
-            .insert(ns.into(), mk_ns(ns, &[("team", "a")]));
+            .insert(ns.into(), mk_ns(ns, &[("team", team)]));
     }
     let mut engine = Incremental::default();
     let mut published: BTreeMap<Option<String>, JobShard> = BTreeMap::new();
     let mut first = true;
+    let mut ungoverned_steps = 0;
     for step in 0..steps {
         let mut changed = BTreeMap::new();
         for _ in 0..=rng.below(3) {
@@ -312,6 +320,12 @@ fn check(rng_seed: u64, steps: usize) {
             .collect();
         assert_eq!(engine.shard_sizes(), &sizes, "shard sizes, {context}");
         assert_eq!(
+            engine.ungoverned_pods(),
+            full.ungoverned_pods,
+            "ungoverned pods, {context}"
+        );
+        ungoverned_steps += usize::from(!full.ungoverned_pods.is_empty());
+        assert_eq!(
             engine.next_rotation(),
             full.next_rotation,
             "next rotation, {context}"
@@ -322,13 +336,17 @@ fn check(rng_seed: u64, steps: usize) {
         compile(&world.inputs()),
         "seed {rng_seed}"
     );
+    ungoverned_steps
 }
 
 #[test]
 fn incremental_updates_equal_a_full_compile_for_random_change_sequences() {
+    let mut ungoverned_steps = 0;
     for seed in 0..150 {
-        check(seed, 40);
+        ungoverned_steps += check(seed, 40);
     }
+    // The generator does reach namespaces without a policy.
+    assert!(ungoverned_steps > 0);
 }
 
 #[test]
