@@ -62,6 +62,33 @@ build() {
   fi
 }
 
+# Prints the path under ROOT (relative) of the regular file that REL leads to, following
+# symlinks within ROOT and trying the /usr-merged twin of each path.
+unpacked_file() {
+  local root=$1 rel=$2 target hops=0
+  while [ $hops -lt 16 ]; do
+    hops=$((hops + 1))
+    if [ ! -e "$root/$rel" ] && [ ! -L "$root/$rel" ]; then
+      case $rel in
+        usr/*) rel=${rel#usr/} ;;
+        *) rel=usr/$rel ;;
+      esac
+      [ -e "$root/$rel" ] || [ -L "$root/$rel" ] || return 1
+    fi
+    if [ -L "$root/$rel" ]; then
+      target=$(readlink "$root/$rel")
+      case $target in
+        /*) rel=${target#/} ;;
+        *) rel=$(dirname "$rel")/$target ;;
+      esac
+      continue
+    fi
+    [ -f "$root/$rel" ] && { echo "$rel"; return 0; }
+    return 1
+  done
+  return 1
+}
+
 kubeprof() {
   local t0=$SECONDS
   local context="$repo/target/image/kubeprof"
@@ -86,7 +113,9 @@ kubeprof() {
   local libs lib owner debs=(ca-certificates coreutils)
   libs=$(ldd "${bins[@]}" /bin/chown | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u)
   for lib in $libs; do
-    owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null) || { log "$lib: in no Debian package"; exit 1; }
+    # usr-merged hosts: ldd may say /lib/... for a package that ships /usr/lib/... and back.
+    owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null) ||
+      { log "$lib: in no Debian package"; exit 1; }
     owner=${owner%%:*}
     [[ " ${debs[*]} " == *" $owner "* ]] || debs+=("$owner")
   done
@@ -115,19 +144,15 @@ kubeprof() {
 
   # The chart's init container gives the file sink's hostPath to the image's user with it.
   install -D -m 0755 "$context/unpacked/bin/chown" "$rootfs/usr/bin/chown"
-  # Only those shared objects, with the symlinks that lead to them.
+  # Only those shared objects, each as a plain file at the path ldd found it (the loader looks
+  # there), taken from the unpacked packages: symlinks are followed inside the unpacked tree,
+  # relative ones from their own folder, and a path missing there is tried with and without
+  # /usr (usr-merged hosts and packages disagree on which one they name).
   local rel
   for lib in $libs; do
-    rel=${lib#/}
-    # usr-merged build hosts name /usr/lib/...; the packages ship /lib/...
-    [ -e "$context/unpacked/$rel" ] || rel=${rel#usr/}
-    [ -e "$context/unpacked/$rel" ] || { log "$lib: not in ${pkgs[*]}"; exit 1; }
-    (cd "$context/unpacked" && cp -a --parents "$rel" "$rootfs/")
-    while [ -L "$context/unpacked/$rel" ]; do
-      rel=$(readlink "$context/unpacked/$rel")
-      rel=${rel#/}
-      (cd "$context/unpacked" && cp -a --parents "$rel" "$rootfs/")
-    done
+    rel=$(unpacked_file "$context/unpacked" "${lib#/}") || { log "$lib: not in ${pkgs[*]}"; exit 1; }
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp "$context/unpacked/$rel" "$rootfs$lib"
   done
   # The bundle update-ca-certificates would write: every Mozilla certificate, concatenated.
   cat "$context"/unpacked/usr/share/ca-certificates/mozilla/*.crt >"$rootfs/etc/ssl/certs/ca-certificates.crt"
