@@ -202,19 +202,36 @@ impl<'a> Stage<'a> {
     }
 
     /// `kubectl get pt NAME`: the table, and its MATCHED, ACTIVE, FAILING, READY columns.
+    /// `kubectl get pt NAME`'s table, and its MATCHED, ACTIVE, FAILING and READY cells, found
+    /// by their headers (the printer columns grow: SAMPLED came with replica sampling).
     fn pt_row(&self, name: &str) -> anyhow::Result<(String, Vec<String>)> {
         let out = self
             .node
             .kubectl(&["get", "pt", "-n", &self.app_ns, name])?;
-        let row = out
-            .lines()
-            .nth(1)
+        let mut lines = out.lines();
+        let header = lines
+            .next()
+            .context("kubectl get pt printed nothing")?
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        let row = lines
+            .next()
             .context("kubectl get pt printed no row")?
             .split_whitespace()
-            .map(str::to_owned)
             .collect::<Vec<_>>();
-        ensure!(row.len() >= 5, "unexpected kubectl get pt output {out:?}");
-        Ok((out, row[1..5].to_vec()))
+        let cells = ["MATCHED", "ACTIVE", "FAILING", "READY"]
+            .iter()
+            .map(|column| {
+                let at = header
+                    .iter()
+                    .position(|h| h == column)
+                    .with_context(|| format!("no {column} column in {out:?}"))?;
+                row.get(at)
+                    .map(|cell| (*cell).to_owned())
+                    .with_context(|| format!("no {column} cell in {out:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((out, cells))
     }
 
     /// Waits until `kubectl get pt NAME` shows `matched` pods, their jobs, none failing, Ready.
