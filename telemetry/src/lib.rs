@@ -30,7 +30,8 @@ mod threads;
 pub struct Telemetry {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
-    cpu_profile_running: Arc<AtomicBool>,
+    /// One CPU profile at a time; later requests wait their turn (see [`cpu_profile`]).
+    cpu_profile_turn: Arc<tokio::sync::Semaphore>,
     /// More routes served on the same port (the scraper's `/targets` and `/ui`).
     extra: Option<Router>,
 }
@@ -41,7 +42,7 @@ impl Telemetry {
         Self {
             registry: Arc::new(registry),
             ready: Arc::default(),
-            cpu_profile_running: Arc::default(),
+            cpu_profile_turn: Arc::new(tokio::sync::Semaphore::new(1)),
             extra: None,
         }
     }
@@ -139,17 +140,6 @@ async fn readyz(State(t): State<Telemetry>) -> Response {
     }
 }
 
-/// Clears the one-CPU-profile-at-a-time flag however a request ends: a client that hangs up
-/// mid-profile (a scrape whose timeout is shorter than the profile) has its handler dropped,
-/// and a flag left set would refuse every later profile of the process.
-struct Running(Arc<AtomicBool>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
 #[derive(Deserialize)]
 struct ProfileParams {
     seconds: Option<u64>,
@@ -167,17 +157,28 @@ async fn cpu_profile(State(t): State<Telemetry>, Query(params): Query<ProfilePar
         )
             .into_response();
     }
-    // One CPU profile at a time, as Go answers a second concurrent request with an error.
-    if t.cpu_profile_running.swap(true, Ordering::AcqRel) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "a CPU profile is already running\n",
-        )
-            .into_response();
-    }
-    let running = Running(t.cpu_profile_running.clone());
+    // One CPU profile at a time. Go answers a second concurrent request with an error, but a
+    // scraper that profiles this process continuously (CPU over the whole interval) keeps one
+    // running nearly always, so a person's request would be refused for as long as that lasts:
+    // it waits for its turn instead, at most as long as the longest profile. The permit is
+    // released however the request ends, also when the client hangs up mid-profile.
+    let turn = match tokio::time::timeout(
+        Duration::from_secs(MAX_PROFILE_SECONDS + 5),
+        t.cpu_profile_turn.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "another CPU profile of this process is running; try again\n",
+            )
+                .into_response();
+        }
+    };
     let result = self_profile::collect(Duration::from_secs(seconds)).await;
-    drop(running);
+    drop(turn);
     match result {
         Ok(body) => (
             [

@@ -153,7 +153,7 @@ pub async fn self_profiles(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
     ])?;
     let pods: serde_json::Value = serde_json::from_str(&out)?;
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(45))
         .build()?;
     let mut lines = Vec::new();
     for pod in pods["items"].as_array().into_iter().flatten() {
@@ -170,8 +170,9 @@ pub async fn self_profiles(s: &Stage<'_>) -> anyhow::Result<Vec<String>> {
             .and_then(|p| p["containerPort"].as_u64())
             .with_context(|| format!("{name}: no metrics port"))?;
         let url = format!("http://{ip}:{port}/debug/pprof/profile?seconds=1");
-        // The scraper takes the operator's CPU profile on schedule too, and a process answers
-        // one CPU profile at a time (500 to a second one): ask again until ours runs.
+        // The scraper takes the operator's CPU profile on schedule too, nearly all the time; a
+        // process runs one CPU profile at a time, so ours waits for its turn (up to one
+        // scrape's profile): the client's timeout allows for that.
         let profile = eventually(
             &format!("GET {url} ({name})"),
             Duration::from_secs(60),
