@@ -16,27 +16,8 @@ use kubeprof_ebpf::{Collection, Profiler, ProfilerConfig, Selection};
 use kubeprof_pprof::Profile;
 
 /// A C program: `main -> caller_a -> caller_b -> hot_leaf`, spinning for argv[1] seconds.
-const SPIN_C: &str = r#"
-#include <stdlib.h>
-#include <time.h>
-volatile unsigned long sink;
-__attribute__((noinline)) void hot_leaf(void) {
-    for (unsigned long i = 0; i < 20000000UL; i++) sink += i * i;
-}
-__attribute__((noinline)) void caller_b(double seconds) {
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    do {
-        hot_leaf();
-        clock_gettime(CLOCK_MONOTONIC, &t);
-    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < seconds);
-}
-__attribute__((noinline)) void caller_a(double seconds) { caller_b(seconds); sink++; }
-int main(int argc, char **argv) {
-    caller_a(argc > 1 ? atof(argv[1]) : 2.0);
-    return 0;
-}
-"#;
+// The frame-pointer C program both the sampler and the scraper tests profile.
+const SPIN_C: &str = include_str!("fixtures/spin.c");
 
 const SPIN_GO: &str = r#"
 package main
