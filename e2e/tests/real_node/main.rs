@@ -428,6 +428,12 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
         Ok(h)
     })
     .await?;
+    // The warm standby takes over, not the Deployment's replacement for the deleted pod
+    // (issue 16, item 10: the replacement used to win the race).
+    ensure!(
+        operators.contains(&new_leader),
+        "the lease went to {new_leader}, not to the standby (operators before: {operators:?})"
+    );
     node.kubectl(&[
         "scale",
         "-n",

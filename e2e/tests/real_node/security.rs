@@ -5,6 +5,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail, ensure};
+use kubeprof_crds::constants::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use kubeprof_e2e::procs::eventually;
 
 use crate::stage::Stage;
@@ -262,6 +263,26 @@ pub fn left_after_uninstall(
         if !every_namespace {
             left.push(format!("{o} (namespace {})", s.ns()));
         }
+    }
+    // The operator's objects in other namespaces (the scraper's Roles and RoleBindings that
+    // grant the referenced Secrets) carry its managed-by label and go with it too.
+    for ns in own_namespaces.iter().filter(|ns| **ns != s.ns()) {
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let ours = s.node.kubectl(&[
+            "get",
+            "roles,rolebindings,configmaps,secrets,leases",
+            "-n",
+            ns,
+            "-l",
+            &managed,
+            "-o",
+            "name",
+        ])?;
+        left.extend(
+            ours.lines()
+                .filter(|l| !l.is_empty())
+                .map(|o| format!("{o} (namespace {ns})")),
+        );
     }
     for o in cluster_objects(s)?.difference(before) {
         // The CRDs, and the API group the server registers for them.
