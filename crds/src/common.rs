@@ -173,6 +173,9 @@ pub mod conditions {
     pub const REASON_LIMIT_EXCEEDED: &str = "LimitExceeded";
     /// Scrapes of at least one job are failing.
     pub const REASON_SCRAPE_FAILING: &str = "ScrapeFailing";
+    /// A sink refused the profiles of at least one job before sending them, because the store
+    /// would refuse them (too many labels, a label too long, a profile too large).
+    pub const REASON_PROFILES_REFUSED: &str = "ProfilesRefused";
     /// A field value is invalid in a way the schema could not catch.
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     /// Selected pods live in a namespace no ProfilingPolicy governs: with no policy there is no

@@ -146,6 +146,96 @@ pub struct HealthReport {
     /// from one that does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebpf: Option<EbpfHealth>,
+    /// Jobs whose last profile a sink refused to send because the store would refuse it
+    /// (Pyroscope's ingestion limits), by job id. Such profiles are counted as dropped and
+    /// never retried; this tells the job's target which labels or sizes to fix. A later
+    /// profile of the job that the sink sends clears the entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, RefusedProfile>,
+}
+
+/// A job's profile that a sink refused before sending it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedProfile {
+    /// The sink's key in the shard.
+    pub sink: String,
+    /// Which of the store's limits the profile broke.
+    pub reason: SinkRefusal,
+    /// The profile's labels, `{name="value", ...}`, cut to [`MAX_REFUSED_LABELS`] bytes.
+    pub labels: String,
+}
+
+/// Longest label text a [`RefusedProfile`] carries (a report must stay small).
+pub const MAX_REFUSED_LABELS: usize = 1024;
+
+impl RefusedProfile {
+    /// The refusal of a profile labelled `labels`, the label text cut to its bound.
+    pub fn new(sink: &str, reason: SinkRefusal, labels: &crate::relabel::Labels) -> Self {
+        let mut text = String::from("{");
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&format!("{k}={v:?}"));
+            if text.len() > MAX_REFUSED_LABELS {
+                break;
+            }
+        }
+        text.push('}');
+        if text.len() > MAX_REFUSED_LABELS {
+            let mut cut = MAX_REFUSED_LABELS - 3;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        Self {
+            sink: sink.to_owned(),
+            reason,
+            labels: text,
+        }
+    }
+}
+
+/// Why a sink refused a profile before sending it: the store's limit it would break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkRefusal {
+    /// More labels than the store takes per series.
+    TooManyLabels,
+    /// A label name longer than the store takes.
+    LabelNameTooLong,
+    /// A label value longer than the store takes.
+    LabelValueTooLong,
+    /// The uncompressed profile is larger than the store takes.
+    ProfileTooLarge,
+    /// More samples than the store takes in one profile.
+    TooManySamples,
+    /// A reason this reader does not know (written by a newer scraper).
+    #[serde(other)]
+    Unknown,
+}
+
+impl SinkRefusal {
+    /// The reason as written in reports and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooManyLabels => "too_many_labels",
+            Self::LabelNameTooLong => "label_name_too_long",
+            Self::LabelValueTooLong => "label_value_too_long",
+            Self::ProfileTooLarge => "profile_too_large",
+            Self::TooManySamples => "too_many_samples",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for SinkRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whether this node's eBPF profiler runs, and if not, why.
@@ -307,6 +397,31 @@ pub fn origin_key(origin: &crate::job::JobOrigin) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_shows_the_labels_within_its_bound() {
+        let labels = crate::relabel::Labels::from([
+            ("__name__".to_string(), "memory".to_string()),
+            ("service_name".to_string(), "shop/\"api\"".to_string()),
+        ]);
+        let r = RefusedProfile::new("p/default", SinkRefusal::TooManyLabels, &labels);
+        assert_eq!(
+            r.labels,
+            r#"{__name__="memory", service_name="shop/\"api\""}"#
+        );
+        let many: crate::relabel::Labels = (0..500)
+            .map(|i| (format!("label_{i}"), "é".repeat(10)))
+            .collect();
+        let r = RefusedProfile::new("p/default", SinkRefusal::TooManyLabels, &many);
+        assert!(r.labels.len() <= MAX_REFUSED_LABELS, "{}", r.labels.len());
+        assert!(r.labels.starts_with("{label_0=") && r.labels.ends_with("..."));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""reason":"too_many_labels""#), "{json}");
+        let future: RefusedProfile =
+            serde_json::from_str(r#"{"sink":"p/default","reason":"something_new","labels":"{}"}"#)
+                .unwrap();
+        assert_eq!(future.reason, SinkRefusal::Unknown);
+    }
 
     #[test]
     fn object_names_are_valid_and_distinct() {

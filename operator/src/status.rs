@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use kubeprof_crds::{
     ProfilingPolicyStatus, ProfilingTargetStatus, conditions,
-    health::{FailingJob, HealthReport, ScrapeFailure},
+    health::{FailingJob, HealthReport, RefusedProfile, ScrapeFailure},
 };
 
 use crate::compile::{PolicyFacts, Problem, TargetFacts};
@@ -29,6 +29,7 @@ const MAX_MESSAGE: usize = 1024;
 #[derive(Clone, Debug, Default)]
 pub struct HealthIndex {
     failing: HashMap<String, FailingJob>,
+    refused: HashMap<String, RefusedProfile>,
     last_success: HashMap<String, i64>,
 }
 
@@ -40,6 +41,9 @@ impl HealthIndex {
             for (id, f) in &r.failing {
                 index.failing.insert(id.clone(), f.clone());
             }
+            for (id, refused) in &r.refused {
+                index.refused.insert(id.clone(), refused.clone());
+            }
             for (origin, t) in &r.last_success {
                 let e = index.last_success.entry(origin.clone()).or_default();
                 *e = (*e).max(*t);
@@ -50,12 +54,13 @@ impl HealthIndex {
 }
 
 /// Degradation reasons, most important first: the first one present names the condition.
-const REASON_ORDER: [&str; 7] = [
+const REASON_ORDER: [&str; 8] = [
     conditions::REASON_INVALID_SPEC,
     conditions::REASON_NO_POLICY,
     conditions::REASON_PORT_NOT_FOUND,
     conditions::REASON_SECRET_NOT_FOUND,
     conditions::REASON_SCRAPE_FAILING,
+    conditions::REASON_PROFILES_REFUSED,
     conditions::REASON_LIMIT_EXCEEDED,
     conditions::REASON_NO_MATCHING_PODS,
 ];
@@ -211,13 +216,35 @@ pub fn target_status(
             ),
         });
     }
+    // Scraped, but a sink refused what it would send: the profiles go nowhere, so the
+    // target is not Ready, and the message names the limit and the labels to fix.
+    let mut refused = 0;
+    let mut first_refused: Option<&RefusedProfile> = None;
+    for id in &facts.job_ids {
+        if let Some(r) = health.refused.get(id) {
+            refused += 1;
+            first_refused.get_or_insert(r);
+        }
+    }
+    if let Some(r) = first_refused {
+        problems.insert(Problem {
+            reason: conditions::REASON_PROFILES_REFUSED,
+            message: format!(
+                "sink {} refuses the profiles of {refused} of {} jobs ({}), labels {}",
+                r.sink,
+                facts.job_ids.len(),
+                r.reason,
+                r.labels
+            ),
+        });
+    }
     let last_error = first.map(|f| f.message.clone());
     let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
     ProfilingTargetStatus {
         observed_generation: generation,
         conditions: conditions_for(
             &problems,
-            facts.active_jobs > 0 && failing == 0,
+            facts.active_jobs > 0 && failing == 0 && refused == 0,
             generation,
             previous_conditions,
             &now,
@@ -366,6 +393,61 @@ mod tests {
         );
         assert_eq!(s.last_error.as_deref(), Some("connection refused"));
         assert!(s.last_scrape_time.is_some());
+    }
+
+    #[test]
+    fn profiles_a_sink_refuses_degrade_the_target_with_the_labels_to_fix() {
+        let labels = kubeprof_crds::relabel::Labels::from([
+            ("__name__".to_string(), "memory".to_string()),
+            ("team".to_string(), "x".repeat(3000)),
+        ]);
+        let report = HealthReport {
+            format_version: 1,
+            refused: BTreeMap::from([(
+                "b".to_string(),
+                RefusedProfile::new(
+                    "ops/pyroscope",
+                    kubeprof_crds::health::SinkRefusal::LabelValueTooLong,
+                    &labels,
+                ),
+            )]),
+            ..Default::default()
+        };
+        let index = HealthIndex::new([&report]);
+        let s = target_status(
+            &facts(&["a", "b"]),
+            "k",
+            &index,
+            Some(1),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(s.failing_jobs, 0, "the scrapes themselves work");
+        assert_eq!(cond(&s, "Ready").status, "False");
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, conditions::REASON_PROFILES_REFUSED);
+        assert!(
+            degraded.message.starts_with(
+                "sink ops/pyroscope refuses the profiles of 1 of 2 jobs (label_value_too_long), labels {__name__=\"memory\", team=\"xxx"
+            ),
+            "{}",
+            degraded.message
+        );
+        assert!(
+            degraded.message.len() <= MAX_MESSAGE + 4,
+            "{}",
+            degraded.message.len()
+        );
+        // Once the sink sends that job's profiles again, the report drops it and Ready returns.
+        let s = target_status(
+            &facts(&["a", "b"]),
+            "k",
+            &HealthIndex::new([&HealthReport::default()]),
+            Some(1),
+            Some(&s),
+            Timestamp::now(),
+        );
+        assert_eq!(cond(&s, "Ready").status, "True");
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub ebpf_running: Gauge,
     /// Processes the eBPF selection found at the last scan.
     pub ebpf_processes: Gauge,
+    /// Profiles sinks refused before sending, per job, for the health report (kept here
+    /// because every sink worker already holds the metrics).
+    pub refusals: crate::sinks::Refusals,
 }
 
 fn duration_histogram() -> Histogram {
@@ -161,6 +164,7 @@ impl Metrics {
             ebpf_lost: Family::default(),
             ebpf_running: Gauge::default(),
             ebpf_processes: Gauge::default(),
+            refusals: crate::sinks::Refusals::default(),
         };
         let r = registry.sub_registry_with_prefix("kubeprof");
         r.register(

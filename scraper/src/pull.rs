@@ -82,6 +82,15 @@ impl Pipeline {
         self.health.snapshot()
     }
 
+    /// The profiles sinks refused before sending, by job, of the jobs `keep` accepts (the
+    /// others are forgotten).
+    pub fn refused(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> std::collections::BTreeMap<String, kubeprof_crds::health::RefusedProfile> {
+        self.metrics.refusals.by_job(keep)
+    }
+
     /// One scrape of `running`: fetch, process, send.
     async fn scrape_once(&self, running: &RunningJob, tracker: &mut DeltaTracker) {
         let job = &running.job;

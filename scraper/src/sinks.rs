@@ -13,6 +13,7 @@ mod otlp;
 mod parca;
 mod pyroscope;
 mod queue;
+mod refusals;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,7 @@ mod worker;
 
 use std::future::Future;
 
-use kubeprof_crds::policy::SinkSpec;
+use kubeprof_crds::{health::SinkRefusal, policy::SinkSpec};
 
 use crate::{
     credentials::{CredentialError, SecretSource},
@@ -28,6 +29,7 @@ use crate::{
     metrics::Metrics,
 };
 pub(crate) use queue::QueueConfig;
+pub use refusals::Refusals;
 pub use retry::{RetryConfig, SendError};
 pub(crate) use worker::Sink;
 
@@ -49,9 +51,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Why the backend would refuse `envelope` for good (a fixed metric reason): it is
-    /// dropped and counted instead of sent. Runs outside the queue's lock.
-    fn refuse(&self, _envelope: &Envelope) -> Option<&'static str> {
+    /// Why the backend would refuse `envelope` for good: it is dropped, counted under the
+    /// reason and reported in the job's health instead of sent. Runs outside the queue's lock.
+    fn refuse(&self, _envelope: &Envelope) -> Option<SinkRefusal> {
         None
     }
 

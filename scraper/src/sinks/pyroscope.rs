@@ -15,7 +15,7 @@ mod tests;
 use prost::Message as _;
 
 pub use config::{HttpAuth, PyroscopeConfig};
-use kubeprof_crds::policy::MissingTenant;
+use kubeprof_crds::{health::SinkRefusal, policy::MissingTenant};
 
 use super::{Backend, SendError, SinkConfigError};
 use crate::envelope::Envelope;
@@ -74,7 +74,7 @@ impl Backend for PyroscopeSink {
         }
     }
 
-    fn refuse(&self, e: &Envelope) -> Option<&'static str> {
+    fn refuse(&self, e: &Envelope) -> Option<SinkRefusal> {
         let limits = &self.config.limits;
         limits.refuse_labels(e).or_else(|| limits.refuse_profile(e))
     }

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use kubeprof_crds::health::RefusedProfile;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -100,8 +101,12 @@ async fn drain(queue: Arc<Queue>, backend: impl Backend, retry: RetryConfig, met
         }
         batch.retain(|e| match backend.refuse(e) {
             Some(reason) => {
-                tracing::debug!(sink = queue.sink(), reason, job = %e.job_id, "profile over the store's limits; dropped");
-                queue.count_dropped(reason, 1);
+                tracing::debug!(sink = queue.sink(), %reason, job = %e.job_id, "profile over the store's limits; dropped");
+                queue.count_dropped(reason.as_str(), 1);
+                metrics.refusals.refused(
+                    &e.job_id,
+                    RefusedProfile::new(queue.sink(), reason, &e.labels),
+                );
                 false
             }
             None => true,
@@ -148,6 +153,7 @@ async fn drain(queue: Arc<Queue>, backend: impl Backend, retry: RetryConfig, met
         };
         match with_retries(&retry, send, || queue.is_closed(), sleep, on_retry).await {
             Ok(()) => {
+                metrics.refusals.sent(sink, batch.iter().map(|e| &e.job_id));
                 metrics
                     .sink_sent
                     .get_or_create(&labels)

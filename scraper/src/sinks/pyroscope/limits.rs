@@ -8,6 +8,7 @@
 //! uncompressed profile, `validation.max-profile-stacktrace-samples` 16000). Lengths are in
 //! bytes, as Go's `len` counts them.
 
+use kubeprof_crds::health::SinkRefusal;
 use kubeprof_pprof::{DecodeError, DecodeLimits, decode_profile, decompress};
 
 use crate::envelope::Envelope;
@@ -40,37 +41,37 @@ impl Default for IngestLimits {
 }
 
 impl IngestLimits {
-    /// Why Pyroscope would refuse the labels of `e`, as a metric reason.
-    pub fn refuse_labels(&self, e: &Envelope) -> Option<&'static str> {
+    /// Why Pyroscope would refuse the labels of `e`.
+    pub fn refuse_labels(&self, e: &Envelope) -> Option<SinkRefusal> {
         if e.labels.len() > self.max_labels {
-            return Some("too_many_labels");
+            return Some(SinkRefusal::TooManyLabels);
         }
         if e.labels
             .keys()
             .any(|k| k.len() > self.max_label_name_length)
         {
-            return Some("label_name_too_long");
+            return Some(SinkRefusal::LabelNameTooLong);
         }
         if e.labels
             .values()
             .any(|v| v.len() > self.max_label_value_length)
         {
-            return Some("label_value_too_long");
+            return Some(SinkRefusal::LabelValueTooLong);
         }
         None
     }
 
-    /// Why Pyroscope would refuse the profile of `e`, as a metric reason. Decompresses it
+    /// Why Pyroscope would refuse the profile of `e`. Decompresses it
     /// (and decodes it unless the source handed the decoded profile along), so it runs outside
     /// the queue's lock.
-    pub fn refuse_profile(&self, e: &Envelope) -> Option<&'static str> {
+    pub fn refuse_profile(&self, e: &Envelope) -> Option<SinkRefusal> {
         let limits = DecodeLimits {
             max_decompressed_bytes: self.max_profile_bytes,
             ..DecodeLimits::default()
         };
         let raw = match decompress(&e.profile, &limits) {
             Ok(raw) => raw,
-            Err(DecodeError::TooLarge { .. }) => return Some("profile_too_large"),
+            Err(DecodeError::TooLarge { .. }) => return Some(SinkRefusal::ProfileTooLarge),
             // Checked when scraped; should it still be broken, Pyroscope says so.
             Err(_) => return None,
         };
@@ -78,6 +79,6 @@ impl IngestLimits {
             Some(p) => p.sample.len(),
             None => decode_profile(&raw).map_or(0, |p| p.sample.len()),
         };
-        (samples > self.max_samples).then_some("too_many_samples")
+        (samples > self.max_samples).then_some(SinkRefusal::TooManySamples)
     }
 }

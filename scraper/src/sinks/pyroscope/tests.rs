@@ -16,7 +16,8 @@ use axum::{
     routing::post,
 };
 use kubeprof_crds::{
-    ProfileKind, Profiles, labels as pipeline, policy::MissingTenant, relabel::Labels,
+    ProfileKind, Profiles, health::SinkRefusal, labels as pipeline, policy::MissingTenant,
+    relabel::Labels,
 };
 use kubeprof_pprof::{self as pprof, DecodeLimits};
 use prost::Message as _;
@@ -378,17 +379,42 @@ async fn profiles_pyroscope_would_refuse_are_counted_not_sent_or_retried() {
     long_value.insert("commit".into(), "x".repeat(2049));
     let mut long_name = good.clone();
     long_name.insert("n".repeat(1025), "v".into());
-    for (l, fixture) in [
-        (many, "mutex.pb.gz"),
-        (long_value, "mutex.pb.gz"),
-        (long_name, "mutex.pb.gz"),
-        (good.clone(), "cpu.pb.gz"),
-        (good.clone(), "goroutine.pb.gz"),
-        (good, "mutex.pb.gz"),
+    for (job, l, fixture) in [
+        ("many", many, "mutex.pb.gz"),
+        ("long-value", long_value, "mutex.pb.gz"),
+        ("long-name", long_name, "mutex.pb.gz"),
+        ("cpu", good.clone(), "cpu.pb.gz"),
+        ("goroutine", good.clone(), "goroutine.pb.gz"),
+        ("good", good, "mutex.pb.gz"),
     ] {
-        fanout.send(with_labels(l, fixture, 1), &["pyro".into()]);
+        let mut e = with_labels(l, fixture, 1);
+        e.job_id = job.into();
+        fanout.send(e, &["pyro".into()]);
     }
     fanout.shutdown(Duration::from_secs(5)).await;
+
+    // Each refused job is reported with its reason and labels, for its target's status.
+    let refused = metrics.refusals.by_job(|_| true);
+    let reasons: Vec<(&str, SinkRefusal)> = refused
+        .iter()
+        .map(|(job, r)| (job.as_str(), r.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("cpu", SinkRefusal::TooManySamples),
+            ("goroutine", SinkRefusal::ProfileTooLarge),
+            ("long-name", SinkRefusal::LabelNameTooLong),
+            ("long-value", SinkRefusal::LabelValueTooLong),
+            ("many", SinkRefusal::TooManyLabels),
+        ]
+    );
+    assert!(
+        refused["many"].labels.contains(r#"l29="v""#),
+        "{}",
+        refused["many"].labels
+    );
+    assert!(refused.values().all(|r| r.sink == "pyro"));
 
     let stored = pushes.lock().unwrap();
     let series: usize = stored.pushes.iter().map(|(_, r)| r.series.len()).sum();

@@ -76,6 +76,7 @@ pub fn spawn_health_reporter(
                 None => true,
                 Some((prev, at)) => {
                     prev.failing != report.failing
+                        || prev.refused != report.refused
                         || prev.jobs != report.jobs
                         || prev.ebpf != report.ebpf
                         || (prev.last_success != report.last_success
@@ -173,5 +174,7 @@ pub fn health_report(
             *e = (*e).max(i64::try_from(secs).unwrap_or(i64::MAX));
         }
     }
+    let ids: std::collections::HashSet<&str> = set.jobs.iter().map(|j| j.id.as_str()).collect();
+    report.refused = pipeline.refused(|id| ids.contains(id));
     report
 }
