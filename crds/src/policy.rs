@@ -62,7 +62,8 @@ pub struct ProfilingPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = crate::limits::map(crate::limits::MAX_LABELS, crate::limits::strings(crate::limits::MAX_LABEL_VALUE_LENGTH)))]
     pub external_labels: BTreeMap<String, String>,
-    /// Relabelling applied to every target after the target's own relabelings.
+    /// Relabelling applied to every target after the target's own relabelings. For eBPF
+    /// profiles they run first, before a ProfilingTarget's `ebpf.relabelings`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = crate::limits::MAX_RELABELINGS))]
     pub relabelings: Vec<RelabelConfig>,

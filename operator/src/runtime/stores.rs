@@ -402,4 +402,37 @@ mod tests {
         assert!(significant(&Event::Delete(policy(2, "b"))));
         assert!(significant(&Event::Apply(policy(2, "b"))), "created again");
     }
+    fn node(zone: &str, ready: &str) -> Node {
+        let mut n = Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some([("zone".to_string(), zone.to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(k8s_openapi::api::core::v1::NodeStatus {
+                conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        index::strip_node(&mut n);
+        n
+    }
+
+    #[test]
+    fn nodes_trigger_on_labels_not_on_status() {
+        let mut significant = labels_changed::<Node>();
+        assert!(!significant(&Event::InitApply(node("a", "True"))));
+        assert!(significant(&Event::InitDone));
+        assert!(
+            !significant(&Event::Apply(node("a", "False"))),
+            "a heartbeat"
+        );
+        assert!(significant(&Event::Apply(node("b", "False"))), "relabelled");
+        assert!(significant(&Event::Delete(node("b", "False"))));
+    }
 }
