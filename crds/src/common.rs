@@ -181,6 +181,9 @@ pub mod conditions {
     /// Selected pods live in a namespace no ProfilingPolicy governs: with no policy there is no
     /// sink to send to, so they get no jobs.
     pub const REASON_NO_POLICY: &str = "NoPolicy";
+    /// The eBPF profiler a ProfilingPolicy asks for does not run on some of the nodes it
+    /// selects (their scrapers report why: kernel too old, BTF missing, no privilege).
+    pub const REASON_EBPF_NOT_RUNNING: &str = "EbpfNotRunning";
     /// Everything is fine.
     pub const REASON_RECONCILED: &str = "Reconciled";
 }

@@ -30,6 +30,7 @@ use crate::{
     printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targets","description":"Targets (CRs and annotated pods) governed"}"#,
     printcolumn = r#"{"name":"Annotated","type":"integer","jsonPath":".status.annotatedPods","description":"Running pods whose annotations ask for profiling","priority":1}"#,
     printcolumn = r#"{"name":"Sampled","type":"integer","jsonPath":".status.sampledPods","description":"Annotated pods profiled after sampling","priority":1}"#,
+    printcolumn = r#"{"name":"eBPF","type":"integer","jsonPath":".status.ebpfRunningNodes","description":"Nodes where the eBPF profiler this policy asks for runs","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -61,7 +62,8 @@ pub struct ProfilingPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = crate::limits::map(crate::limits::MAX_LABELS, crate::limits::strings(crate::limits::MAX_LABEL_VALUE_LENGTH)))]
     pub external_labels: BTreeMap<String, String>,
-    /// Relabelling applied to every target after the target's own relabelings.
+    /// Relabelling applied to every target after the target's own relabelings. For eBPF
+    /// profiles they run first, before a ProfilingTarget's `ebpf.relabelings`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = crate::limits::MAX_RELABELINGS))]
     pub relabelings: Vec<RelabelConfig>,
@@ -335,12 +337,23 @@ pub struct EbpfSettings {
     #[schemars(transform = crate::limits::label_selector)]
     pub node_selector: Option<LabelSelector>,
     /// Samples per second per CPU (default 97 Hz: prime, so it does not beat with timers).
+    /// One profiler serves each node: when several policies select a node, it samples at the
+    /// highest of their rates.
     #[serde(default = "EbpfSettings::default_rate")]
     #[schemars(range(min = 1, max = 1000))]
     pub sample_rate: i32,
-    /// Which namespaces' processes to profile.
+    /// Which namespaces' pods to profile: the running pods of the namespaces this policy
+    /// governs, on the nodes it selects, filtered by `include` and `exclude`. A
+    /// ProfilingTarget with `ebpf.enabled` adds the pods it selects whatever this filter says.
     #[serde(default)]
     pub namespaces: EbpfNamespaces,
+    /// Also profile the processes of the selected nodes that belong to no pod (the kubelet,
+    /// the container runtime, system daemons), labelled with this policy's external labels
+    /// and relabelings and sent to all its sinks; `service_name` defaults to the process'
+    /// command name (default false). When several policies selecting a node ask, the one
+    /// with the highest `priority` (then the name that sorts first) labels them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_processes: bool,
 }
 
 impl EbpfSettings {
@@ -357,6 +370,7 @@ impl Default for EbpfSettings {
             node_selector: None,
             sample_rate: Self::default_rate(),
             namespaces: EbpfNamespaces::default(),
+            host_processes: false,
         }
     }
 }
@@ -398,4 +412,14 @@ pub struct ProfilingPolicyStatus {
     /// Of `annotatedPods`, those profiled after `sampling` (all of them without it).
     #[serde(default)]
     pub sampled_pods: i32,
+    /// Nodes where this policy asks for the eBPF profiler: with `ebpf.enabled`, the nodes its
+    /// `ebpf.nodeSelector` selects (every node without one).
+    #[serde(default)]
+    pub ebpf_nodes: i32,
+    /// Of `ebpfNodes`, those whose scraper reports the eBPF profiler running. Nodes whose
+    /// scraper reports that it cannot run are named, with the reason it gives, in the
+    /// `Degraded` condition (reason `EbpfNotRunning`); a node whose scraper has not reported on
+    /// eBPF yet counts as not running, without a condition.
+    #[serde(default)]
+    pub ebpf_running_nodes: i32,
 }

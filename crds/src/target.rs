@@ -64,6 +64,28 @@ pub struct ProfilingTargetSpec {
     /// Unset: the policy's; without one, every matched pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+    /// Also profile the selected pods with the per-node eBPF profiler, on the nodes where the
+    /// governing ProfilingPolicy runs it (its `ebpf.enabled` and `ebpf.nodeSelector`), even
+    /// when that policy's `ebpf.namespaces` would leave their namespace out. Unset: the pods
+    /// are profiled by eBPF only if the policy's `ebpf.namespaces` admits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebpf: Option<TargetEbpf>,
+}
+
+/// A ProfilingTarget's eBPF opt-in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetEbpf {
+    /// Profile the selected pods with eBPF (default false). A suspended target opts nothing
+    /// in. The target's `labels` and `serviceName` apply to these profiles too; sampling does
+    /// not (the profiler samples every selected pod of the node).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Relabelling of these pods' eBPF profiles, after the policy's `relabelings`. They see
+    /// the discovery labels of the pod and container (no port) and `__meta_process_*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_RELABELINGS))]
+    pub relabelings: Vec<RelabelConfig>,
 }
 
 /// One pprof endpoint of the selected pods.

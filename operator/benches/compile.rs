@@ -89,6 +89,7 @@ fn main() {
                     name: Some("pprof".into()),
                     number: 6060,
                 }],
+                id: None,
             }],
             owner: Some(Owner {
                 kind: "Deployment".into(),

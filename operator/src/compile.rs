@@ -29,6 +29,10 @@
 //!   is ever written into a published shard.
 //! - An invalid label selector selects nothing and is reported (`InvalidSpec`), whatever the
 //!   cluster holds.
+//! - On the nodes an eBPF policy's `ebpf.nodeSelector` selects, the node's shard carries an
+//!   `ebpf` section: the running pods the governing policy's `ebpf.namespaces` admits or an
+//!   opted-in ProfilingTarget selects, with their container IDs and labelling (`ebpf`). Such a
+//!   node has a shard even without pull jobs; the policies' facts name the nodes they select.
 //! - Output is sorted, so unchanged inputs give byte-identical shards.
 //!
 //! - Pods are taken in (namespace, name) order; `maxTargetsPerNamespace` admits endpoints in
@@ -36,20 +40,22 @@
 //!
 //! One module per step, composed by [`compile`]: `context` (everything but the pods: `policies`
 //! for the governing policy, defaults and limits, ProfilingTargets prepared) -> per pod,
-//! `targets` (ProfilingTargets -> jobs) then `annotations` (annotated pods -> jobs) ->
-//! `sharding` (jobs -> one shard per node, with their sinks). Both job sources end in `jobs`
-//! (port resolution and the shared label pipeline); `selector` checks label selectors and
-//! `validate` what the API server would have refused.
+//! `targets` (ProfilingTargets -> jobs) then `annotations` (annotated pods -> jobs); per node,
+//! `ebpf` (the node's eBPF section from its labels and pods) -> `sharding` (jobs and eBPF
+//! section -> one shard per node, with their sinks). Both job sources end in `jobs` (port
+//! resolution and the shared label pipeline); `selector` checks label selectors and `validate`
+//! what the API server would have refused.
 //!
 //! A pod's jobs depend only on the pod, the context and (where a policy sets
 //! `maxTargetsPerNamespace`, or sampling applies) the other pods of its namespace, through the
-//! namespace's [`Decision`]s; a node's shard only on its pods.
+//! namespace's [`Decision`]s; a node's shard only on its pods and (for eBPF) its labels.
 //! [`Incremental`] keeps the same result up to date by recomputing the shards of the nodes a
 //! change touches, from the same per-pod steps.
 
 pub mod access;
 mod annotations;
 mod context;
+mod ebpf;
 mod incremental;
 mod jobs;
 mod policies;
@@ -85,6 +91,10 @@ pub struct ContainerInfo {
     pub name: String,
     /// Declared ports.
     pub ports: Vec<PortInfo>,
+    /// The container runtime's ID of the container once it has started
+    /// (`status.containerStatuses[].containerID` without its `<runtime>://` prefix): what the
+    /// eBPF profiler finds in `/proc/<pid>/cgroup`.
+    pub id: Option<String>,
 }
 
 /// The controller of a pod, resolved to the workload that scales it ([`sampling::owner`]).
@@ -130,6 +140,15 @@ pub struct NamespaceInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A node and its labels (all the operator reads of a node: which policies run eBPF there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A ProfilingPolicy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyInput {
@@ -161,6 +180,8 @@ pub struct Inputs {
     pub pods: Vec<PodInfo>,
     /// Namespaces.
     pub namespaces: Vec<NamespaceInfo>,
+    /// Nodes.
+    pub nodes: Vec<NodeInfo>,
     /// The time of the compile, since the Unix epoch: only sampling's rotation reads it.
     pub now: std::time::Duration,
 }
@@ -202,6 +223,8 @@ pub struct PolicyFacts {
     pub sampled_pods: i32,
     /// Problems found.
     pub problems: BTreeSet<Problem>,
+    /// The nodes where it asks for the eBPF profiler (its `ebpf.nodeSelector` selects them).
+    pub ebpf_nodes: BTreeSet<String>,
 }
 
 /// The result of [`compile`].
@@ -220,7 +243,7 @@ pub struct Compiled {
     pub ungoverned_pods: BTreeMap<String, usize>,
 }
 
-pub use incremental::{Incremental, PodKey, Update};
+pub use incremental::{Incremental, Objects, PodKey, Update};
 
 /// One pod's contribution to the status of the targets selecting it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -347,10 +370,32 @@ pub fn compile(inputs: &Inputs) -> Compiled {
             }
         }
     }
+    // eBPF: every known node an eBPF policy selects, from the pods on it.
+    let node_labels: BTreeMap<&String, &BTreeMap<String, String>> =
+        inputs.nodes.iter().map(|n| (&n.name, &n.labels)).collect();
+    let mut on_node: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+    for pod in &pods {
+        if let Some(node) = &pod.node {
+            on_node.entry(node.as_str()).or_default().push(pod);
+        }
+    }
+    let mut sections: BTreeMap<Option<String>, kubeprof_crds::job::EbpfShard> = BTreeMap::new();
+    for (name, labels) in &node_labels {
+        let pods = on_node.get(name.as_str()).into_iter().flatten().copied();
+        if let Some(section) = ebpf::section(&ctx, Some(labels), pods) {
+            sections.insert(Some((*name).clone()), section);
+        }
+    }
+    let ebpf_nodes = ebpf::nodes_of(&ctx.ebpf, node_labels.iter().map(|(k, v)| (*k, *v)));
+    let keys: BTreeSet<Option<String>> = by_node.keys().chain(sections.keys()).cloned().collect();
     let mut out = Compiled {
-        shards: by_node
+        shards: keys
             .into_iter()
-            .map(|(node, jobs)| (node.clone(), sharding::shard(&ctx.sinks, node, jobs)))
+            .filter_map(|node| {
+                let jobs = by_node.remove(&node).unwrap_or_default();
+                let section = sections.remove(&node);
+                sharding::shard(&ctx.sinks, node.clone(), jobs, section).map(|s| (node, s))
+            })
             .collect(),
         next_rotation: clock.next_rotation(),
         ungoverned_pods,
@@ -362,7 +407,8 @@ pub fn compile(inputs: &Inputs) -> Compiled {
         out.targets.insert(key, facts);
     }
     for (name, base) in &ctx.policy_facts {
-        let facts = policy_facts(base.clone(), policy_shares.get(name).into_iter().flatten());
+        let mut facts = policy_facts(base.clone(), policy_shares.get(name).into_iter().flatten());
+        facts.ebpf_nodes = ebpf_nodes.get(name).cloned().unwrap_or_default();
         out.policies.insert(name.clone(), facts);
     }
     out

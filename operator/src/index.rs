@@ -8,10 +8,10 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::{ResourceExt, runtime::watcher};
 
-use crate::compile::{ContainerInfo, NamespaceInfo, PodInfo, PodKey, PortInfo, sampling};
+use crate::compile::{ContainerInfo, NamespaceInfo, NodeInfo, PodInfo, PodKey, PortInfo, sampling};
 
 /// Pods as [`compile`] sees them, kept up to date by a watch. Holding [`PodInfo`] rather than
 /// `Pod` objects keeps 10,000 pods in a few megabytes instead of tens (a `Pod` with one
@@ -175,6 +175,36 @@ pub fn strip_namespace(ns: &mut Namespace) {
     ns.status = None;
 }
 
+/// Nodes: only name and labels matter (the eBPF node selectors read them). Everything else,
+/// status above all, goes, so a node's heartbeats cost nothing but the event.
+pub fn strip_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    node.metadata.owner_references = None;
+    node.metadata.finalizers = None;
+    node.spec = None;
+    node.status = None;
+}
+
+/// The compile view of a node.
+pub fn node_info(node: &Node) -> NodeInfo {
+    NodeInfo {
+        name: node.name_any(),
+        labels: node.labels().clone(),
+    }
+}
+
+/// A running container's ID as its pod's status reports it (`containerd://<id>`,
+/// `cri-o://<id>`, `docker://<id>`), without the runtime prefix; `None` while it is not running
+/// (waiting to start, or terminated: no process of it to sample). A container that runs but
+/// has not passed its startup probe yet has processes, so it counts.
+fn container_id(status: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
+    status.state.as_ref()?.running.as_ref()?;
+    let raw = status.container_id.as_deref()?;
+    let id = raw.split_once("://").map_or(raw, |(_, id)| id);
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
 /// ConfigMaps kubeprof publishes or receives: the managed fields are noise.
 pub fn strip_config_map(cm: &mut ConfigMap) {
     cm.metadata.managed_fields = None;
@@ -202,6 +232,10 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
                 s.containers
                     .iter()
                     .map(|c| ContainerInfo {
+                        id: status
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .and_then(|all| all.iter().find(|cs| cs.name == c.name))
+                            .and_then(container_id),
                         name: c.name.clone(),
                         ports: c
                             .ports
@@ -284,6 +318,81 @@ mod tests {
         assert_eq!(info.containers[0].ports[0].number, 6060);
         assert!(!pod_info(&pod("web-1", "Pending")).running);
         assert_eq!(info.owner, None, "no controller");
+    }
+
+    #[test]
+    fn running_containers_carry_their_runtime_id_without_its_prefix() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
+        };
+        let mut p = pod("web-1", "Running");
+        if let Some(spec) = p.spec.as_mut() {
+            for name in ["sidecar", "init-like"] {
+                spec.containers.push(Container {
+                    name: name.into(),
+                    ..Default::default()
+                });
+            }
+        }
+        let status = |name: &str, id: Option<&str>, running: bool| ContainerStatus {
+            name: name.into(),
+            container_id: id.map(String::from),
+            state: Some(if running {
+                ContainerState {
+                    running: Some(ContainerStateRunning::default()),
+                    ..Default::default()
+                }
+            } else {
+                ContainerState {
+                    waiting: Some(ContainerStateWaiting::default()),
+                    ..Default::default()
+                }
+            }),
+            ..Default::default()
+        };
+        if let Some(s) = p.status.as_mut() {
+            s.container_statuses = Some(vec![
+                status("sidecar", Some("cri-o://0123abcd"), true),
+                status("app", Some("containerd://9f8e7d"), true),
+                // Restarting: its old ID has no process any more.
+                status("init-like", Some("containerd://dead"), false),
+            ]);
+        }
+        let ids: Vec<(String, Option<String>)> = pod_info(&p)
+            .containers
+            .into_iter()
+            .map(|c| (c.name, c.id))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("app".to_string(), Some("9f8e7d".to_string())),
+                ("sidecar".to_string(), Some("0123abcd".to_string())),
+                ("init-like".to_string(), None),
+            ]
+        );
+        assert_eq!(pod_info(&pod("web-1", "Running")).containers[0].id, None);
+    }
+
+    #[test]
+    fn nodes_keep_only_their_name_and_labels() {
+        use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+        let mut node = Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some([("zone".to_string(), "a".to_string())].into()),
+                annotations: Some([("big".to_string(), "x".repeat(1000))].into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus::default()),
+        };
+        strip_node(&mut node);
+        assert!(node.spec.is_none() && node.status.is_none());
+        assert!(node.metadata.annotations.is_none());
+        let info = node_info(&node);
+        assert_eq!(info.name, "n1");
+        assert_eq!(info.labels["zone"], "a");
     }
 
     #[test]

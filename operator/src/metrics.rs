@@ -54,6 +54,8 @@ pub(crate) enum Watched {
     Pods,
     /// Namespaces.
     Namespaces,
+    /// Nodes.
+    Nodes,
     /// The published job shards.
     Shards,
     /// The scrapers' health reports.
@@ -71,6 +73,7 @@ impl Watched {
             Self::Targets => "profilingtargets",
             Self::Pods => "pods",
             Self::Namespaces => "namespaces",
+            Self::Nodes => "nodes",
             Self::Shards => "shards",
             Self::Health => "health",
             Self::Roles => "roles",

@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use kubeprof_crds::{
     ProfilingPolicyStatus, ProfilingTargetStatus, conditions,
-    health::{FailingJob, HealthReport, RefusedProfile, ScrapeFailure},
+    health::{EbpfHealth, FailingJob, HealthReport, RefusedProfile, ScrapeFailure},
 };
 
 use crate::compile::{PolicyFacts, Problem, TargetFacts};
@@ -25,12 +25,20 @@ const READY_MESSAGE: &str = "jobs are published and scraping";
 /// Longest condition message written (the API allows 32 KiB; a status should stay readable).
 const MAX_MESSAGE: usize = 1024;
 
+/// Nodes named in an `EbpfNotRunning` message; the others are counted.
+const MAX_EBPF_NODES_NAMED: usize = 5;
+
+/// Longest reason quoted per node in an `EbpfNotRunning` message.
+const MAX_EBPF_REASON: usize = 160;
+
 /// Scrape health from every scraper, joined.
 #[derive(Clone, Debug, Default)]
 pub struct HealthIndex {
     failing: HashMap<String, FailingJob>,
     refused: HashMap<String, RefusedProfile>,
     last_success: HashMap<String, i64>,
+    /// The eBPF profiler's state, by node (only from scrapers that report one).
+    ebpf: HashMap<String, EbpfHealth>,
 }
 
 impl HealthIndex {
@@ -48,19 +56,23 @@ impl HealthIndex {
                 let e = index.last_success.entry(origin.clone()).or_default();
                 *e = (*e).max(*t);
             }
+            if let (Some(node), Some(ebpf)) = (&r.node, &r.ebpf) {
+                index.ebpf.insert(node.clone(), ebpf.clone());
+            }
         }
         index
     }
 }
 
 /// Degradation reasons, most important first: the first one present names the condition.
-const REASON_ORDER: [&str; 8] = [
+const REASON_ORDER: [&str; 9] = [
     conditions::REASON_INVALID_SPEC,
     conditions::REASON_NO_POLICY,
     conditions::REASON_PORT_NOT_FOUND,
     conditions::REASON_SECRET_NOT_FOUND,
     conditions::REASON_SCRAPE_FAILING,
     conditions::REASON_PROFILES_REFUSED,
+    conditions::REASON_EBPF_NOT_RUNNING,
     conditions::REASON_LIMIT_EXCEEDED,
     conditions::REASON_NO_MATCHING_PODS,
 ];
@@ -262,21 +274,69 @@ pub fn target_status(
     }
 }
 
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking the cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ...", &s[..end])
+}
+
+/// How many of the policy's eBPF nodes run the profiler, and the problem naming those whose
+/// scraper reports that it cannot (nodes not reported on yet are not running, but no problem).
+fn ebpf_health(facts: &PolicyFacts, health: &HealthIndex) -> (i32, Option<Problem>) {
+    let mut running = 0;
+    let mut failing: Vec<(&str, &str)> = Vec::new();
+    for node in &facts.ebpf_nodes {
+        match health.ebpf.get(node) {
+            Some(h) if h.running => running += 1,
+            Some(h) => failing.push((node, h.reason.as_deref().unwrap_or("no reason given"))),
+            None => {}
+        }
+    }
+    let problem = (!failing.is_empty()).then(|| {
+        let mut message = format!(
+            "the eBPF profiler does not run on {} of {} nodes: ",
+            failing.len(),
+            facts.ebpf_nodes.len()
+        );
+        let named: Vec<String> = failing
+            .iter()
+            .take(MAX_EBPF_NODES_NAMED)
+            .map(|(node, reason)| format!("{node}: {}", cut(reason, MAX_EBPF_REASON)))
+            .collect();
+        message.push_str(&named.join("; "));
+        if failing.len() > MAX_EBPF_NODES_NAMED {
+            message.push_str(&format!(
+                "; and {} more",
+                failing.len() - MAX_EBPF_NODES_NAMED
+            ));
+        }
+        Problem {
+            reason: conditions::REASON_EBPF_NOT_RUNNING,
+            message,
+        }
+    });
+    (running, problem)
+}
+
 /// The status a ProfilingPolicy should have.
 pub fn policy_status(
     facts: &PolicyFacts,
+    health: &HealthIndex,
     generation: Option<i64>,
     previous: Option<&ProfilingPolicyStatus>,
     now: Timestamp,
 ) -> ProfilingPolicyStatus {
     let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
-    let mut conds = conditions_for(
-        &facts.problems,
-        true,
-        generation,
-        previous_conditions,
-        &Time(now),
-    );
+    let (ebpf_running, ebpf_problem) = ebpf_health(facts, health);
+    let mut problems = facts.problems.clone();
+    problems.extend(ebpf_problem);
+    let mut conds = conditions_for(&problems, true, generation, previous_conditions, &Time(now));
     // A policy is Ready when it is valid; governing no namespace yet is not an error.
     if let Some(ready) = conds.iter_mut().find(|c| c.type_ == conditions::READY)
         && facts
@@ -302,6 +362,8 @@ pub fn policy_status(
         targets: facts.targets,
         annotated_pods: facts.annotated_pods,
         sampled_pods: facts.sampled_pods,
+        ebpf_nodes: i32::try_from(facts.ebpf_nodes.len()).unwrap_or(i32::MAX),
+        ebpf_running_nodes: ebpf_running,
     }
 }
 
@@ -474,6 +536,103 @@ mod tests {
             conditions::REASON_PORT_NOT_FOUND
         );
         assert_eq!(cond(&s, "Ready").reason, conditions::REASON_PORT_NOT_FOUND);
+    }
+
+    fn ebpf_report(node: &str, ebpf: Option<EbpfHealth>) -> HealthReport {
+        HealthReport {
+            format_version: 1,
+            node: Some(node.into()),
+            ebpf,
+            ..Default::default()
+        }
+    }
+
+    fn policy_cond<'a>(s: &'a ProfilingPolicyStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t}"))
+    }
+
+    #[test]
+    fn policy_status_counts_ebpf_nodes_and_names_those_that_cannot_run_it() {
+        let facts = PolicyFacts {
+            ebpf_nodes: ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            ..Default::default()
+        };
+        let running = |r: bool, reason: Option<&str>| {
+            Some(EbpfHealth {
+                running: r,
+                reason: reason.map(String::from),
+            })
+        };
+        let reports = [
+            ebpf_report("a", running(true, None)),
+            ebpf_report("b", running(false, Some("kernel_too_old: 4.19 < 5.8"))),
+            // c: no report yet; d: a scraper that says nothing of eBPF.
+            ebpf_report("d", None),
+            ebpf_report("e", running(true, None)),
+            // Not one of the policy's nodes.
+            ebpf_report("x", running(false, Some("no_privilege"))),
+        ];
+        let health = HealthIndex::new(&reports);
+        let s = policy_status(&facts, &health, Some(2), None, Timestamp::now());
+        assert_eq!((s.ebpf_nodes, s.ebpf_running_nodes), (5, 2));
+        let degraded = policy_cond(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", conditions::REASON_EBPF_NOT_RUNNING)
+        );
+        assert_eq!(
+            degraded.message,
+            "the eBPF profiler does not run on 1 of 5 nodes: b: kernel_too_old: 4.19 < 5.8"
+        );
+        // The policy itself is fine: it stays Ready.
+        assert_eq!(policy_cond(&s, "Ready").status, "True");
+
+        // All running (or not reported yet): no condition.
+        let healthy = HealthIndex::new(&reports[..1]);
+        let s = policy_status(&facts, &healthy, Some(2), None, Timestamp::now());
+        assert_eq!((s.ebpf_nodes, s.ebpf_running_nodes), (5, 1));
+        assert_eq!(policy_cond(&s, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn an_ebpf_message_names_a_few_nodes_and_counts_the_rest() {
+        let nodes: Vec<String> = (0..40).map(|i| format!("node-{i:02}")).collect();
+        let facts = PolicyFacts {
+            ebpf_nodes: nodes.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let reports: Vec<HealthReport> = nodes
+            .iter()
+            .map(|n| {
+                ebpf_report(
+                    n,
+                    Some(EbpfHealth {
+                        running: false,
+                        reason: Some(format!("btf_missing: {}", "x".repeat(5000))),
+                    }),
+                )
+            })
+            .collect();
+        let s = policy_status(
+            &facts,
+            &HealthIndex::new(&reports),
+            None,
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(s.ebpf_running_nodes, 0);
+        let message = &policy_cond(&s, "Degraded").message;
+        assert!(message.len() <= MAX_MESSAGE + 4, "{}", message.len());
+        assert!(message.starts_with(
+            "the eBPF profiler does not run on 40 of 40 nodes: node-00: btf_missing: x"
+        ));
+        assert!(message.ends_with("; and 35 more"), "{message}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use kubeprof_crds::policy::SinkSpec;
 
 use super::{
     NamespaceInfo, PolicyFacts, PolicyInput, TargetInput,
+    ebpf::{self, EbpfPolicy},
     policies::Governing,
     sharding,
     targets::{self, PreparedTarget},
@@ -33,6 +34,8 @@ pub(super) struct Context {
     /// The policies' facts that do not depend on pods: refusals, invalid selectors, namespaces
     /// governed, ProfilingTargets counted.
     pub(super) policy_facts: BTreeMap<String, PolicyFacts>,
+    /// The accepted policies asking for eBPF, by priority then name.
+    pub(super) ebpf: Vec<EbpfPolicy>,
 }
 
 /// What the pods of one namespace see of the [`Context`].
@@ -70,6 +73,7 @@ impl Context {
         }
         let governing = Governing::of(accepted, &namespaces, &mut policy_facts);
         let sinks = sharding::all_sinks(governing.policies());
+        let ebpf = ebpf::prepare(governing.policies(), &mut policy_facts);
         let mut prepared = Vec::with_capacity(sorted.len());
         let mut by_namespace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for t in sorted {
@@ -104,7 +108,19 @@ impl Context {
             by_namespace,
             sinks,
             policy_facts,
+            ebpf,
         }
+    }
+
+    /// Whether `other` asks for eBPF with the same policies: then which nodes run it, at which
+    /// rate, and how host processes are labelled is the same.
+    pub(super) fn same_ebpf(&self, other: &Self) -> bool {
+        self.ebpf.len() == other.ebpf.len()
+            && self
+                .ebpf
+                .iter()
+                .zip(&other.ebpf)
+                .all(|(a, b)| a.input == b.input)
     }
 
     /// Whether it was built from these objects (in any order): then building it again would

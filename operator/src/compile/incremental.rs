@@ -8,6 +8,8 @@
 //! - the context changed: for each namespace, if its governing policy changed (or its pods are
 //!   coupled), the nodes of all its pods; else, if some of the targets that
 //!   may select its pods changed, the nodes of the pods the old or new target selects;
+//! - a node added, removed or relabelled: that node (its eBPF section depends on its labels);
+//! - the policies asking for eBPF changed: every known node;
 //! - in a namespace whose pods are coupled (`maxTargetsPerNamespace`, sampling), the nodes of
 //!   pods whose namespace's decision changed, also when a rotating sampling's period ends;
 //!
@@ -23,11 +25,12 @@ use std::{
     time::Duration,
 };
 
-use kubeprof_crds::job::{JobShard, ScrapeJob};
+use kubeprof_crds::job::{EbpfShard, JobShard, ScrapeJob};
 
 use super::{
-    Compiled, Decision, NamespaceInfo, PodInfo, PolicyFacts, PolicyInput, Shares, TargetFacts,
-    TargetInput, context::Context, pod_part, policy_facts, sampling::Clock, sharding, targets,
+    Compiled, Decision, NamespaceInfo, NodeInfo, PodInfo, PolicyFacts, PolicyInput, Shares,
+    TargetFacts, TargetInput, context::Context, ebpf, pod_part, policy_facts, sampling::Clock,
+    sharding, targets,
 };
 
 /// A pod by (namespace, name).
@@ -74,6 +77,10 @@ pub struct Incremental {
     policy_facts: BTreeMap<String, PolicyFacts>,
     /// Pods whose annotations opt in where no policy governs.
     ungoverned: BTreeSet<PodKey>,
+    /// The labels of every known node.
+    node_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per policy asking for eBPF, the nodes it selects.
+    ebpf_nodes: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What an update must redo.
@@ -94,40 +101,82 @@ static NO_DECISION: Decision = Decision {
     annotations_unsampled: false,
 };
 
+/// Everything [`Incremental::update`] reads but the pods: all the objects of each kind, as
+/// the caches hold them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Objects<'a> {
+    /// ProfilingPolicies.
+    pub policies: &'a [PolicyInput],
+    /// ProfilingTargets.
+    pub targets: &'a [TargetInput],
+    /// Namespaces.
+    pub namespaces: &'a [NamespaceInfo],
+    /// Nodes.
+    pub nodes: &'a [NodeInfo],
+}
+
 impl Incremental {
-    /// Brings the result up to date with these policies, targets and namespaces (all of them)
-    /// and these pod changes (`None`: the pod is gone), at `now` (since the Unix epoch: for
-    /// sampling's rotation). On the first update, `pods` must hold
-    /// every pod. Each recomputed shard goes to `shard` (`None`: the node no longer has jobs)
-    /// as soon as it is built, so that only one is held at a time.
+    /// Brings the result up to date with these `objects` and these pod changes (`None`: the
+    /// pod is gone), at `now` (since the Unix epoch: for sampling's rotation). On the first
+    /// update, `pods` must hold every pod. Each recomputed shard goes to `shard` (`None`: the
+    /// node no longer has jobs nor an eBPF section) as soon as it is built, so that only one is
+    /// held at a time.
     pub fn update(
         &mut self,
-        policies: &[PolicyInput],
-        targets: &[TargetInput],
-        namespaces: &[NamespaceInfo],
+        objects: Objects<'_>,
         pods: impl IntoIterator<Item = (PodKey, Option<Arc<PodInfo>>)>,
         now: Duration,
         mut shard: impl FnMut(&NodeKey, Option<JobShard>),
     ) -> Update {
+        let Objects {
+            policies,
+            targets,
+            namespaces,
+            nodes,
+        } = objects;
         let mut dirty = Dirty::default();
         for (key, info) in pods {
             self.apply_pod(key, info, &mut dirty);
         }
+        let nodes_changed = self.apply_nodes(nodes, &mut dirty);
         let old = self.ctx.take();
         let first = old.is_none();
         let (ctx, replaced) = match old {
             Some(old) if old.built_from(policies, targets, namespaces) => (old, None),
             old => (Context::new(policies, targets, namespaces), old),
         };
+        let mut ebpf_changed = first;
         if first {
             dirty.nodes.extend(self.nodes.keys().cloned());
+            dirty
+                .nodes
+                .extend(self.node_labels.keys().cloned().map(Some));
             dirty.namespaces.extend(self.pods.keys().cloned());
             dirty.all_facts = true;
         } else if let Some(old) = replaced
             && !old.same_inputs(&ctx)
         {
             self.context_changed(&old, &ctx, &mut dirty);
+            if !old.same_ebpf(&ctx) {
+                // Which nodes run it, at which rate, for which pods: any node may change.
+                dirty
+                    .nodes
+                    .extend(self.node_labels.keys().cloned().map(Some));
+                ebpf_changed = true;
+            }
             dirty.all_facts = true;
+        }
+        if ebpf_changed || nodes_changed {
+            let now_selected = ebpf::nodes_of(&ctx.ebpf, self.node_labels.iter());
+            let changed = self
+                .ebpf_nodes
+                .keys()
+                .chain(now_selected.keys())
+                .filter(|p| self.ebpf_nodes.get(*p) != now_selected.get(*p))
+                .cloned()
+                .collect::<Vec<_>>();
+            dirty.policies.extend(changed);
+            self.ebpf_nodes = now_selected;
         }
         let ctx = self.ctx.insert(ctx);
         // Namespaces whose sampling rotated.
@@ -154,6 +203,47 @@ impl Incremental {
         }
         update.facts_changed = self.refresh_facts(&dirty);
         update
+    }
+
+    /// Records the nodes (all of them); marks those added, removed or relabelled dirty.
+    /// Whether any was.
+    fn apply_nodes(&mut self, nodes: &[NodeInfo], dirty: &mut Dirty) -> bool {
+        let mut changed = false;
+        let now: BTreeMap<&String, &BTreeMap<String, String>> =
+            nodes.iter().map(|n| (&n.name, &n.labels)).collect();
+        let gone: Vec<String> = self
+            .node_labels
+            .keys()
+            .filter(|n| !now.contains_key(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.node_labels.remove(&name);
+            dirty.nodes.insert(Some(name));
+            changed = true;
+        }
+        for (name, labels) in now {
+            if self.node_labels.get(name) != Some(labels) {
+                self.node_labels.insert(name.clone(), labels.clone());
+                dirty.nodes.insert(Some(name.clone()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The eBPF section of `node` from its pods as they stand.
+    fn ebpf_section(&self, node: &NodeKey) -> Option<EbpfShard> {
+        let ctx = self.ctx.as_ref()?;
+        let name = node.as_ref()?;
+        let pods = self
+            .nodes
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(&k.0).and_then(|p| p.get(&k.1)))
+            .map(|e| &*e.info);
+        ebpf::section(ctx, self.node_labels.get(name), pods)
     }
 
     /// Records a pod's change; marks its old and new node dirty.
@@ -342,13 +432,17 @@ impl Incremental {
                 dirty.policies.insert(s.policy.clone());
             }
         }
-        if jobs.is_empty() {
-            self.shards.remove(node);
-            return None;
-        }
-        self.shards.insert(node.clone(), jobs.len());
-        let ctx = self.ctx.as_ref()?;
-        Some(sharding::shard(&ctx.sinks, node.clone(), jobs))
+        let section = self.ebpf_section(node);
+        let count = jobs.len();
+        let built = self
+            .ctx
+            .as_ref()
+            .and_then(|ctx| sharding::shard(&ctx.sinks, node.clone(), jobs, section));
+        match &built {
+            Some(_) => self.shards.insert(node.clone(), count),
+            None => self.shards.remove(node),
+        };
+        built
     }
 
     /// Recomputes the facts of the targets and policies whose shares changed; whether any did.
@@ -376,7 +470,9 @@ impl Incremental {
                 .flatten()
                 .filter_map(&share_of)
                 .filter_map(|e| e.shares.policy.as_ref().filter(|s| &s.policy == name));
-            policy_facts(base.clone(), shares)
+            let mut facts = policy_facts(base.clone(), shares);
+            facts.ebpf_nodes = self.ebpf_nodes.get(name).cloned().unwrap_or_default();
+            facts
         };
         let mut changed = false;
         if dirty.all_facts {
@@ -422,15 +518,12 @@ impl Incremental {
         changed
     }
 
-    /// The shard of `node` as it stands (`None`: the node has no jobs). Rebuilt from its pods:
+    /// The shard of `node` as it stands (`None`: no jobs and no eBPF section). Rebuilt from its pods:
     /// for a shard that must be written again.
     pub fn shard(&self, node: &NodeKey) -> Option<JobShard> {
         let (jobs, _) = self.build(node);
-        if jobs.is_empty() {
-            return None;
-        }
         let ctx = self.ctx.as_ref()?;
-        Some(sharding::shard(&ctx.sinks, node.clone(), jobs))
+        sharding::shard(&ctx.sinks, node.clone(), jobs, self.ebpf_section(node))
     }
 
     /// When a rotating sampling next chooses other pods (since the Unix epoch).

@@ -107,7 +107,7 @@ pub(super) fn job_label(origin: &JobOrigin) -> String {
 
 /// The policy's `podLabels` switch: `__meta_kubernetes_pod_label_<name>` becomes `<name>`,
 /// never over a label already set.
-fn copy_pod_labels(l: &mut Labels) {
+pub(super) fn copy_pod_labels(l: &mut Labels) {
     let copies: Vec<(String, String)> = l
         .iter()
         .filter_map(|(k, v)| {

@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kubeprof_crds::{
-    job::{JobShard, ScrapeJob, sink_key},
+    job::{EbpfShard, JobShard, ScrapeJob, sink_key},
     policy::SinkSpec,
 };
 
-use super::PolicyInput;
+use super::{PolicyInput, ebpf};
 
 /// Every sink of `policies`, renamed to its key (policy, name) so that two policies' sinks of
 /// the same name stay apart.
@@ -25,19 +25,27 @@ pub(super) fn all_sinks(policies: &[PolicyInput]) -> BTreeMap<String, SinkSpec> 
         .collect()
 }
 
-/// The shard of one node (`None`: pods without a node), carrying the sinks its jobs name.
+/// The shard of one node (`None`: pods without a node), carrying the sinks its jobs and its
+/// eBPF section name; `None` when it has neither jobs nor an eBPF section.
 pub(super) fn shard(
     all_sinks: &BTreeMap<String, SinkSpec>,
     node: Option<String>,
     jobs: Vec<ScrapeJob>,
-) -> JobShard {
+    ebpf: Option<EbpfShard>,
+) -> Option<JobShard> {
+    if jobs.is_empty() && ebpf.is_none() {
+        return None;
+    }
     let names: BTreeSet<&str> = jobs
         .iter()
         .flat_map(|j| j.sinks.iter().map(String::as_str))
+        .chain(ebpf.iter().flat_map(ebpf::sink_keys))
         .collect();
     let sinks = names
         .iter()
         .filter_map(|n| all_sinks.get(*n).cloned())
         .collect();
-    JobShard::new(node, jobs, sinks)
+    let mut shard = JobShard::new(node, jobs, sinks);
+    shard.ebpf = ebpf;
+    Some(shard)
 }

@@ -12,6 +12,7 @@ use kubeprof_crds::{
 use super::*;
 
 mod annotations;
+mod ebpf;
 mod incremental;
 mod policies;
 mod sampling;
@@ -48,6 +49,7 @@ fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str) -
                     number: 8080,
                 },
             ],
+            id: Some(format!("{ns}-{name}-app")),
         }],
         owner: None,
     }
@@ -62,6 +64,7 @@ fn with_sidecar(mut pod: PodInfo) -> PodInfo {
             name: Some("pprof".into()),
             number: 6061,
         }],
+        id: Some(format!("{}-{}-sidecar", pod.namespace, pod.name)),
     });
     pod.containers.push(ContainerInfo {
         name: "again".into(),
@@ -69,12 +72,20 @@ fn with_sidecar(mut pod: PodInfo) -> PodInfo {
             name: Some("pprof".into()),
             number: 6060,
         }],
+        id: None,
     });
     pod
 }
 
 fn mk_ns(name: &str, labels: &[(&str, &str)]) -> NamespaceInfo {
     NamespaceInfo {
+        name: name.into(),
+        labels: map(labels),
+    }
+}
+
+fn mk_node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+    NodeInfo {
         name: name.into(),
         labels: map(labels),
     }

@@ -16,8 +16,8 @@ use kubeprof_crds::{
 use super::stores::Stores;
 use crate::{
     compile::{
-        Incremental, NamespaceInfo, PodKey, PolicyFacts, PolicyInput, TargetFacts, TargetInput,
-        access::ScraperAccess,
+        Incremental, NamespaceInfo, NodeInfo, Objects, PodKey, PolicyFacts, PolicyInput,
+        TargetFacts, TargetInput, access::ScraperAccess,
     },
     grants::{Grants, Observed},
     index,
@@ -130,7 +130,14 @@ impl Reconciler {
     }
 
     /// Everything compile reads but the pods.
-    fn objects(stores: &Stores) -> (Vec<PolicyInput>, Vec<TargetInput>, Vec<NamespaceInfo>) {
+    fn objects(
+        stores: &Stores,
+    ) -> (
+        Vec<PolicyInput>,
+        Vec<TargetInput>,
+        Vec<NamespaceInfo>,
+        Vec<NodeInfo>,
+    ) {
         (
             stores
                 .policies
@@ -159,6 +166,12 @@ impl Reconciler {
                 .iter()
                 .map(|n| index::namespace_info(n))
                 .collect(),
+            stores
+                .nodes
+                .state()
+                .iter()
+                .map(|n| index::node_info(n))
+                .collect(),
         )
     }
 
@@ -170,7 +183,7 @@ impl Reconciler {
     async fn recompile(&mut self, stores: &Stores) -> bool {
         let started = Instant::now();
         self.metrics.reconciles.inc();
-        let (policies, targets, namespaces) = Self::objects(stores);
+        let (policies, targets, namespaces, nodes) = Self::objects(stores);
         let compiled = self.compiled.take();
         let changes = stores.pods.changes(compiled.is_none());
         let mut pods = changes.pods;
@@ -198,9 +211,12 @@ impl Reconciler {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
             engine.update(
-                &policies,
-                &targets,
-                &namespaces,
+                Objects {
+                    policies: &policies,
+                    targets: &targets,
+                    namespaces: &namespaces,
+                    nodes: &nodes,
+                },
                 pods,
                 now,
                 |node, shard| {
@@ -472,7 +488,13 @@ impl Reconciler {
             let (new, previous) = match &guard.0 {
                 Ok(p) => {
                     let facts = facts.policies.get(&name).cloned().unwrap_or_default();
-                    let s = status::policy_status(&facts, meta.generation, p.status.as_ref(), now);
+                    let s = status::policy_status(
+                        &facts,
+                        &health,
+                        meta.generation,
+                        p.status.as_ref(),
+                        now,
+                    );
                     (Status::Policy(s), p.status.clone().map(Status::Policy))
                 }
                 Err(invalid) => (unreadable(&invalid.error, meta.generation, now), None),

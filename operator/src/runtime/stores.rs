@@ -5,7 +5,7 @@ use std::{collections::HashMap, hash::Hash};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Pod},
+    core::v1::{ConfigMap, Namespace, Node, Pod},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
@@ -37,6 +37,8 @@ pub(crate) struct Stores {
     pub targets: Store<DeserializeGuard<ProfilingTarget>>,
     pub pods: PodIndex,
     pub namespaces: Store<Namespace>,
+    /// Nodes, name and labels only (the eBPF node selectors read them).
+    pub nodes: Store<Node>,
     /// The published shards, metadata only: the content hash annotation says what one holds.
     pub shards: Store<PartialObjectMeta<ConfigMap>>,
     /// The scrapers' health reports.
@@ -108,6 +110,16 @@ impl Stores {
                 on_inputs.clone(),
                 always,
             ),
+            // Only label changes matter: a node's status heartbeats trigger nothing.
+            nodes: reflect(
+                Watched::Nodes,
+                watcher::watcher(Api::<Node>::all(client.clone()), cfg())
+                    .default_backoff()
+                    .modify(index::strip_node),
+                metrics,
+                on_inputs.clone(),
+                labels_changed(),
+            ),
             shards: reflect(
                 Watched::Shards,
                 watcher::watcher(
@@ -173,6 +185,7 @@ impl Stores {
             policies,
             targets,
             namespaces,
+            nodes,
             shards,
             health,
             roles,
@@ -187,6 +200,7 @@ impl Stores {
             targets = self.targets.len(),
             pods = self.pods.len(),
             namespaces = self.namespaces.len(),
+            nodes = self.nodes.len(),
             "caches filled"
         );
         Ok(true)
@@ -247,7 +261,18 @@ fn watch_failed(watched: Watched, error: &watcher::Error, metrics: &Metrics) {
 /// For custom resources: only spec changes (a new generation), labels, creations and deletions
 /// matter; status writes (our own, mostly) do not.
 fn spec_or_labels_changed<K: Resource>() -> impl FnMut(&Event<K>) -> bool + Send {
-    let fingerprint = predicates::generation.combine(predicates::labels);
+    fingerprint_changed(predicates::generation.combine(predicates::labels))
+}
+
+/// For nodes: only labels, creations and deletions matter (status changes all the time).
+fn labels_changed<K: Resource>() -> impl FnMut(&Event<K>) -> bool + Send {
+    fingerprint_changed(predicates::labels)
+}
+
+/// Whether an event changes `fingerprint` of its object (or creates or deletes one).
+fn fingerprint_changed<K: Resource>(
+    fingerprint: impl Predicate<K> + Send,
+) -> impl FnMut(&Event<K>) -> bool + Send {
     let key = |o: &K| {
         let meta = o.meta();
         format!(
@@ -337,6 +362,7 @@ impl Stores {
             targets: store_of(targets),
             pods: index,
             namespaces: store_of(namespaces),
+            nodes: store_of(Vec::new()),
             shards: store_of(Vec::new()),
             health: store_of(Vec::new()),
             roles: store_of(Vec::new()),
@@ -375,5 +401,38 @@ mod tests {
         assert!(!significant(&Event::Apply(policy(2, "b"))));
         assert!(significant(&Event::Delete(policy(2, "b"))));
         assert!(significant(&Event::Apply(policy(2, "b"))), "created again");
+    }
+    fn node(zone: &str, ready: &str) -> Node {
+        let mut n = Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some([("zone".to_string(), zone.to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(k8s_openapi::api::core::v1::NodeStatus {
+                conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        index::strip_node(&mut n);
+        n
+    }
+
+    #[test]
+    fn nodes_trigger_on_labels_not_on_status() {
+        let mut significant = labels_changed::<Node>();
+        assert!(!significant(&Event::InitApply(node("a", "True"))));
+        assert!(significant(&Event::InitDone));
+        assert!(
+            !significant(&Event::Apply(node("a", "False"))),
+            "a heartbeat"
+        );
+        assert!(significant(&Event::Apply(node("b", "False"))), "relabelled");
+        assert!(significant(&Event::Delete(node("b", "False"))));
     }
 }

@@ -106,6 +106,7 @@ fn policy(annotated: bool) -> DeserializeGuard<ProfilingPolicy> {
     };
     p.status = Some(status::policy_status(
         &facts,
+        &status::HealthIndex::default(),
         Some(1),
         None,
         Timestamp::UNIX_EPOCH,

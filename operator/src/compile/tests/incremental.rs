@@ -1,6 +1,7 @@
 //! The incremental compile against the full one: for random sequences of changes (pods added,
-//! removed, relabelled, moved between nodes, started and stopped; targets and policies created,
-//! edited and deleted; namespaces relabelled), the shards an [`Incremental`] reports, applied
+//! removed, relabelled, moved between nodes, started and stopped, their containers restarted;
+//! targets and policies created, edited and deleted, with and without eBPF; namespaces
+//! relabelled; nodes added, removed and relabelled), the shards an [`Incremental`] reports, applied
 //! one update after another, and its status facts always equal [`compile`] of the same objects.
 //!
 //! The sequences come from a seeded generator (printed on failure, so a failure replays).
@@ -62,6 +63,10 @@ fn random_pod(rng: &mut Rng, i: usize) -> PodInfo {
         // Two containers naming port `pprof`: a target each.
         pod = with_sidecar(pod);
     }
+    if rng.chance(15) {
+        // Not started yet.
+        pod.containers[0].id = None;
+    }
     if rng.chance(40) {
         pod.annotations = map(&[
             ("profiles.grafana.com/cpu.scrape", "true"),
@@ -115,7 +120,25 @@ fn random_target(rng: &mut Rng) -> TargetInput {
         t.spec.selector.match_labels = Some(map(&[("app", "web")]));
         t.spec.selector.match_expressions = None;
     }
+    if rng.chance(40) {
+        t.spec.ebpf = Some(kubeprof_crds::target::TargetEbpf {
+            enabled: rng.chance(80),
+            relabelings: Vec::new(),
+        });
+        t.spec.labels = map(&[("tier", rng.pick(&["a", "b"]))]);
+    }
     t
+}
+
+/// Node labels: `ebpf=on|off` and a zone.
+fn random_node(rng: &mut Rng, name: &str) -> NodeInfo {
+    mk_node(
+        name,
+        &[
+            ("ebpf", rng.pick(&["on", "off"])),
+            ("zone", rng.pick(&["a", "b"])),
+        ],
+    )
 }
 
 fn random_sampling(rng: &mut Rng) -> kubeprof_crds::Sampling {
@@ -136,7 +159,38 @@ fn random_policy(rng: &mut Rng) -> PolicyInput {
     let annotations = rng.chance(80);
     let min = rng.chance(20);
     let sampling = rng.chance(25).then(|| random_sampling(rng));
+    let ebpf = rng.chance(50).then(|| {
+        let selector = match rng.below(3) {
+            0 => None,
+            1 => Some(("ebpf", "on")),
+            _ => Some(("zone", rng.pick(&["a", "b"]))),
+        };
+        kubeprof_crds::policy::EbpfSettings {
+            enabled: rng.chance(85),
+            node_selector: selector.map(|(k, v)| LabelSelector {
+                match_labels: Some(map(&[(k, v)])),
+                match_expressions: None,
+            }),
+            sample_rate: [49, 97, 199][rng.below(3)],
+            namespaces: kubeprof_crds::policy::EbpfNamespaces {
+                include: if rng.chance(30) {
+                    vec![rng.pick(&NAMESPACES).to_string()]
+                } else {
+                    vec![]
+                },
+                exclude: if rng.chance(30) {
+                    vec![rng.pick(&NAMESPACES).to_string()]
+                } else {
+                    vec![]
+                },
+            },
+            host_processes: rng.chance(40),
+        }
+    });
     mk_policy(name, priority, |s| {
+        if let Some(ebpf) = ebpf {
+            s.ebpf = ebpf;
+        }
         s.limits.max_targets_per_namespace = limit;
         s.namespace_selector = team.map(|t| LabelSelector {
             match_labels: Some(map(&[("team", &t)])),
@@ -157,6 +211,7 @@ struct World {
     targets: BTreeMap<(String, String), TargetInput>,
     namespaces: BTreeMap<String, NamespaceInfo>,
     pods: BTreeMap<PodKey, Arc<PodInfo>>,
+    nodes: BTreeMap<String, NodeInfo>,
     now: std::time::Duration,
 }
 
@@ -167,6 +222,7 @@ impl World {
             targets: self.targets.values().cloned().collect(),
             pods: self.pods.values().map(|p| (**p).clone()).collect(),
             namespaces: self.namespaces.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
             now: self.now,
         }
     }
@@ -183,7 +239,7 @@ impl World {
         };
         let existing: Vec<PodKey> = self.pods.keys().cloned().collect();
         let some_pod = |rng: &mut Rng| existing.get(rng.below(existing.len().max(1))).cloned();
-        match rng.below(12) {
+        match rng.below(15) {
             0..=2 => {
                 let i = rng.below(16);
                 let pod = random_pod(rng, i);
@@ -245,6 +301,24 @@ impl World {
                     self.namespaces.remove(name);
                 }
             }
+            11 | 12 => {
+                let name = rng.pick(&NODES);
+                if rng.chance(25) {
+                    self.nodes.remove(name);
+                } else {
+                    self.nodes.insert(name.into(), random_node(rng, name));
+                }
+            }
+            13 => {
+                // A container restarts (a new ID), or is not running for now.
+                if let Some(k) = some_pod(rng) {
+                    let mut pod = (*self.pods[&k]).clone();
+                    pod.containers[0].id = rng
+                        .chance(70)
+                        .then(|| format!("restarted-{}", rng.below(1000)));
+                    set_pod(self, changed, pod);
+                }
+            }
             _ => {
                 let name = rng.pick(&NAMESPACES);
                 let team = rng.pick(&["a", "b"]);
@@ -255,8 +329,9 @@ impl World {
     }
 }
 
-/// Checks `steps` random changes; how many steps had annotated pods no policy governs.
-fn check(rng_seed: u64, steps: usize) -> usize {
+/// Checks `steps` random changes; how many steps had annotated pods no policy governs, and how
+/// many had pods profiled by eBPF.
+fn check(rng_seed: u64, steps: usize) -> (usize, usize) {
     let mut rng = Rng(rng_seed);
     let mut world = World::default();
     for ns in NAMESPACES {
@@ -265,10 +340,16 @@ fn check(rng_seed: u64, steps: usize) -> usize {
             .namespaces
             .insert(ns.into(), mk_ns(ns, &[("team", team)]));
     }
+    // n2 is not known at first: its pods wait for it.
+    for node in ["n0", "n1"] {
+        let info = random_node(&mut rng, node);
+        world.nodes.insert(node.into(), info);
+    }
     let mut engine = Incremental::default();
     let mut published: BTreeMap<Option<String>, JobShard> = BTreeMap::new();
     let mut first = true;
     let mut ungoverned_steps = 0;
+    let mut ebpf_steps = 0;
     for step in 0..steps {
         let mut changed = BTreeMap::new();
         for _ in 0..=rng.below(3) {
@@ -287,9 +368,12 @@ fn check(rng_seed: u64, steps: usize) -> usize {
         }
         let inputs = world.inputs();
         engine.update(
-            &inputs.policies,
-            &inputs.targets,
-            &inputs.namespaces,
+            Objects {
+                policies: &inputs.policies,
+                targets: &inputs.targets,
+                namespaces: &inputs.namespaces,
+                nodes: &inputs.nodes,
+            },
             changed,
             world.now,
             |node, shard| {
@@ -325,6 +409,11 @@ fn check(rng_seed: u64, steps: usize) -> usize {
             "ungoverned pods, {context}"
         );
         ungoverned_steps += usize::from(!full.ungoverned_pods.is_empty());
+        ebpf_steps += usize::from(
+            full.shards
+                .values()
+                .any(|s| s.ebpf.as_ref().is_some_and(|e| !e.pods.is_empty())),
+        );
         assert_eq!(
             engine.next_rotation(),
             full.next_rotation,
@@ -336,17 +425,20 @@ fn check(rng_seed: u64, steps: usize) -> usize {
         compile(&world.inputs()),
         "seed {rng_seed}"
     );
-    ungoverned_steps
+    (ungoverned_steps, ebpf_steps)
 }
 
 #[test]
 fn incremental_updates_equal_a_full_compile_for_random_change_sequences() {
-    let mut ungoverned_steps = 0;
+    let (mut ungoverned_steps, mut ebpf_steps) = (0, 0);
     for seed in 0..150 {
-        ungoverned_steps += check(seed, 40);
+        let (u, e) = check(seed, 40);
+        ungoverned_steps += u;
+        ebpf_steps += e;
     }
-    // The generator does reach namespaces without a policy.
+    // The generator does reach namespaces without a policy, and nodes profiling pods by eBPF.
     assert!(ungoverned_steps > 0);
+    assert!(ebpf_steps > 0);
 }
 
 #[test]
@@ -357,21 +449,84 @@ fn an_unchanged_world_recomputes_nothing() {
     let targets = [mk_target("shop", "web", "web", port("pprof"))];
     let namespaces = [mk_ns("shop", &[])];
     let first = engine.update(
-        &[],
-        &targets,
-        &namespaces,
+        Objects {
+            targets: &targets,
+            namespaces: &namespaces,
+            ..Default::default()
+        },
         [(key.clone(), Some(pod.clone()))],
         std::time::Duration::ZERO,
         |_, _| {},
     );
     assert_eq!(first.shards, 1);
     let again = engine.update(
-        &[],
-        &targets,
-        &namespaces,
+        Objects {
+            targets: &targets,
+            namespaces: &namespaces,
+            ..Default::default()
+        },
         [(key, Some(pod))],
         std::time::Duration::ZERO,
         |_, _| panic!("nothing changed"),
     );
     assert!(again.shards == 0 && !again.facts_changed);
+}
+
+#[test]
+fn a_node_relabelled_recomputes_that_node_only() {
+    let mut engine = Incremental::default();
+    let policies = [mk_policy("p", 0, |s| {
+        s.ebpf.enabled = true;
+        s.ebpf.node_selector = Some(LabelSelector {
+            match_labels: Some(map(&[("ebpf", "on")])),
+            match_expressions: None,
+        });
+    })];
+    let namespaces = [mk_ns("shop", &[])];
+    let pods: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let pod = mk_pod("shop", n, &[("app", "web")], n, "10.0.0.1");
+            (
+                (pod.namespace.clone(), pod.name.clone()),
+                Some(Arc::new(pod)),
+            )
+        })
+        .collect();
+    let mut nodes = vec![mk_node("a", &[("ebpf", "on")]), mk_node("b", &[])];
+    let mut seen = Vec::new();
+    engine.update(
+        Objects {
+            policies: &policies,
+            namespaces: &namespaces,
+            nodes: &nodes,
+            ..Default::default()
+        },
+        pods,
+        std::time::Duration::ZERO,
+        |node, shard| seen.push((node.clone(), shard.is_some())),
+    );
+    assert_eq!(
+        seen,
+        [
+            (Some("a".to_string()), true),
+            (Some("b".to_string()), false)
+        ]
+    );
+    nodes[1].labels = map(&[("ebpf", "on")]);
+    seen.clear();
+    let update = engine.update(
+        Objects {
+            policies: &policies,
+            namespaces: &namespaces,
+            nodes: &nodes,
+            ..Default::default()
+        },
+        [],
+        std::time::Duration::ZERO,
+        |node, shard| seen.push((node.clone(), shard.is_some())),
+    );
+    assert_eq!(seen, [(Some("b".to_string()), true)]);
+    assert!(update.facts_changed, "p now runs on two nodes");
+    assert_eq!(engine.policy_facts()["p"].ebpf_nodes.len(), 2);
 }
