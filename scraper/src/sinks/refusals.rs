@@ -8,12 +8,15 @@ use std::{
 
 use kubeprof_crds::health::RefusedProfile;
 
+/// Refusals by (job id, sink).
+type ByJobAndSink = BTreeMap<(Arc<str>, String), RefusedProfile>;
+
 /// The last refusal of each (job, sink) whose later profiles that sink has not sent since.
 #[derive(Clone, Debug, Default)]
-pub struct Refusals(Arc<Mutex<BTreeMap<(Arc<str>, String), RefusedProfile>>>);
+pub struct Refusals(Arc<Mutex<ByJobAndSink>>);
 
 impl Refusals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Arc<str>, String), RefusedProfile>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByJobAndSink> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
