@@ -514,7 +514,7 @@ def test_the_ebpf_daemonset_has_the_narrowest_privileges_that_load_the_program()
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_PTRACE", "CHECKPOINT_RESTORE", "DAC_OVERRIDE"]},
+        "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_PTRACE", "CHECKPOINT_RESTORE", "DAC_OVERRIDE", "SYSLOG"]},
     }
     args = container["args"]
     assert args[:3] == ["run", "--cluster", "--sources=ebpf"] and "--proc-root=/proc" in args
