@@ -15,7 +15,10 @@
 //!    MATCHED 1, FAILING 0, READY True; kubeprof's own CPU profile arrives too; the push
 //!    receiver gets the same profiles (labels, tenant, pprof that decodes with the Go frames);
 //!    every kubeprof container runs as non-root with no capabilities (pod specs and /proc on
-//!    the node), and each pod answers `/debug/pprof/profile` with a CPU profile;
+//!    the node), and each pod answers `/debug/pprof/profile` with a CPU profile; the chart's
+//!    eBPF DaemonSet (`ebpf.enabled`, the policy's `ebpf` for the application namespace) stores
+//!    `process_cpu` profiles of the checkout pod labelled with its pod and container, none of
+//!    kubeprof's own (unselected) pods, and the policy shows 1 of 1 eBPF nodes running;
 //! 3. scale up to 2: MATCHED 2 and profiles of the new pod;
 //! 4. the scraper pod deleted: the DaemonSet recreates it and profiles keep arriving;
 //! 5. the operator leader deleted: the other replica takes the lease, and a scale down to 1
