@@ -217,8 +217,11 @@ def readme_rbac_rows():
     return rows
 
 
-def applies(why, read_secrets):
-    """Whether a row holds with `scraper.readSecrets` set to `read_secrets`."""
+def applies(why, read_secrets, ebpf=False):
+    """Whether a row holds with `scraper.readSecrets` set to `read_secrets` and `ebpf.enabled`
+    to `ebpf`."""
+    if "only with `ebpf.enabled`" in why and not ebpf:
+        return False
     if "only with `scraper.readSecrets`" in why:
         return read_secrets
     if "only without `scraper.readSecrets`" in why:
@@ -226,12 +229,12 @@ def applies(why, read_secrets):
     return True
 
 
-def expected_rbac(fullname, read_secrets=True):
+def expected_rbac(fullname, read_secrets=True, ebpf=False):
     """The rows the chart renders (not those the operator grants at run time)."""
     return {
         (account, scope, group, resource, name.replace("<release>", fullname) if name else None, verb)
         for account, scope, group, resource, name, verb, why in readme_rbac_rows()
-        if applies(why, read_secrets) and not scope.startswith("run time")
+        if applies(why, read_secrets, ebpf) and not scope.startswith("run time")
     }
 
 
@@ -272,6 +275,22 @@ def test_rbac_is_exactly_the_readme_table(fullname):
     assert workload(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == f"{fullname}-scraper"
 
 
+@pytest.mark.parametrize("read_secrets", [True, False])
+def test_rbac_with_the_ebpf_daemonset_is_exactly_the_readme_table(read_secrets):
+    docs = render({"ebpf": {"enabled": True}, "scraper": {"readSecrets": read_secrets}})
+    assert rendered_rbac(docs) == expected_rbac(RELEASE, read_secrets=read_secrets, ebpf=True)
+    accounts = sorted(doc["metadata"]["name"] for doc in objects(docs, "ServiceAccount"))
+    assert accounts == [f"{RELEASE}-ebpf", f"{RELEASE}-operator", f"{RELEASE}-scraper"]
+    # The chart gives it the shards to read and nothing else; the rest comes from the operator.
+    assert {r for r in rendered_rbac(docs) if r[0] == "ebpf"} == {
+        ("ebpf", "namespace", "", "configmaps", None, "list"),
+        ("ebpf", "namespace", "", "configmaps", None, "watch"),
+    }
+    args = workload(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--ebpf-service-account={RELEASE}-ebpf" in args
+    assert not any(a.startswith("--ebpf-service-account") for a in workload(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 @pytest.mark.parametrize("fullname", [RELEASE, "custom"])
 def test_rbac_without_reading_secrets_is_exactly_the_readme_table(fullname):
     docs = render({"scraper": {"readSecrets": False}, "fullnameOverride": fullname})
@@ -286,11 +305,12 @@ def test_the_operator_holds_every_permission_it_grants_the_scraper_at_run_time(r
     """RBAC refuses a Role granting more than its writer holds (without `escalate`, which the
     chart never gives): every run-time row of the table must be covered by the operator's own
     rules, in the release namespace or cluster-wide."""
-    granted = rendered_rbac(render({"scraper": {"readSecrets": read_secrets}}))
-    run_time = [r for r in readme_rbac_rows() if r[1].startswith("run time") and applies(r[6], read_secrets)]
+    granted = rendered_rbac(render({"scraper": {"readSecrets": read_secrets}, "ebpf": {"enabled": True}}))
+    run_time = [r for r in readme_rbac_rows() if r[1].startswith("run time") and applies(r[6], read_secrets, ebpf=True)]
     assert run_time, "the README lists what the operator grants at run time"
+    assert {r[0] for r in run_time} == {"scraper", "ebpf"}
     for account, scope, group, resource, name, verb, why in run_time:
-        assert account == "scraper", (account, scope)
+        assert account in ("scraper", "ebpf"), (account, scope)
         scopes = ["cluster"] if "every namespace" in scope else ["cluster", "namespace"]
         assert any(("operator", s, group, resource, None, verb) in granted for s in scopes), (resource, verb, scope)
     # And it may write those Roles, by name.
@@ -448,7 +468,7 @@ def test_binaries_accept_the_arguments_the_chart_gives_them(kind):
     clap parses every argument before it acts on a trailing --help, so an unknown flag or a
     bad value fails here."""
     docs = render({"logFormat": "json"})
-    container = workload(docs, kind)["spec"]["template"]["spec"]["containers"][0]
+    container = (workload(docs, kind) if kind == "Deployment" else daemonset(docs, "scraper"))["spec"]["template"]["spec"]["containers"][0]
     binary = container["command"][0]
     env = {e["name"]: e.get("value", "test-value") for e in container.get("env", [])}
     run = subprocess.run(
@@ -459,3 +479,107 @@ def test_binaries_accept_the_arguments_the_chart_gives_them(kind):
         text=True,
     )
     assert run.returncode == 0, f"{binary} {' '.join(container['args'])}:\n{run.stderr}"
+
+
+# --- the eBPF DaemonSet ---------------------------------------------------------------------
+
+EBPF = {"ebpf": {"enabled": True}}
+
+
+def daemonset(docs, component):
+    (found,) = [d for d in objects(docs, "DaemonSet") if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    return found
+
+
+def test_the_ebpf_daemonset_renders_only_when_enabled():
+    assert [d["metadata"]["name"] for d in objects(render(), "DaemonSet")] == [f"{RELEASE}-scraper"]
+    docs = render(EBPF)
+    assert sorted(d["metadata"]["name"] for d in objects(docs, "DaemonSet")) == [f"{RELEASE}-ebpf", f"{RELEASE}-scraper"]
+
+
+@pytest.mark.parametrize("values", [{}, EBPF], ids=["without-ebpf", "with-ebpf"])
+def test_the_scraper_never_runs_ebpf(values):
+    args = daemonset(render(values), "scraper")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--sources=pull" in args
+
+
+def test_the_ebpf_daemonset_has_the_narrowest_privileges_that_load_the_program():
+    spec = daemonset(render(EBPF), "ebpf")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == f"{RELEASE}-ebpf"
+    assert spec["hostPID"] is True and not spec.get("hostNetwork") and not spec.get("hostIPC")
+    pod = spec["securityContext"]
+    # Root: Kubernetes sets no ambient capabilities, so a non-root user would lose them at exec.
+    assert pod == {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_PTRACE", "CHECKPOINT_RESTORE", "DAC_OVERRIDE", "SYSLOG"]},
+    }
+    args = container["args"]
+    assert args[:3] == ["run", "--cluster", "--sources=ebpf"] and "--proc-root=/proc" in args
+    assert "--ui=false" in args
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in container["env"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["cgroup"] == {"name": "cgroup", "mountPath": "/sys/fs/cgroup", "readOnly": True}
+    assert volumes["cgroup"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
+    # The scraper's file sink directory: profiles go to the shard's sinks.
+    assert mounts["profiles"]["mountPath"] == "/var/lib/kubeprof"
+    assert volumes["profiles"]["hostPath"] == {"path": "/var/lib/kubeprof", "type": "DirectoryOrCreate"}
+    assert "emptyDir" in volumes[mounts["tmp"]["name"]]
+    assert "initContainers" not in spec
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9463}]
+
+
+def test_the_ebpf_daemonset_follows_its_values():
+    docs = render(
+        {
+            "ebpf": {"enabled": True, "nodeSelector": {"kubeprof.io/ebpf": "true"}, "cgroupRoot": "/sys/fs/cgroup/unified", "tolerations": []},
+            "scraper": {"fileSink": {"hostPath": ""}},
+        }
+    )
+    spec = daemonset(docs, "ebpf")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"kubeprof.io/ebpf": "true"}
+    assert "tolerations" not in spec
+    assert "--cgroup-root=/sys/fs/cgroup/unified" in spec["containers"][0]["args"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "profiles"]
+    assert volume == {"name": "profiles", "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+@pytest.mark.parametrize("k8s_version", ["1.25.0", "1.33.0"])
+def test_the_ebpf_objects_are_valid_kubernetes(k8s_version):
+    for name, doc in render({**EVERYTHING, **EBPF}):
+        if doc["apiVersion"].startswith(("kubeprof.io/", "monitoring.coreos.com/")):
+            continue
+        kubernetes_validate.validate(doc, k8s_version, strict=True)
+
+
+def test_extra_labels_annotations_and_pull_secrets_reach_the_ebpf_objects():
+    values = {**EVERYTHING, "ebpf": {"enabled": True, "priorityClassName": "node-critical", "podLabels": {"a": "b"}, "podAnnotations": {"c": "d"}}}
+    docs = render(values)
+    for _, doc in docs:
+        assert doc["metadata"]["labels"]["team"] == "platform", doc["metadata"]
+    ds = daemonset(docs, "ebpf")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["priorityClassName"] == "node-critical"
+    assert ds["spec"]["template"]["metadata"]["labels"]["a"] == "b"
+    assert ds["spec"]["template"]["metadata"]["annotations"]["c"] == "d"
+    assert ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "ebpf"
+
+
+def test_the_ebpf_binary_accepts_the_arguments_the_chart_gives_it():
+    container = daemonset(render(EBPF), "ebpf")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "test-value") for e in container.get("env", [])}
+    run = subprocess.run(
+        ["cargo", "run", "-q", "--locked", "-p", "kubeprof-scraper", "--bin", "kubeprof-scraper", "--", *container["args"], "--help"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, f"{' '.join(container['args'])}:\n{run.stderr}"

@@ -13,6 +13,12 @@ use crate::constants::{HEALTH_OBJECT_PREFIX, JOBS_OBJECT_PREFIX};
 pub const HEALTH_FORMAT_VERSION: u32 = 1;
 /// Key of the report's JSON inside the ConfigMap's data.
 pub const HEALTH_DATA_KEY: &str = "health.json";
+/// Key of the eBPF profiler's own report ([`EbpfReport`]) in the same ConfigMap's data, written
+/// by a scraper that runs only the shard's eBPF section (`--sources ebpf`, the chart's eBPF
+/// DaemonSet) with its own server-side-apply field manager. Each key of `data` is owned by the
+/// manager that applied it, so the pull scraper's [`HEALTH_DATA_KEY`] and this one never
+/// overwrite each other.
+pub const EBPF_HEALTH_DATA_KEY: &str = "ebpf.json";
 /// Key of a gzip-compressed shard in `binaryData`, used when the JSON would come near the
 /// ConfigMap size limit.
 pub const JOB_SHARD_GZIP_KEY: &str = "jobs.json.gz";
@@ -250,6 +256,39 @@ pub struct EbpfHealth {
     pub reason: Option<String>,
 }
 
+/// What an eBPF-only scraper reports under [`EBPF_HEALTH_DATA_KEY`]: its node's
+/// [`EbpfHealth`], on its own, so that it needs no part of the pull scraper's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EbpfReport {
+    /// [`HEALTH_FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// The reporting profiler's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Whether the profiler runs, and if not, why.
+    #[serde(flatten)]
+    pub ebpf: EbpfHealth,
+}
+
+impl EbpfReport {
+    /// Stable JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks the format version.
+    pub fn from_json(json: &str) -> Result<Self, HealthReportError> {
+        let report: Self = serde_json::from_str(json)?;
+        if report.format_version != HEALTH_FORMAT_VERSION {
+            return Err(HealthReportError::UnsupportedVersion {
+                found: report.format_version,
+            });
+        }
+        Ok(report)
+    }
+}
+
 /// Why a scrape failed: the fine reason the scraper reports, the operator turns into a status
 /// condition, and metrics use as a bounded label value.
 #[derive(
@@ -454,6 +493,25 @@ mod tests {
         }
         let newer: Result<ScrapeFailure, _> = serde_json::from_str("\"quantum_flux\"");
         assert_eq!(newer.ok(), Some(ScrapeFailure::Unknown));
+    }
+
+    #[test]
+    fn an_ebpf_report_is_flat_and_versioned() {
+        let r = EbpfReport {
+            format_version: HEALTH_FORMAT_VERSION,
+            node: Some("n1".into()),
+            ebpf: EbpfHealth {
+                running: false,
+                reason: Some("permission_denied: EPERM".into()),
+            },
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"formatVersion":1,"node":"n1","running":false,"reason":"permission_denied: EPERM"}"#
+        );
+        assert_eq!(EbpfReport::from_json(&r.to_json()).ok(), Some(r));
+        let newer = EbpfReport::from_json(r#"{"formatVersion":2,"running":true}"#);
+        assert!(newer.is_err());
     }
 
     #[test]

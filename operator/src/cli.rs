@@ -57,6 +57,13 @@ pub struct Args {
         default_value = "kubeprof-scraper"
     )]
     pub scraper_service_account: String,
+    /// The eBPF profilers' ServiceAccount (in --namespace), when the chart deploys its eBPF
+    /// DaemonSet (`ebpf.enabled`): made a second subject of the `<scraper SA>-named`
+    /// RoleBindings (the same health reports and Secrets), and its profilers' own reports
+    /// (`ebpf.json` in each node's health report) become each node's eBPF state. Unset: no
+    /// eBPF DaemonSet; a scraper that runs the eBPF section itself reports it in its report.
+    #[arg(long, env = "KUBEPROF_EBPF_SERVICE_ACCOUNT")]
+    pub ebpf_service_account: Option<String>,
     /// Grant the scrapers `get` on the Secrets their jobs and sinks refer to (a Role per
     /// namespace holding such Secrets). The operator then needs `get` on Secrets itself: RBAC
     /// lets it grant only what it holds.
@@ -142,6 +149,7 @@ async fn serve(args: Args) -> ExitCode {
         retry_first: RETRY_FIRST,
         retry_cap: RETRY_CAP,
         scraper_service_account: args.scraper_service_account.clone(),
+        ebpf_service_account: args.ebpf_service_account.clone(),
         scraper_secrets: args.scraper_secrets,
         owner_cluster_role: args.owner_cluster_role.clone(),
         owner,

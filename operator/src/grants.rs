@@ -29,7 +29,7 @@ use kubeprof_crds::constants::{
 };
 
 use crate::{
-    compile::access::{AccessNames, ScraperAccess},
+    compile::access::{AccessNames, SUBJECTS_ANNOTATION, ScraperAccess},
     metrics::{Failure, Metrics},
 };
 
@@ -129,6 +129,12 @@ impl Grants {
         }
     }
 
+    /// Whether an eBPF DaemonSet is deployed (its profilers report in their own key of the
+    /// health reports).
+    pub fn ebpf_deployed(&self) -> bool {
+        self.names.ebpf_service_account.is_some()
+    }
+
     /// Name of the Roles and RoleBindings (what the watches select).
     pub fn object_name(&self) -> String {
         self.names.object_name()
@@ -184,7 +190,24 @@ impl Grants {
             .iter()
             .map(|r| (r.namespace().unwrap_or_default(), &**r))
             .collect();
+        // Bound to the current subjects: a binding written before the eBPF DaemonSet was
+        // enabled (or disabled) is written again.
+        let subjects = self.names.subjects_annotation();
         let bound: BTreeSet<String> = observed
+            .bindings
+            .iter()
+            .filter(|b| {
+                b.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SUBJECTS_ANNOTATION))
+                    .map_or(self.names.ebpf_service_account.is_none(), |s| {
+                        *s == subjects
+                    })
+            })
+            .map(|b| b.namespace().unwrap_or_default())
+            .collect();
+        let existing: BTreeSet<String> = observed
             .bindings
             .iter()
             .map(|b| b.namespace().unwrap_or_default())
@@ -252,7 +275,7 @@ impl Grants {
         if delete {
             let stale: BTreeSet<&String> = current
                 .keys()
-                .chain(bound.iter())
+                .chain(existing.iter())
                 .filter(|ns| !desired.contains_key(*ns) && **ns != self.names.namespace)
                 .collect();
             for ns in stale {

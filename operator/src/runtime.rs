@@ -63,6 +63,8 @@ pub(crate) struct Settings {
     pub retry_cap: Duration,
     /// The scraper's ServiceAccount (in `namespace`), granted its named objects.
     pub scraper_service_account: String,
+    /// The eBPF DaemonSet's ServiceAccount, when one is deployed.
+    pub ebpf_service_account: Option<String>,
     /// Grant it `get` on the Secrets its jobs and sinks refer to.
     pub scraper_secrets: bool,
     /// The cluster-scoped owner of the Roles and RoleBindings written for it.
@@ -101,6 +103,7 @@ pub(crate) async fn run(
     let names = AccessNames {
         namespace: settings.namespace.clone(),
         service_account: settings.scraper_service_account.clone(),
+        ebpf_service_account: settings.ebpf_service_account.clone(),
         owner: None,
     };
     let access = AccessWatch {

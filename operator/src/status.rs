@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use kubeprof_crds::{
     ProfilingPolicyStatus, ProfilingTargetStatus, conditions,
-    health::{EbpfHealth, FailingJob, HealthReport, RefusedProfile, ScrapeFailure},
+    health::{EbpfHealth, EbpfReport, FailingJob, HealthReport, RefusedProfile, ScrapeFailure},
 };
 
 use crate::compile::{PolicyFacts, Problem, TargetFacts};
@@ -61,6 +61,21 @@ impl HealthIndex {
             }
         }
         index
+    }
+
+    /// Takes each node's eBPF state from the eBPF DaemonSet's own reports (`ebpf.json`)
+    /// instead of the scrapers' reports: with that DaemonSet deployed, the pull scrapers do
+    /// not run the profiler, and a node whose profiler has not reported yet is not running.
+    #[must_use]
+    pub fn with_ebpf_reports<'a>(
+        mut self,
+        reports: impl IntoIterator<Item = &'a EbpfReport>,
+    ) -> Self {
+        self.ebpf = reports
+            .into_iter()
+            .filter_map(|r| Some((r.node.clone()?, r.ebpf.clone())))
+            .collect();
+        self
     }
 }
 
@@ -597,6 +612,41 @@ mod tests {
         let healthy = HealthIndex::new(&reports[..1]);
         let s = policy_status(&facts, &healthy, Some(2), None, Timestamp::now());
         assert_eq!((s.ebpf_nodes, s.ebpf_running_nodes), (5, 1));
+        assert_eq!(policy_cond(&s, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn with_the_ebpf_daemonset_its_own_reports_are_each_nodes_ebpf_state() {
+        let facts = PolicyFacts {
+            ebpf_nodes: ["a", "b", "c"].iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let state = |running: bool, reason: Option<&str>| EbpfHealth {
+            running,
+            reason: reason.map(String::from),
+        };
+        // The pull scrapers say nothing of eBPF (or, on an older scraper, that it cannot run).
+        let scrapers = [
+            ebpf_report("a", None),
+            ebpf_report("b", Some(state(false, Some("permission_denied: EPERM")))),
+            ebpf_report("c", None),
+        ];
+        let profilers = [
+            EbpfReport {
+                format_version: 1,
+                node: Some("a".into()),
+                ebpf: state(true, None),
+            },
+            EbpfReport {
+                format_version: 1,
+                node: Some("b".into()),
+                ebpf: state(true, None),
+            },
+        ];
+        let health = HealthIndex::new(&scrapers).with_ebpf_reports(&profilers);
+        let s = policy_status(&facts, &health, Some(1), None, Timestamp::now());
+        // c has not reported yet: not running, without a condition.
+        assert_eq!((s.ebpf_nodes, s.ebpf_running_nodes), (3, 2));
         assert_eq!(policy_cond(&s, "Degraded").status, "False");
     }
 

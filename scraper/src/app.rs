@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Cli, Command, RunArgs},
+    cli::{Cli, Command, Role, RunArgs},
     config::{Config, ConfigError, EMBEDDED_DEFAULT},
     credentials::{SecretSource, SecretsDir},
     metrics::Metrics,
@@ -21,7 +21,7 @@ use crate::{
     sinks::{RetryConfig, SinkBuildError},
     sources::{
         ClusterSource, EbpfSource, FileSource, JobSet, JobSource, KubeSecrets, Observed, Roots,
-        spawn_health_reporter,
+        spawn_ebpf_reporter, spawn_health_reporter,
     },
     telemetry::{Telemetry, init_logging},
     ui::{UiState, live::LiveTargets},
@@ -172,22 +172,30 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
         &metrics,
     )?;
     let pipeline = pull_loop(&config, secrets, outputs.handle(), &metrics);
-    // Idle (no BPF program) until a job set carries an eBPF plan.
-    let ebpf = EbpfSource::start(
-        source.subscribe(),
-        outputs.handle(),
-        metrics.clone(),
-        Roots {
-            proc: args.proc_root.clone(),
-            cgroup: args
-                .cgroup_root
-                .clone()
-                .unwrap_or_else(|| Roots::host().cgroup),
-        },
-    )
-    .map_err(StartError::Thread)?;
+    let pull = args.sources.contains(&Role::Pull);
+    // Idle (no BPF program) until a job set carries an eBPF plan; not started at all without
+    // the `ebpf` role.
+    let ebpf = if args.sources.contains(&Role::Ebpf) {
+        Some(
+            EbpfSource::start(
+                source.subscribe(),
+                outputs.handle(),
+                metrics.clone(),
+                Roots {
+                    proc: args.proc_root.clone(),
+                    cgroup: args
+                        .cgroup_root
+                        .clone()
+                        .unwrap_or_else(|| Roots::host().cgroup),
+                },
+            )
+            .map_err(StartError::Thread)?,
+        )
+    } else {
+        None
+    };
     let mut scheduler = Scheduler::new(pipeline.clone(), shutdown.child_token());
-    scheduler.apply(initial.jobs.clone());
+    scheduler.apply(pulled(&initial, pull));
     ui.set_source(Arc::new(LiveTargets::new(
         pipeline.clone(),
         source.subscribe(),
@@ -195,28 +203,40 @@ async fn serve(args: RunArgs, config: Config) -> Result<(), StartError> {
         mode(&args),
     )));
     telemetry.set_ready(true);
-    let reporter = cluster.map(|c| {
-        spawn_health_reporter(
+    // A scraper that pulls writes the node's report (with the eBPF state when it runs eBPF
+    // too); an eBPF-only one writes only its own key of it.
+    let reporter = cluster.map(|c| match (pull, &ebpf) {
+        (false, Some(ebpf)) => spawn_ebpf_reporter(
+            c.client,
+            &args.namespace,
+            args.node.clone(),
+            ebpf.status(),
+            args.health_interval,
+            shutdown.child_token(),
+        ),
+        _ => spawn_health_reporter(
             c.client,
             &args.namespace,
             args.node.clone(),
             Observed {
                 pipeline,
                 jobs: source.subscribe(),
-                ebpf: ebpf.status(),
+                ebpf: ebpf.as_ref().map(EbpfSource::status),
             },
             args.health_interval,
             shutdown.child_token(),
-        )
+        ),
     });
     announce(&args, &scheduler);
 
-    follow(jobs, &mut outputs, &mut scheduler).await?;
+    follow(jobs, &mut outputs, &mut scheduler, pull).await?;
 
     tracing::info!("shutting down: stopping scrapes, flushing sinks");
     telemetry.set_ready(false);
     scheduler.stop().await;
-    ebpf.stop().await;
+    if let Some(ebpf) = ebpf {
+        ebpf.stop().await;
+    }
     outputs.shutdown(DRAIN).await;
     shutdown.cancel();
     if let Some(r) = reporter {
@@ -286,6 +306,7 @@ fn job_source(
             cluster.client.clone(),
             &args.namespace,
             args.node.as_deref(),
+            args.sources.contains(&Role::Pull),
             cluster.secrets.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -342,12 +363,18 @@ fn announce(args: &RunArgs, scheduler: &Scheduler) {
     }
 }
 
-/// Applies every new job set (sinks to the outputs, jobs to the scheduler) until SIGTERM or
-/// SIGINT, or until the source ends.
+/// The jobs of `set` this scraper pulls: none without the `pull` role.
+fn pulled(set: &JobSet, pull: bool) -> Vec<kubeprof_crds::job::ScrapeJob> {
+    if pull { set.jobs.clone() } else { Vec::new() }
+}
+
+/// Applies every new job set (sinks to the outputs, jobs to the scheduler when `pull`) until
+/// SIGTERM or SIGINT, or until the source ends.
 async fn follow(
     mut jobs: watch::Receiver<Arc<JobSet>>,
     outputs: &mut Outputs,
     scheduler: &mut Scheduler,
+    pull: bool,
 ) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
@@ -366,7 +393,7 @@ async fn follow(
                     tracing::error!(error = %e, "new sinks are unusable; keeping the previous sinks and jobs");
                     continue;
                 }
-                scheduler.apply(set.jobs.clone());
+                scheduler.apply(pulled(&set, pull));
             }
         }
     }

@@ -47,6 +47,15 @@ pub(crate) enum Command {
     },
 }
 
+/// One of the roles `run --sources` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Role {
+    /// Scrape the pull jobs.
+    Pull,
+    /// Run the eBPF profiler for the eBPF section.
+    Ebpf,
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// Standalone configuration (YAML). Reloaded when it changes or on SIGHUP.
@@ -75,6 +84,19 @@ pub(crate) struct RunArgs {
     /// Serve `/targets` and the profile browser `/ui` on the --listen port (read-only).
     #[arg(long, env = "KUBEPROF_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,
+    /// What this process runs, comma-separated: `pull` (the pull jobs) and `ebpf` (the eBPF
+    /// section of the node's shard or of the file). Both by default. In a cluster the chart runs
+    /// them apart: the hardened scraper DaemonSet with `pull`, the privileged eBPF DaemonSet
+    /// with `ebpf` (it reports in its own key of the node's health report, `ebpf.json`). A
+    /// `pull` scraper whose shard asks for eBPF reports that no profiler runs there.
+    #[arg(
+        long,
+        env = "KUBEPROF_SOURCES",
+        value_delimiter = ',',
+        default_value = "pull,ebpf",
+        required = false
+    )]
+    pub sources: Vec<Role>,
     /// The host's /proc, for the eBPF profiler (with `hostPID: true`, /proc itself).
     #[arg(long, env = "KUBEPROF_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,

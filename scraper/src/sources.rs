@@ -18,7 +18,9 @@ use std::sync::Arc;
 use kubeprof_crds::{job::ScrapeJob, policy::SinkSpec};
 use tokio::sync::watch;
 
-pub use cluster::{ClusterSource, KubeSecrets, Observed, spawn_health_reporter};
+pub use cluster::{
+    ClusterSource, KubeSecrets, Observed, spawn_ebpf_reporter, spawn_health_reporter,
+};
 pub use ebpf::{EbpfPlan, EbpfSource, EbpfStatus, EbpfTargets, Roots, StandaloneTargets};
 pub use file::FileSource;
 

@@ -15,7 +15,10 @@
 //!    MATCHED 1, FAILING 0, READY True; kubeprof's own CPU profile arrives too; the push
 //!    receiver gets the same profiles (labels, tenant, pprof that decodes with the Go frames);
 //!    every kubeprof container runs as non-root with no capabilities (pod specs and /proc on
-//!    the node), and each pod answers `/debug/pprof/profile` with a CPU profile;
+//!    the node), and each pod answers `/debug/pprof/profile` with a CPU profile; the chart's
+//!    eBPF DaemonSet (`ebpf.enabled`, the policy's `ebpf` for the application namespace) stores
+//!    `process_cpu` profiles of the checkout pod labelled with its pod and container, none of
+//!    kubeprof's own (unselected) pods, and the policy shows 1 of 1 eBPF nodes running;
 //! 3. scale up to 2: MATCHED 2 and profiles of the new pod;
 //! 4. the scraper pod deleted: the DaemonSet recreates it and profiles keep arriving;
 //! 5. the operator leader deleted: the other replica takes the lease, and a scale down to 1
@@ -74,6 +77,80 @@ async fn helm_install_on_a_real_node() -> anyhow::Result<()> {
     }
     s.cleanup();
     result
+}
+
+/// The eBPF DaemonSet's profiles: `process_cpu` of the checkout pod `pod`, written after
+/// `since`, attributed to its pod and container (pulled CPU profiles carry `instance`, eBPF
+/// ones do not); none of an unselected pod (kubeprof's own, in a namespace the policy governs
+/// but its `ebpf.namespaces` leaves out); the policy counts the node as running it.
+async fn ebpf_profiles(s: &Stage<'_>, pod: &str, since: SystemTime) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let cpu = s
+        .profile(
+            &[("pod", pod), ("instance", "")],
+            "process_cpu",
+            since,
+            None,
+            Duration::from_secs(120),
+        )
+        .await?;
+    for (k, v) in [
+        ("namespace", s.app_ns.as_str()),
+        ("pod", pod),
+        ("container", "checkout"),
+        ("node", NODE_NAME),
+        ("service_name", &format!("{}/checkout", s.app_ns)),
+    ] {
+        ensure!(cpu.label(k) == v, "eBPF label {k} of {:?}", cpu.labels);
+    }
+    let raw = std::fs::read(&cpu.path)?;
+    let named = stage::profile_contains(&raw, "main.hotCPULeaf");
+    say(&format!(
+        "e2e real node: 2. eBPF: a process_cpu profile of {}/{pod} from the eBPF DaemonSet after {:.1} s ({}; labels {:?}; the Go frame main.hotCPULeaf {})",
+        s.app_ns,
+        t0.elapsed().as_secs_f64(),
+        cpu.path.display(),
+        cpu.labels,
+        if named { "named" } else { "NOT named" },
+    ));
+    let policy = s.values["defaultPolicy"]["name"]
+        .as_str()
+        .context("the policy's name")?
+        .to_owned();
+    eventually(
+        "the policy counts 1 node running eBPF",
+        Duration::from_secs(60),
+        || async {
+            let running = s.node.kubectl(&[
+                "get",
+                "profilingpolicy",
+                &policy,
+                "-o",
+                "jsonpath={.status.ebpfNodes}/{.status.ebpfRunningNodes}",
+            ])?;
+            ensure!(
+                running.trim() == "1/1",
+                "ebpfNodes/ebpfRunningNodes {running}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    // Unselected: no eBPF profile of kubeprof's own pods (their pulled ones carry `instance`).
+    let unselected: Vec<_> = stored_profiles(&s.profiles())
+        .into_iter()
+        .filter(|p| p.label("namespace") == s.ns() && p.label("instance").is_empty())
+        .map(|p| p.labels)
+        .collect();
+    ensure!(
+        unselected.is_empty(),
+        "eBPF profiles of unselected pods: {unselected:?}"
+    );
+    say(&format!(
+        "e2e real node: 2. eBPF: policy {policy} shows ebpfNodes 1, ebpfRunningNodes 1; no eBPF profile of the unselected pods in {}",
+        s.ns()
+    ));
+    Ok(())
 }
 
 async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
@@ -247,6 +324,7 @@ async fn scenario(s: &Stage<'_>) -> anyhow::Result<()> {
             Duration::from_secs(60),
         )
         .await?;
+    ebpf_profiles(s, first, since).await?;
     say(&format!(
         "e2e real node: helm install -> first pushed profile at the Pyroscope receiver: {:.1} s",
         t0.elapsed().as_secs_f64()

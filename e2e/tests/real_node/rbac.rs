@@ -35,6 +35,7 @@ pub fn differences(
     let release = s.helm.name.as_str();
     let operator = format!("system:serviceaccount:{ns}:{release}-operator");
     let scraper = format!("system:serviceaccount:{ns}:{release}-scraper");
+    let ebpf = format!("system:serviceaccount:{ns}:{release}-ebpf");
     let own_deployment = format!("deployments.apps/{release}-operator");
     let node = kubeprof_e2e::real_node::NODE_NAME;
     let own_health = format!(
@@ -47,7 +48,7 @@ pub fn differences(
     );
     let referenced = format!("secrets/{secret}");
     #[rustfmt::skip]
-    let checks: [Check<'_>; 31] = [
+    let checks: [Check<'_>; 37] = [
         // The operator's needs.
         (&operator, "watch", "pods", None, None, true),
         (&operator, "watch", "namespaces", None, None, true),
@@ -83,6 +84,15 @@ pub fn differences(
         (&scraper, "delete", "configmaps", None, Some(ns), false),
         (&scraper, "update", "leases.coordination.k8s.io/kubeprof-operator", None, Some(ns), false),
         (&scraper, "patch", "profilingtargets.kubeprof.io", Some("status"), Some(app), false),
+        // The eBPF profiler's needs: its shard, its key of its node's report, its sinks'
+        // Secrets ...
+        (&ebpf, "watch", "configmaps", None, Some(ns), true),
+        (&ebpf, "patch", &own_health, None, Some(ns), true),
+        (&ebpf, "get", &referenced, None, Some(secret_ns), true),
+        // ... and nothing more of these.
+        (&ebpf, "patch", &own_shard, None, Some(ns), false),
+        (&ebpf, "list", "secrets", None, Some(secret_ns), false),
+        (&ebpf, "list", "pods", None, None, false),
     ];
     let mut differences = Vec::new();
     for (who, verb, resource, subresource, namespace, allowed) in checks {
@@ -128,8 +138,8 @@ fn ticked(cell: &str, release: &str) -> Vec<String> {
         .collect()
 }
 
-/// The README's RBAC table (`### RBAC`) for `account` (`operator` or `scraper`), as the chart
-/// installs it by default (`scraper.readSecrets` on).
+/// The README's RBAC table (`### RBAC`) for `account` (`operator`, `scraper` or `ebpf`), as
+/// the real-node test installs the chart (`scraper.readSecrets` and `ebpf.enabled` on).
 fn readme_rows(release: &str, account: &str) -> anyhow::Result<Vec<Row>> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
     let section = readme
@@ -276,7 +286,7 @@ pub fn list_differences(
 ) -> anyhow::Result<Vec<String>> {
     let release = s.helm.name.as_str();
     let mut differences = Vec::new();
-    for account in ["operator", "scraper"] {
+    for account in ["operator", "scraper", "ebpf"] {
         let rows = readme_rows(release, account)?;
         for (ns, release_ns, secrets) in [
             (s.ns(), true, &[][..]),

@@ -100,6 +100,8 @@ impl<'a> Stage<'a> {
             // The chart's image as it is; the node has no registry to pull from.
             "image": {"pullPolicy": "Never"},
             "scraper": {"fileSink": {"hostPath": host_dir}},
+            // The eBPF DaemonSet, with the chart's privileges.
+            "ebpf": {"enabled": true},
             // Each of the operator's own 10 s CPU profiles peaks at 220-280 MiB (pprof-rs
             // preallocates its sample table): the chart's 256Mi limit has it OOMKilled.
             "operator": {"resources": {"limits": {"memory": "512Mi"}}},
@@ -111,6 +113,9 @@ impl<'a> Stage<'a> {
                     "namespaceSelector": {"matchLabels": {crate::scope::PROFILED_LABEL: "true"}},
                     "defaults": {"interval": "10s", "scrapeTimeout": "5s"},
                     "sinks": [{"name": "local", "file": {"directory": "/var/lib/kubeprof/profiles"}}],
+                    // eBPF for the application's pods only: kubeprof's own pods (in a
+                    // namespace the policy governs too) are the unselected ones.
+                    "ebpf": {"enabled": true, "namespaces": {"include": [format!("shop-{id}")]}},
                 },
             },
         });
@@ -392,6 +397,11 @@ impl<'a> Stage<'a> {
             let _ = std::fs::remove_dir(parent);
         }
     }
+}
+
+/// Whether a stored profile (gzip or raw) names `frame`.
+pub fn profile_contains(raw: &[u8], frame: &str) -> bool {
+    contains(&decompress(raw), frame)
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -23,6 +23,10 @@ pub const COMPONENT_SCRAPER_ACCESS: &str = "scraper-access";
 /// Label naming the operator's namespace on those Roles and RoleBindings: an operator watches,
 /// rewrites and deletes only its own (another installation may use the same names).
 pub const ACCESS_FOR_LABEL: &str = "kubeprof.io/scraper-namespace";
+/// Annotation of a RoleBinding listing its subjects' ServiceAccounts (comma-separated): the
+/// operator watches RoleBindings by metadata only, and rewrites one whose list differs (the
+/// eBPF DaemonSet's ServiceAccount added or removed by a chart upgrade).
+pub const SUBJECTS_ANNOTATION: &str = "kubeprof.io/subjects";
 
 /// What the scrapers need by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -103,6 +107,10 @@ pub struct AccessNames {
     pub namespace: String,
     /// The scraper's ServiceAccount.
     pub service_account: String,
+    /// The eBPF profilers' ServiceAccount (the chart's eBPF DaemonSet, `ebpf.enabled`): a
+    /// second subject of every RoleBinding, as it reads the same sinks' Secrets and patches the
+    /// same health reports (its own key of them). `None`: no eBPF DaemonSet is deployed.
+    pub ebpf_service_account: Option<String>,
     /// Owner of every Role and RoleBinding (a cluster-scoped object the chart installs, so that
     /// `helm uninstall` takes those in other namespaces too); none: they have no owner.
     pub owner: Option<OwnerReference>,
@@ -117,6 +125,18 @@ impl AccessNames {
     /// Name of every Role and RoleBinding granting the scraper its named objects.
     pub fn object_name(&self) -> String {
         format!("{}-named", self.service_account)
+    }
+
+    /// The ServiceAccounts the RoleBindings name, the scraper's first.
+    pub fn subjects(&self) -> Vec<&str> {
+        std::iter::once(self.service_account.as_str())
+            .chain(self.ebpf_service_account.as_deref())
+            .collect()
+    }
+
+    /// The value of [`SUBJECTS_ANNOTATION`] on a RoleBinding that is up to date.
+    pub fn subjects_annotation(&self) -> String {
+        self.subjects().join(",")
     }
 
     fn meta(&self, namespace: &str) -> ObjectMeta {
@@ -176,21 +196,32 @@ impl AccessNames {
         roles
     }
 
-    /// The RoleBinding giving the Role of `namespace` to the scraper's ServiceAccount.
+    /// The RoleBinding giving the Role of `namespace` to the scraper's ServiceAccount (and the
+    /// eBPF profilers' one, when deployed).
     pub fn binding(&self, namespace: &str) -> RoleBinding {
+        let mut metadata = self.meta(namespace);
+        metadata.annotations = Some(BTreeMap::from([(
+            SUBJECTS_ANNOTATION.to_string(),
+            self.subjects_annotation(),
+        )]));
         RoleBinding {
-            metadata: self.meta(namespace),
+            metadata,
             role_ref: RoleRef {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: "Role".into(),
                 name: self.object_name(),
             },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: self.service_account.clone(),
-                namespace: Some(self.namespace.clone()),
-                ..Default::default()
-            }]),
+            subjects: Some(
+                self.subjects()
+                    .into_iter()
+                    .map(|name| Subject {
+                        kind: "ServiceAccount".into(),
+                        name: name.into(),
+                        namespace: Some(self.namespace.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         }
     }
 }
@@ -204,6 +235,7 @@ mod tests {
         AccessNames {
             namespace: "kubeprof".into(),
             service_account: "kp-scraper".into(),
+            ebpf_service_account: None,
             owner: None,
         }
     }
@@ -379,6 +411,35 @@ mod tests {
                 subjects[0].namespace.as_deref()
             ),
             ("ServiceAccount", "kp-scraper", Some("kubeprof"))
+        );
+    }
+
+    #[test]
+    fn with_the_ebpf_daemonset_its_service_account_is_a_second_subject() {
+        let mut n = names();
+        assert_eq!(n.subjects_annotation(), "kp-scraper");
+        n.ebpf_service_account = Some("kp-ebpf".into());
+        let b = n.binding("shop");
+        let subjects: Vec<_> = b
+            .subjects
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.name, s.namespace))
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                ("kp-scraper".to_string(), Some("kubeprof".to_string())),
+                ("kp-ebpf".to_string(), Some("kubeprof".to_string()))
+            ]
+        );
+        assert_eq!(
+            b.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(SUBJECTS_ANNOTATION)
+                .map(String::as_str),
+            Some("kp-scraper,kp-ebpf")
         );
     }
 

@@ -9,7 +9,10 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{Client, Resource, ResourceExt};
 use kubeprof_crds::{
-    health::{HEALTH_DATA_KEY, HealthReport, health_object_name, origin_key},
+    health::{
+        EBPF_HEALTH_DATA_KEY, EbpfReport, HEALTH_DATA_KEY, HealthReport, health_object_name,
+        origin_key,
+    },
     job::{JobOrigin, OriginKind},
 };
 
@@ -439,7 +442,23 @@ impl Reconciler {
                 }
             }
         }
-        let health = HealthIndex::new(&reports);
+        let mut health = HealthIndex::new(&reports);
+        if self.grants.ebpf_deployed() {
+            let ebpf_reports: Vec<EbpfReport> = health_objects
+                .iter()
+                .filter_map(|cm| {
+                    let json = cm.data.as_ref()?.get(EBPF_HEALTH_DATA_KEY)?;
+                    match EbpfReport::from_json(json) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(object = %cm.name_any(), error = %e, "ignoring an unreadable eBPF report");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            health = health.with_ebpf_reports(&ebpf_reports);
+        }
         // Whole seconds: what the API stores of a condition's time, so that a status computed
         // again compares equal to the one written.
         let now = Timestamp::now();

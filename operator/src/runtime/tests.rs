@@ -35,6 +35,7 @@ fn settings() -> Settings {
         retry_first: Duration::from_millis(10),
         retry_cap: Duration::from_millis(100),
         scraper_service_account: "kp-scraper".into(),
+        ebpf_service_account: None,
         scraper_secrets: true,
         owner_cluster_role: None,
         owner: Owner::none(),
@@ -144,6 +145,7 @@ impl Running {
         let names = crate::compile::access::AccessNames {
             namespace: settings.namespace.clone(),
             service_account: settings.scraper_service_account.clone(),
+            ebpf_service_account: settings.ebpf_service_account.clone(),
             owner: None,
         };
         let grants = crate::grants::Grants::new(client.clone(), names, None, metrics.clone());

@@ -20,7 +20,7 @@ use kubeprof_crds::health::{jobs_object_name, shard_from_config_map};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use health::{Observed, spawn_health_reporter};
+pub use health::{Observed, spawn_ebpf_reporter, spawn_health_reporter};
 pub use secrets::KubeSecrets;
 
 use super::{EbpfPlan, EbpfTargets, JobSet, JobSource};
@@ -41,10 +41,13 @@ impl JobSource for ClusterSource {
 impl ClusterSource {
     /// Watches `kubeprof-jobs.<node>` in `namespace` (or `kubeprof-jobs` without a node). A job
     /// set is published once its Secrets are loaded; an unreadable shard keeps the last jobs.
+    /// Without `pull` (an eBPF-only scraper) the shard's pull jobs are left out, and with them
+    /// the Secrets only they refer to.
     pub fn start(
         client: Client,
         namespace: &str,
         node: Option<&str>,
+        pull: bool,
         secrets: Arc<KubeSecrets>,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -117,7 +120,7 @@ impl ClusterSource {
                             node: shard.node.clone(),
                             targets: EbpfTargets::Shard(e),
                         }),
-                        jobs: shard.jobs,
+                        jobs: if pull { shard.jobs } else { Vec::new() },
                         sinks: shard.sinks,
                     },
                     Some(Some(Err(e))) => {

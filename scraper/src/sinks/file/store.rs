@@ -6,7 +6,7 @@ use std::{io::Write as _, path::Path};
 /// directory once per batch).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    create_dirs(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name()
@@ -20,6 +20,25 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Creates `dir` and its missing parents group-writable (0775, whatever the umask): in a
+/// cluster the pull scraper (user 65532) and the eBPF DaemonSet (root, group 65532) write into
+/// one file sink host directory, and each must be able to add to a directory the other made.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)),
+        // Made by the other writer meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `name` is a temporary file [`write_atomic`] left behind (a crash between create and

@@ -96,3 +96,22 @@ async fn temporary_files_left_by_a_crash_are_removed() {
     assert!(super::store::enforce_retention(dir.path(), 5_000).unwrap() <= 5_000);
     assert!(!stale.exists(), "retention kept a crash's temporary file");
 }
+
+#[test]
+fn directories_are_made_group_writable_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let root_mode = |d: &std::path::Path| std::fs::metadata(d).unwrap().permissions().mode();
+    let before = root_mode(dir.path());
+    let file = dir.path().join("shop/api/process_cpu/1.pb.gz");
+    super::store::write_atomic(&file, b"x").unwrap();
+    for made in ["shop", "shop/api", "shop/api/process_cpu"] {
+        let mode = std::fs::metadata(dir.path().join(made))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o775, "{made}");
+    }
+    // The existing root is left alone.
+    assert_eq!(root_mode(dir.path()), before);
+}

@@ -17,8 +17,8 @@ use kubeprof_crds::{
         COMPONENT_HEALTH, COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SHARD_NODE_LABEL,
     },
     health::{
-        FailingJob, HEALTH_DATA_KEY, HEALTH_FORMAT_VERSION, HealthReport, health_object_name,
-        node_label_value, origin_key,
+        EBPF_HEALTH_DATA_KEY, EbpfHealth, EbpfReport, FailingJob, HEALTH_DATA_KEY,
+        HEALTH_FORMAT_VERSION, HealthReport, health_object_name, node_label_value, origin_key,
     },
 };
 use tokio::sync::watch;
@@ -31,6 +31,13 @@ use crate::{
 
 /// Field manager of the scraper's health reports.
 pub const HEALTH_FIELD_MANAGER: &str = "kubeprof.io/scraper";
+/// Field manager of an eBPF-only scraper's key of the same reports: server-side apply gives
+/// each key of `data` to the manager that applied it, so neither writer removes the other's.
+pub const EBPF_HEALTH_FIELD_MANAGER: &str = "kubeprof.io/scraper-ebpf";
+
+/// The reason a pull-only scraper reports for a shard that asks for eBPF.
+pub const NOT_DEPLOYED: &str = "not_deployed: this node's scraper runs pull jobs only \
+     (--sources pull) and no eBPF profiler runs here; install the chart with ebpf.enabled=true";
 
 /// What a health report is made of.
 #[derive(Debug)]
@@ -39,8 +46,8 @@ pub struct Observed {
     pub pipeline: Arc<Pipeline>,
     /// The current jobs.
     pub jobs: watch::Receiver<Arc<JobSet>>,
-    /// The eBPF source's state.
-    pub ebpf: EbpfStatus,
+    /// The eBPF source's state, when this process runs it (`None`: `--sources pull`).
+    pub ebpf: Option<EbpfStatus>,
 }
 
 /// Reports scrape health for this node every `every`, writing only when something changed
@@ -70,8 +77,20 @@ pub fn spawn_health_reporter(
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let mut report = health_report(node.clone(), &jobs.borrow(), &pipeline, every);
-            report.ebpf = ebpf.get();
+            let (mut report, plan) = {
+                let set = jobs.borrow();
+                (
+                    health_report(node.clone(), &set, &pipeline, every),
+                    set.ebpf.is_some(),
+                )
+            };
+            report.ebpf = match &ebpf {
+                Some(status) => status.get(),
+                None => plan.then(|| EbpfHealth {
+                    running: false,
+                    reason: Some(NOT_DEPLOYED.into()),
+                }),
+            };
             let due = match &last_written {
                 None => true,
                 Some((prev, at)) => {
@@ -86,51 +105,124 @@ pub fn spawn_health_reporter(
             if !due {
                 continue;
             }
-            let mut labels = BTreeMap::from([
-                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-                (COMPONENT_LABEL.to_string(), COMPONENT_HEALTH.to_string()),
-            ]);
-            if let Some(n) = node.as_deref().and_then(node_label_value) {
-                labels.insert(SHARD_NODE_LABEL.into(), n.into());
-            }
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                data: Some(BTreeMap::from([(
-                    HEALTH_DATA_KEY.to_string(),
-                    report.to_json(),
-                )])),
-                ..Default::default()
-            };
-            match api
-                .patch(
-                    &name,
-                    &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
-                    &Patch::Apply(&cm),
-                )
-                .await
+            if apply_report(
+                &api,
+                &name,
+                node.as_deref(),
+                (HEALTH_DATA_KEY, report.to_json()),
+                HEALTH_FIELD_MANAGER,
+                &mut waiting,
+            )
+            .await
             {
-                Ok(_) => {
-                    last_written = Some((report, Instant::now()));
-                    waiting = false;
-                }
-                // The scraper may only patch a report the operator created (RBAC names each
-                // one; a create cannot be limited by name). The operator creates it, and grants
-                // the patch, before it publishes this node's jobs: until then, try again at
-                // the next tick, and say so once.
-                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
-                    if !waiting {
-                        tracing::info!(object = %name, reason = %e.message, "the scrape-health report is not created yet (or not ours to write); trying again");
-                        waiting = true;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot write the scrape-health report"),
+                last_written = Some((report, Instant::now()));
             }
         }
     })
+}
+
+/// Reports the eBPF profiler's state for this node (an eBPF-only scraper: `--sources ebpf`)
+/// in the key [`EBPF_HEALTH_DATA_KEY`] of the node's health report, checked every `every` and
+/// written when it changes. Nothing while no plan asks for eBPF.
+pub fn spawn_ebpf_reporter(
+    client: Client,
+    namespace: &str,
+    node: Option<String>,
+    ebpf: EbpfStatus,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let name = health_object_name(node.as_deref());
+    tokio::spawn(async move {
+        let mut last_written: Option<EbpfHealth> = None;
+        let mut waiting = false;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(state) = ebpf.get() else { continue };
+            if last_written.as_ref() == Some(&state) {
+                continue;
+            }
+            let report = EbpfReport {
+                format_version: HEALTH_FORMAT_VERSION,
+                node: node.clone(),
+                ebpf: state.clone(),
+            };
+            if apply_report(
+                &api,
+                &name,
+                node.as_deref(),
+                (EBPF_HEALTH_DATA_KEY, report.to_json()),
+                EBPF_HEALTH_FIELD_MANAGER,
+                &mut waiting,
+            )
+            .await
+            {
+                last_written = Some(state);
+            }
+        }
+    })
+}
+
+/// Writes `key` of the report `name` by server-side apply as `manager`; whether it was written.
+/// `waiting` remembers that the report is not there (or not ours) yet, to say so once.
+async fn apply_report(
+    api: &Api<ConfigMap>,
+    name: &str,
+    node: Option<&str>,
+    (key, json): (&str, String),
+    manager: &str,
+    waiting: &mut bool,
+) -> bool {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (COMPONENT_LABEL.to_string(), COMPONENT_HEALTH.to_string()),
+    ]);
+    if let Some(n) = node.and_then(node_label_value) {
+        labels.insert(SHARD_NODE_LABEL.into(), n.into());
+    }
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(key.to_string(), json)])),
+        ..Default::default()
+    };
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+    {
+        Ok(_) => {
+            *waiting = false;
+            true
+        }
+        // The scraper may only patch a report the operator created (RBAC names each one; a
+        // create cannot be limited by name). The operator creates it, and grants the patch,
+        // before it publishes this node's jobs: until then, try again at the next tick, and
+        // say so once.
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+            if !*waiting {
+                tracing::info!(object = %name, reason = %e.message, "the scrape-health report is not created yet (or not ours to write); trying again");
+                *waiting = true;
+            }
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, key, "cannot write the scrape-health report");
+            false
+        }
+    }
 }
 
 /// The report for the current jobs.
