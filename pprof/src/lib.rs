@@ -21,11 +21,9 @@ pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, Value
 pub use validate::{ValidateError, validate};
 pub use wire::{DecodedSize, WireError, decode_profile, decoded_size, encode_with_samples};
 
-use std::io::Write as _;
-
 /// gzip level of re-encoded profiles: fast, since the scraper re-encodes on the hot path and the
 /// sinks' receivers decompress anyway.
-const GZIP_LEVEL: u32 = 1;
+const GZIP_LEVEL: u8 = 1;
 
 /// Serializes `profile` as gzip-compressed protobuf (what `net/http/pprof` serves).
 pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
@@ -44,15 +42,21 @@ pub fn encode_delta(original: &[u8], delta: &Profile) -> Vec<u8> {
     }
 }
 
-/// gzip-compresses `raw`.
+/// gzip-compresses `raw`, with miniz_oxide itself rather than through flate2: flate2 has one
+/// backend per binary, and blazesym (in the eBPF crate) switches the scraper's to zlib-rs, which
+/// deflates about twice as slowly at level 1 (the pipeline benchmark's gzip stage: 4.9 ms vs 2.4
+/// ms for 1 MiB).
 pub fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        flate2::Compression::new(GZIP_LEVEL),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(raw);
-    encoder.finish().unwrap_or_default()
+    let deflated = miniz_oxide::deflate::compress_to_vec(raw, GZIP_LEVEL);
+    let mut out = Vec::with_capacity(deflated.len() + 18);
+    // RFC 1952: magic, deflate, no flags, no time, no extra flags, unknown OS.
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    out.extend_from_slice(&deflated);
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+    // ISIZE is the length modulo 2^32.
+    let isize = (raw.len() as u64 & u64::from(u32::MAX)) as u32;
+    out.extend_from_slice(&isize.to_le_bytes());
+    out
 }
 
 /// The string at `index` of the profile's string table, or "" when out of range.

@@ -271,3 +271,36 @@ fn a_gzip_bomb_stops_at_the_limit() {
     assert_eq!(err.reason(), "too_large");
     assert!(err.to_string().contains("67108864"), "{err}");
 }
+
+#[test]
+fn gzip_output_is_standard_gzip_with_a_true_trailer() {
+    use std::io::Read as _;
+    let body = fixture("heap.pb.gz");
+    let raw = pprof::decompress(&body, &DecodeLimits::default())
+        .unwrap()
+        .to_vec();
+    let inputs: [&[u8]; 3] = [&raw, b"", b"x"];
+    for input in inputs {
+        let gz = pprof::gzip(input);
+        assert!(pprof::is_gzip(&gz));
+        // Any gzip reader takes it (flate2 here, Go's compress/gzip in the go tool pprof tests).
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, input);
+        // The trailer's size is what the decode budget reserves before inflating.
+        assert_eq!(
+            pprof::decompressed_size_hint(&gz, &DecodeLimits::default()),
+            input.len()
+        );
+        assert_eq!(
+            &*pprof::decompress(&gz, &DecodeLimits::default()).unwrap(),
+            input
+        );
+    }
+    assert!(
+        pprof::gzip(&raw).len() < raw.len(),
+        "level 1 still compresses"
+    );
+}
