@@ -304,6 +304,9 @@ pub enum ScrapeFailure {
     HttpError,
     /// The body exceeded the profile size limit.
     BodyTooLarge,
+    /// The body was past the bytes every scrape may read at once, and the scraper's budget for
+    /// larger bodies stayed taken by other scrapes (targets sending large bodies at once).
+    BodyBudget,
     /// A referenced credential (Secret or file) could not be read.
     Credential,
     /// The TLS handshake failed.
@@ -350,6 +353,7 @@ impl ScrapeFailure {
             Self::Connect => "connect",
             Self::HttpError => "http_error",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyBudget => "body_budget",
             Self::Credential => "credential",
             Self::Tls => "tls",
             Self::Request => "request",

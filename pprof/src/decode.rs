@@ -78,11 +78,24 @@ pub fn decompressed_size_hint(body: &[u8], limits: &DecodeLimits) -> usize {
         .min(limits.max_decompressed_bytes)
 }
 
-/// ISIZE, the last four bytes of a gzip stream.
+/// Deflate's largest expansion: 258 bytes out of a code of 2 bits, about 1032:1.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
+/// ISIZE, the last four bytes of a gzip stream, when deflate can expand the body to it: the
+/// last bytes of a truncated or corrupt stream are no size (a valid stream's ISIZE is its last
+/// member's size, never more than the whole, below 4 GiB).
 fn gzip_trailer_size(body: &[u8]) -> Option<usize> {
     let at = body.len().checked_sub(4)?;
     let bytes = <[u8; 4]>::try_from(body.get(at..)?).ok()?;
-    usize::try_from(u32::from_le_bytes(bytes)).ok()
+    usize::try_from(u32::from_le_bytes(bytes))
+        .ok()
+        .filter(|&n| n <= body.len().saturating_mul(MAX_DEFLATE_RATIO))
+}
+
+/// What a gzip body's trailer says it decompresses to, when deflate could expand the body that
+/// far (`None` for a raw body, and for a trailer that cannot be a size).
+pub fn gzip_announced_size(body: &[u8]) -> Option<usize> {
+    is_gzip(body).then(|| gzip_trailer_size(body)).flatten()
 }
 
 /// [`decompress`] holding no more than `within` bytes (at most the limit): `Ok(None)` when the

@@ -14,7 +14,7 @@ mod wire;
 
 pub use decode::{
     DecodeError, DecodeLimits, decode, decode_measured, decode_raw, decompress, decompress_within,
-    decompressed_size_hint, is_gzip,
+    decompressed_size_hint, gzip_announced_size, is_gzip,
 };
 pub use delta::{DeltaLimits, DeltaOutcome, DeltaTracker, cumulative_indices};
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};

@@ -304,3 +304,16 @@ fn gzip_output_is_standard_gzip_with_a_true_trailer() {
         "level 1 still compresses"
     );
 }
+
+/// A trailer deflate cannot reach from the body's size (the last bytes of a truncated stream)
+/// announces nothing; a bomb's announces its size.
+#[test]
+fn a_gzip_trailer_is_a_size_only_where_deflate_can_expand_that_far() {
+    let bomb = pprof::gzip(&vec![0u8; 8 << 20]);
+    assert_eq!(pprof::gzip_announced_size(&bomb), Some(8 << 20));
+    let mut truncated = pprof::gzip(b"0123456789abcdef");
+    let n = truncated.len();
+    truncated[n - 4..].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    assert_eq!(pprof::gzip_announced_size(&truncated), None);
+    assert_eq!(pprof::gzip_announced_size(b"\x0a\x00raw protobuf"), None);
+}

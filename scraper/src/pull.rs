@@ -141,37 +141,42 @@ impl Pipeline {
         };
         self.metrics.scrape_bytes.inc_by(body.len() as u64);
         // Decoding waits for its share of the budget as long as a slot would (one interval).
-        let mut want = process::first_reservation(&body, &self.limits);
-        let processed = loop {
-            let reserved =
-                tokio::time::timeout(job.interval.std(), self.budget.reserve(want)).await;
-            let Ok(reserved) = reserved else {
-                self.metrics.missed_scrapes.inc();
-                return;
-            };
-            let Some(mut reservation) = reserved else {
-                break Err(Rejected {
-                    outcome: "decode_error",
-                    reason: kubeprof_crds::health::ScrapeFailure::TooLarge,
-                    message: format!(
-                        "decompressing the profile takes {} MiB, more than the whole decode budget",
-                        want >> 20
-                    ),
-                });
-            };
-            match process::process(
-                body.clone(),
-                job.profile.delta,
-                tracker,
-                &self.limits,
-                &self.metrics,
-                (&self.budget, &mut reservation),
-            ) {
-                Ok(ready) => break Ok(ready),
-                Err(Stop::Rejected(r)) => break Err(r),
-                // Strictly more than `reservation` held, and at most the whole budget: this
-                // loop ends.
-                Err(Stop::NeedsRoom(n)) => want = n,
+        let mut want = process::first_reservation(&body);
+        let most = process::most_decompressed(&self.budget, &self.limits);
+        let processed = if want > most {
+            Err(process::too_large_to_decode(most, Some(want)))
+        } else {
+            loop {
+                let reserved =
+                    tokio::time::timeout(job.interval.std(), self.budget.reserve(want)).await;
+                let Ok(reserved) = reserved else {
+                    self.metrics.missed_scrapes.inc();
+                    return;
+                };
+                let Some(mut reservation) = reserved else {
+                    break Err(Rejected {
+                        outcome: "decode_error",
+                        reason: kubeprof_crds::health::ScrapeFailure::TooLarge,
+                        message: format!(
+                            "decompressing the profile takes {} MiB, more than the whole decode budget",
+                            want >> 20
+                        ),
+                    });
+                };
+                match process::process(
+                    body.clone(),
+                    job.profile.delta,
+                    tracker,
+                    &self.limits,
+                    &self.metrics,
+                    (&self.budget, &mut reservation),
+                ) {
+                    Ok(ready) => break Ok(ready),
+                    Err(Stop::Rejected(r)) => break Err(r),
+                    // Strictly more than `reservation` held, and at most the whole budget: this
+                    // loop ends.
+                    Err(Stop::NeedsRoom(n)) => want = n,
+                }
             }
         };
         let ready = match processed {

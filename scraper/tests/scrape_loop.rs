@@ -261,6 +261,26 @@ async fn faults_are_counted_per_reason_and_reported_in_health() {
         "a slow 10 MB answer must end at the body limit or the deadline"
     );
 
+    // A gzip bomb is refused by what its trailer announces, before it is decompressed: more
+    // than half the decode budget can never be decoded within it.
+    let (m, p, job) = one_scrape(
+        Behaviour::GzipBomb,
+        "goroutine",
+        profiles,
+        Duration::from_millis(1200),
+    )
+    .await;
+    let too_large = m
+        .scrape_rejections
+        .get_or_create(&kubeprof_scraper::TypeReasonLabels {
+            r#type: "goroutine".into(),
+            reason: "too_large".into(),
+        })
+        .get();
+    assert!(too_large >= 1);
+    let error = p.health()[&job.id].last_error.clone().unwrap();
+    assert!(error.contains("60 MiB (its gzip trailer says)"), "{error}");
+
     let (m, _, _) = one_scrape(
         Behaviour::Error,
         "goroutine",

@@ -27,6 +27,12 @@ const ERROR_BODY_BYTES: usize = 4096;
 /// are a few KiB to a few hundred, so ordinary targets never wait for the budget.
 pub const FREE_BODY_BYTES: usize = 256 << 10;
 
+/// How long a body past [`FREE_BODY_BYTES`] waits for its share of the body budget. A waiting
+/// scrape keeps its connection, its buffer and the HTTP client's read buffer (up to ~400 KiB)
+/// outside any budget, so waits are short: the budget's holders are bodies being read, which
+/// take milliseconds unless their target trickles them, and then waiting is no use anyway.
+pub const BODY_BUDGET_WAIT: Duration = Duration::from_secs(1);
+
 /// Why a fetch failed. [`FetchError::reason`] is the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -49,6 +55,16 @@ pub enum FetchError {
     BodyTooLarge {
         /// The limit in bytes.
         limit: u64,
+    },
+    /// The body's share of the body budget was not free in time.
+    #[error(
+        "the body is past {free} KiB and the scraper's budget for larger bodies stayed taken by \
+         other scrapes for {waited:?} (targets sending large bodies at once)",
+        free = FREE_BODY_BYTES >> 10
+    )]
+    BodyBudget {
+        /// How long the scrape waited.
+        waited: Duration,
     },
     /// A credential could not be read.
     #[error(transparent)]
@@ -128,6 +144,7 @@ impl FetchError {
             Self::Connect(_) => ScrapeFailure::Connect,
             Self::Status { .. } => ScrapeFailure::HttpError,
             Self::BodyTooLarge { .. } => ScrapeFailure::BodyTooLarge,
+            Self::BodyBudget { .. } => ScrapeFailure::BodyBudget,
             Self::Credential(_) => ScrapeFailure::Credential,
             Self::Tls(_) => ScrapeFailure::Tls,
             Self::Url { .. } | Self::Request(_) => ScrapeFailure::Request,
@@ -331,10 +348,19 @@ impl Fetcher {
             .content_length()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0);
-        if let Some(budget) = budget
-            && announced > FREE_BODY_BYTES
-        {
-            held = budget.reserve(announced).await.ok_or_else(too_large)?;
+        let wait = |bytes: usize| async move {
+            let Some(budget) = budget else {
+                return Ok(Reservation::default());
+            };
+            match tokio::time::timeout(BODY_BUDGET_WAIT, budget.reserve(bytes)).await {
+                Ok(reserved) => reserved.ok_or_else(too_large),
+                Err(_) => Err(FetchError::BodyBudget {
+                    waited: BODY_BUDGET_WAIT,
+                }),
+            }
+        };
+        if budget.is_some() && announced > FREE_BODY_BYTES {
+            held = wait(announced).await?;
         }
         let mut body = BytesMut::with_capacity(announced.min(FREE_BODY_BYTES.max(held.bytes())));
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
@@ -349,12 +375,9 @@ impl Fetcher {
                 // The buffer doubles as it grows: reserve what it will take.
                 let want = need.next_power_of_two();
                 if !budget.try_grow(&mut held, want) {
-                    // Waiting while holding: only bodies past the free bytes do, and the
-                    // request's deadline ends the wait.
-                    let more = budget
-                        .reserve(want - held.bytes())
-                        .await
-                        .ok_or_else(too_large)?;
+                    // Waiting while holding: only bodies past the free bytes do, and a short
+                    // wait ends it, so two large bodies cannot keep each other waiting.
+                    let more = wait(want - held.bytes()).await?;
                     held.merge(more);
                 }
             }
@@ -450,10 +473,11 @@ mod tests {
         );
     }
 
-    /// A body past the free bytes waits for its share of the body budget, within the request's
-    /// deadline, and holds it while the body is kept.
+    /// A body past the free bytes waits briefly for its share of the body budget and holds it
+    /// while the body is kept; when the budget stays taken it gives up long before the
+    /// deadline (a waiting scrape holds memory outside every budget).
     #[tokio::test]
-    async fn a_large_body_waits_for_the_body_budget_and_holds_its_share() {
+    async fn a_large_body_waits_briefly_for_the_body_budget_and_holds_its_share() {
         use axum::{Router, routing::get};
 
         use super::FREE_BODY_BYTES;
@@ -471,7 +495,7 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
         let config = Config::parse(&format!(
-            "targets:\n  - name: a\n    addresses: [\"{addr}\"]\n    interval: 2s\n    scrapeTimeout: 1s\nsinks:\n  - name: local\n    file: {{directory: ./p}}\n"
+            "targets:\n  - name: a\n    addresses: [\"{addr}\"]\n    interval: 30s\n    scrapeTimeout: 20s\nsinks:\n  - name: local\n    file: {{directory: ./p}}\n"
         ))
         .unwrap();
         let job = config
@@ -483,13 +507,17 @@ mod tests {
         let fetcher = Fetcher::new(std::sync::Arc::new(crate::SecretsDir(None)));
         let budget = ByteBudget::new(1 << 20);
         let others = budget.reserve(1 << 20).await.unwrap();
-        // Held elsewhere until the deadline: the body is never read.
+        // Held elsewhere for longer than the wait: refused for the budget, not timed out.
         let err = fetcher
             .fetch_within(&job, 16 << 20, Some(&budget))
             .await
             .unwrap_err();
-        assert_eq!(err.reason().as_str(), "timeout", "{err}");
-        drop(others);
+        assert_eq!(err.reason().as_str(), "body_budget", "{err}");
+        // Freed during the wait: the body is read.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            drop(others);
+        });
         let (got, held) = fetcher
             .fetch_within(&job, 16 << 20, Some(&budget))
             .await

@@ -51,12 +51,38 @@ impl From<Rejected> for Stop {
 }
 
 /// The bytes of the decode budget to reserve before calling [`process`] on `body` the first
-/// time: what its gzip trailer announces (a raw body is decoded where it is).
-pub(super) fn first_reservation(body: &[u8], limits: &DecodeLimits) -> usize {
-    if pprof::is_gzip(body) {
-        pprof::decompressed_size_hint(body, limits)
-    } else {
-        0
+/// time: what its gzip trailer announces, even past the limits (such a body is refused before
+/// it is decompressed); 0 for a raw body, decoded where it is.
+pub(super) fn first_reservation(body: &[u8]) -> usize {
+    pprof::gzip_announced_size(body).unwrap_or(0)
+}
+
+/// The most decompressed bytes of a gzip body that can ever be decoded within `budget`: the
+/// decompressed bytes are kept while their decoded form, never smaller, is built. A body
+/// announcing more is refused before it is decompressed (a gzip bomb costs nothing), and one
+/// that decompresses past it is refused there.
+pub(super) fn most_decompressed(budget: &ByteBudget, limits: &DecodeLimits) -> usize {
+    (budget.total() / 2).min(limits.max_decompressed_bytes)
+}
+
+/// The refusal of a body that decompresses to more than `most` bytes (its trailer's `announced`
+/// when that says so).
+pub(super) fn too_large_to_decode(most: usize, announced: Option<usize>) -> Rejected {
+    Rejected {
+        outcome: "decode_error",
+        reason: ScrapeFailure::TooLarge,
+        message: match announced {
+            Some(n) => format!(
+                "the profile decompresses to {} MiB (its gzip trailer says), more than the {} MiB \
+                 the decode budget can ever decode",
+                n >> 20,
+                most >> 20
+            ),
+            None => format!(
+                "the profile decompresses to more than the {} MiB the decode budget can ever decode",
+                most >> 20
+            ),
+        },
     }
 }
 
@@ -77,14 +103,18 @@ pub(super) fn process(
         message: e.to_string(),
     };
     let gzip = pprof::is_gzip(&body);
+    let most = most_decompressed(budget, limits);
     let within = if gzip {
-        reservation.bytes()
+        reservation.bytes().min(most)
     } else {
         limits.max_decompressed_bytes
     };
     // The decompressed bytes are kept: a delta re-uses all but their samples.
     let Some(raw) = pprof::decompress_within(&body, within, limits).map_err(decode_error)? else {
-        return Err(Stop::NeedsRoom(limits.max_decompressed_bytes));
+        if within >= most {
+            return Err(Stop::Rejected(too_large_to_decode(most, None)));
+        }
+        return Err(Stop::NeedsRoom(most));
     };
     let size = pprof::decoded_size(&raw).map_err(|e| decode_error(DecodeError::NotPprof(e)))?;
     let need = if gzip { raw.len() } else { 0 }.saturating_add(size.bytes);
@@ -176,7 +206,7 @@ mod tests {
     use kubeprof_crds::health::ScrapeFailure;
     use kubeprof_pprof::{self as pprof, DecodeLimits, DeltaTracker};
 
-    use super::{Stop, first_reservation, process};
+    use super::{Stop, first_reservation, most_decompressed, process};
     use crate::{metrics::Metrics, pull::budget::ByteBudget};
 
     const MUTEX: &[u8] = include_bytes!("../../tests/fixtures/pprof-go/mutex.pb.gz");
@@ -203,7 +233,7 @@ mod tests {
     fn a_profile_waits_for_budget_held_by_others_and_changes_nothing_meanwhile() {
         let budget = ByteBudget::new(1 << 20);
         let mut tracker = DeltaTracker::default();
-        let first = first_reservation(MUTEX, &DecodeLimits::default());
+        let first = first_reservation(MUTEX);
         // Another decode holds all but what the trailer announced.
         let others = budget
             .reserve(budget.total() - first.next_multiple_of(1024))
@@ -226,10 +256,38 @@ mod tests {
         // 256k empty samples: 512 KiB raw, a few KiB of gzip, ~20 MB decoded.
         let body = pprof::gzip(&[0x12u8, 0x00].repeat(256 << 10));
         let budget = ByteBudget::new(4 << 20);
-        let first = first_reservation(&body, &DecodeLimits::default());
+        let first = first_reservation(&body);
         assert_eq!(first, 512 << 10);
         match run(&body, &mut DeltaTracker::default(), &budget, first) {
             Err(Stop::Rejected(r)) => assert_eq!(r.reason, ScrapeFailure::TooLarge),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Decompressing stops at the most the budget could ever decode (half of it: the bytes
+    /// stay while their decoded form is built), even when the gzip trailer understates the
+    /// size: a bomb is refused there, not decompressed up to the 64 MiB limit.
+    #[test]
+    fn a_body_decompressing_past_what_the_budget_can_decode_is_refused_there() {
+        let budget = ByteBudget::new(4 << 20);
+        let most = most_decompressed(&budget, &DecodeLimits::default());
+        assert_eq!(most, 2 << 20);
+        // Two gzip members: the trailer read is the second's (a few bytes), the first holds
+        // 3 MiB of empty samples.
+        let mut body = pprof::gzip(&[0x12u8, 0x00].repeat(3 << 19));
+        body.extend(pprof::gzip(&[0x12u8, 0x00]));
+        let first = first_reservation(&body);
+        assert!(first < 1024, "{first}");
+        let want = match run(&body, &mut DeltaTracker::default(), &budget, first) {
+            Err(Stop::NeedsRoom(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(want, most);
+        match run(&body, &mut DeltaTracker::default(), &budget, want) {
+            Err(Stop::Rejected(r)) => {
+                assert_eq!(r.reason, ScrapeFailure::TooLarge);
+                assert!(r.message.contains("2 MiB"), "{}", r.message);
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -45,6 +45,8 @@ pub enum Behaviour {
     ErrorHuge,
     /// Answers a CPU profile at once, covering no time, whatever `seconds` asked.
     Instant,
+    /// A gzip body whose trailer announces 60 MiB, as a gzip bomb's does.
+    GzipBomb,
 }
 
 #[derive(Debug)]
@@ -168,6 +170,18 @@ async fn handler(
             return (StatusCode::OK, "<html>not a profile</html>").into_response();
         }
         Behaviour::Error => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Behaviour::GzipBomb => {
+            // What the scraper sees of a bomb before decompressing it: ~64 KB of gzip (here
+            // padding in the header's extra field) announcing 60 MiB, within deflate's ~1000:1.
+            let small = kubeprof_pprof::gzip(&[0x12, 0x00]);
+            let mut body = small[..10].to_vec();
+            body[3] |= 0x04;
+            body.extend(65_000u16.to_le_bytes());
+            body.extend(vec![0u8; 65_000]);
+            body.extend(&small[10..small.len() - 4]);
+            body.extend((60u32 << 20).to_le_bytes());
+            return body.into_response();
+        }
         Behaviour::ErrorHuge => {
             let stream = futures::stream::repeat_with(|| {
                 Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 << 10]))

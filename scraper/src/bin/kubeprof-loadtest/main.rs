@@ -63,6 +63,10 @@ struct Args {
     /// turn.
     #[arg(long, default_value_t = 0)]
     hostile: u32,
+    /// The hostile classes to take in turn (comma-separated; default all), to see what one
+    /// class costs the scraper.
+    #[arg(long, value_delimiter = ',')]
+    hostile_classes: Vec<String>,
 }
 
 const CPU: &[u8] = include_bytes!("../../../tests/fixtures/pprof-go/cpu.pb.gz");
@@ -273,6 +277,24 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut hostile_addresses = Vec::new();
+    let classes: Vec<usize> = if args.hostile_classes.is_empty() {
+        (0..hostile::CLASSES.len()).collect()
+    } else {
+        args.hostile_classes
+            .iter()
+            .map(|c| {
+                hostile::CLASSES
+                    .iter()
+                    .position(|k| k == c)
+                    .with_context(|| {
+                        format!(
+                            "no hostile class {c:?}; the classes: {}",
+                            hostile::CLASSES.join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     if args.hostile > 0 {
         let bodies = Arc::new(hostile::Bodies::build(CPU, GOROUTINE)?);
         for i in 0..args.hostile {
@@ -285,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
             let app = Router::new()
                 .route("/debug/pprof/{name}", get(hostile::serve))
                 .with_state(Arc::new(hostile::Hostile {
-                    class: i as usize % hostile::CLASSES.len(),
+                    class: classes[i as usize % classes.len()],
                     bodies: bodies.clone(),
                     requests: AtomicU64::new(0),
                 }));
