@@ -236,6 +236,7 @@ impl Reconciler {
             (engine, built, secrets, t.elapsed())
         })
         .await;
+        let compiled_in = started.elapsed();
         let (engine, built) = match result {
             Ok((engine, built, secrets, took)) => {
                 self.metrics.compile_duration.observe(took.as_secs_f64());
@@ -311,6 +312,8 @@ impl Reconciler {
         let namespace = self.publisher.namespace().to_owned();
         let owner = self.publisher.owner().clone();
         let engine: &Incremental = engine;
+        let publishing = Instant::now();
+        let recomputed = built.fingerprints.len();
         let published = match self
             .publisher
             .publish_changes(built, &stores.shards.state(), |node| {
@@ -328,6 +331,9 @@ impl Reconciler {
                         written = stats.written,
                         deleted = stats.deleted,
                         unchanged = stats.unchanged,
+                        recomputed,
+                        compile_ms = compiled_in.as_millis(),
+                        publish_ms = publishing.elapsed().as_millis(),
                         "published job shards"
                     );
                 }
