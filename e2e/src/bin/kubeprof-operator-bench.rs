@@ -26,7 +26,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use kubeprof_crds::{
     ProfilingPolicy, ProfilingTarget,
@@ -134,35 +135,58 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// The content hash of every published shard, by object name (metadata only: the shards
-/// themselves are tens of megabytes at scale).
-async fn published(api: &Api<ConfigMap>) -> anyhow::Result<BTreeMap<String, String>> {
-    let list = api
-        .list_metadata(
-            &ListParams::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}")),
-        )
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .map(|m| {
-            let hash = m
-                .annotations()
-                .get(CONTENT_HASH_ANNOTATION)
-                .cloned()
-                .unwrap_or_default();
-            (m.name_any(), hash)
-        })
-        .collect())
-}
+/// The content hash of every published shard, by object name, as a metadata watch sees it
+/// (the shards themselves are megabytes at scale; a watch, rather than listing them every few
+/// milliseconds, keeps the bench's own load off the API server and etcd: a list is a quorum
+/// read of every shard from etcd).
+#[derive(Clone, Default)]
+struct Published(std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>);
 
-/// The content hash of one shard object (empty if it has none or does not exist).
-async fn hash_of(api: &Api<ConfigMap>, name: &str) -> anyhow::Result<String> {
-    Ok(api
-        .get_metadata_opt(name)
-        .await?
-        .and_then(|m| m.annotations().get(CONTENT_HASH_ANNOTATION).cloned())
-        .unwrap_or_default())
+impl Published {
+    fn watch(api: Api<PartialObjectMeta<ConfigMap>>) -> Self {
+        let published = Self::default();
+        let map = published.clone();
+        let config =
+            watcher::Config::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}"));
+        tokio::spawn(async move {
+            let stream = watcher(api, config).default_backoff();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                let hash = |m: &PartialObjectMeta<ConfigMap>| {
+                    m.annotations()
+                        .get(CONTENT_HASH_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let mut now = map.0.lock().unwrap();
+                match event {
+                    Ok(watcher::Event::Init) => now.clear(),
+                    Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                        now.insert(m.name_any(), hash(&m));
+                    }
+                    Ok(watcher::Event::Delete(m)) => {
+                        now.remove(&m.name_any());
+                    }
+                    Ok(watcher::Event::InitDone) | Err(_) => {}
+                }
+            }
+        });
+        published
+    }
+
+    fn now(&self) -> BTreeMap<String, String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The content hash of one shard object (empty if it has none or does not exist).
+    fn hash_of(&self, name: &str) -> String {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat` (in clock
@@ -256,13 +280,13 @@ fn load() -> String {
 
 /// Waits until each named shard's hash differs from `before`; the time it took.
 async fn until_changed(
-    api: &Api<ConfigMap>,
+    shards: &Published,
     before: &BTreeMap<String, String>,
     started: Instant,
     what: &str,
 ) -> anyhow::Result<Duration> {
     loop {
-        let now = published(api).await?;
+        let now = shards.now();
         if before
             .iter()
             .all(|(name, hash)| now.get(name).is_some_and(|h| h != hash))
@@ -508,10 +532,10 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
     let publish_cpu = CpuSpan::start(&procs);
     let publish_writes = writes(&listen);
 
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ops.name);
+    let shards = Published::watch(Api::namespaced(client.clone(), &ops.name));
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let now = published(&cms).await?;
+        let now = shards.now();
         if now == expected {
             break;
         }
@@ -555,7 +579,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
         let node_obj = jobs_object_name(Some(&format!("node-{}", i % nodes)));
-        let before = hash_of(&cms, &node_obj).await?;
+        let before = shards.hash_of(&node_obj);
         let started = Instant::now();
         Api::<Pod>::namespaced(client.clone(), &ns)
             .patch(
@@ -565,7 +589,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
             )
             .await?;
         loop {
-            if hash_of(&cms, &node_obj).await? != before {
+            if shards.hash_of(&node_obj) != before {
                 break;
             }
             anyhow::ensure!(
@@ -609,13 +633,13 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         }))?)
     };
     let targets_api = Api::<ProfilingTarget>::namespaced(client.clone(), "ns-0");
-    let before = snapshot(published(&cms).await?);
+    let before = snapshot(shards.now());
     let (cpu, before_writes) = (CpuSpan::start(&procs), writes(&listen));
     let started = Instant::now();
     targets_api
         .create(&PostParams::default(), &wide("30s")?)
         .await?;
-    let created_in = until_changed(&cms, &before, started, "the new target").await?;
+    let created_in = until_changed(&shards, &before, started, "the new target").await?;
     say(&format!(
         "bench: a new target selecting {} running pods on {} nodes published in {:.0} ms ({}; {}; {})",
         batch.len(),
@@ -626,7 +650,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         load()
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = snapshot(published(&cms).await?);
+    let before = snapshot(shards.now());
     let (cpu, before_writes) = (CpuSpan::start(&procs), writes(&listen));
     let started = Instant::now();
     targets_api
@@ -636,7 +660,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
             &Patch::Merge(json!({"spec": {"endpoints": [{"port": "pprof", "interval": "45s"}]}})),
         )
         .await?;
-    let edited_in = until_changed(&cms, &before, started, "the target edit").await?;
+    let edited_in = until_changed(&shards, &before, started, "the target edit").await?;
     say(&format!(
         "bench: editing that target's interval published in {:.0} ms ({}; {}; {})",
         edited_in.as_secs_f64() * 1000.0,
