@@ -140,9 +140,6 @@ fn fingerprint(cm: &ConfigMap, owner: &Owner) -> u64 {
     h.digest()
 }
 
-/// One shard write: object name, fingerprint written, bytes of shard data, outcome.
-type WriteResult = (String, Option<u64>, usize, Result<(), kube::Error>);
-
 /// Bytes of shard data a ConfigMap carries (`data` and `binaryData`).
 fn payload_bytes(cm: &ConfigMap) -> usize {
     cm.data
@@ -200,7 +197,6 @@ impl Built {
     const KEEP_BYTES: usize = 48 << 20;
 
     /// Records one recomputed shard of `node`, as `owner` owns it.
-    #[cfg(test)]
     pub(crate) fn add(
         &mut self,
         namespace: &str,
@@ -208,18 +204,11 @@ impl Built {
         node: &Option<String>,
         shard: Option<&JobShard>,
     ) {
-        self.add_built(
-            node,
-            shard.map(|shard| owned_shard_config_map(namespace, shard, owner)),
-        );
-    }
-
-    /// Records the ConfigMap of one recomputed shard of `node` (`None`: it has none).
-    pub(crate) fn add_built(&mut self, node: &Option<String>, cm: Option<ConfigMap>) {
-        let Some(cm) = cm else {
+        let Some(shard) = shard else {
             self.fingerprints.push((node.clone(), None));
             return;
         };
+        let cm = owned_shard_config_map(namespace, shard, owner);
         self.fingerprints
             .push((node.clone(), recorded_hash(&cm.metadata)));
         let bytes = payload_bytes(&cm);
@@ -340,7 +329,7 @@ impl Publisher {
         let kept = std::sync::Mutex::new(built.kept);
         let kept = &kept;
         // Built lazily as writes complete: at most a few rebuilt ConfigMaps are held at once.
-        let results: Vec<WriteResult> =
+        let results: Vec<(String, Option<u64>, usize, Result<(), kube::Error>)> =
             futures::stream::iter(stale.into_iter().filter_map(|(name, node)| {
                 let cm = kept
                     .lock()

@@ -83,19 +83,6 @@ pub struct Incremental {
     ebpf_nodes: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// Threads that build shards at most.
-const MAX_WORKERS: usize = 4;
-/// Nodes per thread in one batch.
-const NODES_PER_WORKER: usize = 16;
-
-/// A node's shard as rebuilt, before it is recorded.
-#[derive(Debug)]
-struct Rebuilt {
-    shard: Option<JobShard>,
-    shares: Vec<(PodKey, Shares)>,
-    jobs: usize,
-}
-
 /// What an update must redo.
 #[derive(Default)]
 struct Dirty {
@@ -140,28 +127,6 @@ impl Incremental {
         pods: impl IntoIterator<Item = (PodKey, Option<Arc<PodInfo>>)>,
         now: Duration,
         mut shard: impl FnMut(&NodeKey, Option<JobShard>),
-    ) -> Update {
-        self.update_with(
-            objects,
-            pods,
-            now,
-            |_, _| (),
-            |node, built, ()| {
-                shard(node, built);
-            },
-        )
-    }
-
-    /// [`Self::update`], with each recomputed shard first given to `prepare` (on one of a few
-    /// threads: the shards of a batch of nodes are built, and prepared, in parallel), then
-    /// to `shard` with what `prepare` made of it, node after node.
-    pub fn update_with<T: Send>(
-        &mut self,
-        objects: Objects<'_>,
-        pods: impl IntoIterator<Item = (PodKey, Option<Arc<PodInfo>>)>,
-        now: Duration,
-        prepare: impl Fn(&NodeKey, Option<&JobShard>) -> T + Sync,
-        mut shard: impl FnMut(&NodeKey, Option<JobShard>, T),
     ) -> Update {
         let Objects {
             policies,
@@ -232,16 +197,9 @@ impl Incremental {
             &mut dirty,
         );
         let mut update = Update::default();
-        let nodes: Vec<NodeKey> = std::mem::take(&mut dirty.nodes).into_iter().collect();
-        let workers = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, MAX_WORKERS);
-        // Batches bound what is held at once (the jobs of a batch of nodes).
-        for batch in nodes.chunks(workers * NODES_PER_WORKER) {
-            for (node, rebuilt, prepared) in self.rebuild_batch(batch, workers, &prepare) {
-                shard(&node, self.record(&node, rebuilt, &mut dirty), prepared);
-                update.shards += 1;
-            }
+        for node in std::mem::take(&mut dirty.nodes) {
+            shard(&node, self.rebuild(&node, &mut dirty));
+            update.shards += 1;
         }
         update.facts_changed = self.refresh_facts(&dirty);
         update
@@ -442,64 +400,11 @@ impl Incremental {
         (jobs, shares)
     }
 
-    /// The shards of `nodes` and their pods' shares, built (and prepared) on up to `workers`
-    /// threads, in the order of `nodes`.
-    fn rebuild_batch<T: Send>(
-        &self,
-        nodes: &[NodeKey],
-        workers: usize,
-        prepare: &(impl Fn(&NodeKey, Option<&JobShard>) -> T + Sync),
-    ) -> Vec<(NodeKey, Rebuilt, T)> {
-        let one = |node: &NodeKey| {
-            let rebuilt = self.rebuild(node);
-            let prepared = prepare(node, rebuilt.shard.as_ref());
-            (node.clone(), rebuilt, prepared)
-        };
-        if workers <= 1 || nodes.len() <= 1 {
-            return nodes.iter().map(one).collect();
-        }
-        let per_worker = nodes.len().div_ceil(workers);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = nodes
-                .chunks(per_worker)
-                .map(|chunk| scope.spawn(|| chunk.iter().map(one).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| match h.join() {
-                    Ok(built) => built,
-                    // A panic in the compile is the caller's to handle, as without threads.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        })
-    }
-
-    /// `node`'s shard and its pods' shares, from its pods as they stand.
-    fn rebuild(&self, node: &NodeKey) -> Rebuilt {
+    /// Rebuilds `node`'s shard and its pods' shares.
+    fn rebuild(&mut self, node: &NodeKey, dirty: &mut Dirty) -> Option<JobShard> {
         let (jobs, shares) = self.build(node);
         let shares: Vec<(PodKey, Shares)> =
             shares.into_iter().map(|(k, s)| (k.clone(), s)).collect();
-        let section = self.ebpf_section(node);
-        let jobs_count = jobs.len();
-        let shard = self
-            .ctx
-            .as_ref()
-            .and_then(|ctx| sharding::shard(&ctx.sinks, node.clone(), jobs, section));
-        Rebuilt {
-            shard,
-            shares,
-            jobs: jobs_count,
-        }
-    }
-
-    /// Records a rebuilt shard of `node`: its pods' shares and its job count.
-    fn record(&mut self, node: &NodeKey, rebuilt: Rebuilt, dirty: &mut Dirty) -> Option<JobShard> {
-        let Rebuilt {
-            shard: built,
-            shares,
-            jobs: count,
-        } = rebuilt;
         for (key, new) in shares {
             let Some(entry) = self.pods.get_mut(&key.0).and_then(|p| p.get_mut(&key.1)) else {
                 continue;
@@ -527,6 +432,12 @@ impl Incremental {
                 dirty.policies.insert(s.policy.clone());
             }
         }
+        let section = self.ebpf_section(node);
+        let count = jobs.len();
+        let built = self
+            .ctx
+            .as_ref()
+            .and_then(|ctx| sharding::shard(&ctx.sinks, node.clone(), jobs, section));
         match &built {
             Some(_) => self.shards.insert(node.clone(), count),
             None => self.shards.remove(node),

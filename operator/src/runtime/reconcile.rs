@@ -217,8 +217,7 @@ impl Reconciler {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            // The ConfigMaps (serialized, compressed) are made beside the shards, in parallel.
-            engine.update_with(
+            engine.update(
                 Objects {
                     policies: &policies,
                     targets: &targets,
@@ -227,18 +226,14 @@ impl Reconciler {
                 },
                 pods,
                 now,
-                |_, shard| {
-                    let cm = shard.map(|s| owned_shard_config_map(&namespace, s, &owner));
-                    let refs = shard.map(|s| {
+                |node, shard| {
+                    built.add(&namespace, &owner, node, shard.as_ref());
+                    let refs = shard.as_ref().map(|s| {
                         s.secret_refs()
                             .into_iter()
                             .map(|r| (r.namespace, r.name))
                             .collect::<BTreeSet<_>>()
                     });
-                    (cm, refs)
-                },
-                |node, _, (cm, refs)| {
-                    built.add_built(node, cm);
                     secrets.push((node.clone(), refs));
                 },
             );
