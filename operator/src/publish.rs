@@ -140,6 +140,9 @@ fn fingerprint(cm: &ConfigMap, owner: &Owner) -> u64 {
     h.digest()
 }
 
+/// One shard write: object name, fingerprint written, bytes of shard data, outcome.
+type WriteResult = (String, Option<u64>, usize, Result<(), kube::Error>);
+
 /// Bytes of shard data a ConfigMap carries (`data` and `binaryData`).
 fn payload_bytes(cm: &ConfigMap) -> usize {
     cm.data
@@ -329,7 +332,7 @@ impl Publisher {
         let kept = std::sync::Mutex::new(built.kept);
         let kept = &kept;
         // Built lazily as writes complete: at most a few rebuilt ConfigMaps are held at once.
-        let results: Vec<(String, Option<u64>, usize, Result<(), kube::Error>)> =
+        let results: Vec<WriteResult> =
             futures::stream::iter(stale.into_iter().filter_map(|(name, node)| {
                 let cm = kept
                     .lock()
