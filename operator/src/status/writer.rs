@@ -339,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovery_is_told_by_a_normal_event() {
-        let (mut writer, mut server, _) = writer();
+        let (writer, mut server, _) = writer();
         let before = degraded_status(conditions::REASON_SCRAPE_FAILING);
         let after = ProfilingTargetStatus {
             conditions: degraded_cond("False", conditions::REASON_RECONCILED),
@@ -377,7 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_write_is_an_error_and_a_deleted_object_is_not() {
-        let (mut writer, mut server, metrics) = writer();
+        let (writer, mut server, metrics) = writer();
         let status = Status::Target(degraded_status(conditions::REASON_PORT_NOT_FOUND));
         let reference = web().object_ref(&());
         let verify = async {
