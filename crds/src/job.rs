@@ -2,7 +2,11 @@
 //! cluster mode from the published object, in standalone mode built from its YAML file).
 //!
 //! Serialized as JSON with a `formatVersion`; a scraper refuses a shard whose major format it
-//! does not know rather than guessing, and keeps running its last good jobs.
+//! does not know rather than guessing, and keeps running its last good jobs. Format 2 ([`wire`])
+//! groups the jobs of one endpoint; format 1 (the [`JobShard`] as it is) is still read, so a
+//! scraper may be upgraded before or after the operator.
+
+mod wire;
 
 use std::collections::BTreeMap;
 
@@ -15,8 +19,11 @@ use crate::{
     relabel::{Labels, RelabelConfig},
 };
 
-/// The format this crate writes and reads.
-pub const JOB_SHARD_FORMAT_VERSION: u32 = 1;
+/// The format this crate writes (it reads this one and format 1).
+pub const JOB_SHARD_FORMAT_VERSION: u32 = 2;
+
+/// The first format: the jobs one by one, as [`JobShard`] serializes.
+const JOB_SHARD_FORMAT_V1: u32 = 1;
 
 /// Key of the shard's JSON inside the published object's data.
 pub const JOB_SHARD_DATA_KEY: &str = "jobs.json";
@@ -131,7 +138,7 @@ pub enum JobShardError {
     Compressed(String),
     /// Written by a newer operator.
     #[error(
-        "job shard has format version {found}, this scraper reads version {JOB_SHARD_FORMAT_VERSION}: upgrade the scraper to match the operator"
+        "job shard has format version {found}, this scraper reads versions {JOB_SHARD_FORMAT_V1} and {JOB_SHARD_FORMAT_VERSION}: upgrade the scraper to match the operator"
     )]
     UnsupportedVersion {
         /// The version found.
@@ -153,11 +160,10 @@ impl JobShard {
         }
     }
 
-    /// Stable JSON: the same shard always serializes to the same bytes, so the operator can
-    /// skip writes that change nothing.
+    /// Stable JSON in the current format: the same shard always serializes to the same bytes,
+    /// so the operator can skip writes that change nothing.
     pub fn to_json(&self) -> String {
-        // Serialization of plain data with string keys cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        wire::to_json(self)
     }
 
     /// Parses and checks the format version.
@@ -168,12 +174,11 @@ impl JobShard {
             format_version: u32,
         }
         let header: Header = serde_json::from_str(json)?;
-        if header.format_version != JOB_SHARD_FORMAT_VERSION {
-            return Err(JobShardError::UnsupportedVersion {
-                found: header.format_version,
-            });
+        match header.format_version {
+            JOB_SHARD_FORMAT_VERSION => Ok(wire::from_json(json)?),
+            JOB_SHARD_FORMAT_V1 => Ok(serde_json::from_str(json)?),
+            found => Err(JobShardError::UnsupportedVersion { found }),
         }
-        Ok(serde_json::from_str(json)?)
     }
 }
 
@@ -420,12 +425,74 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused_with_advice() {
-        let json = r#"{"formatVersion": 2, "jobs": []}"#;
+        let json = r#"{"formatVersion": 3, "endpoints": []}"#;
         let err = JobShard::from_json(json).unwrap_err().to_string();
         assert!(
-            err.contains("format version 2") && err.contains("upgrade"),
+            err.contains("format version 3") && err.contains("upgrade"),
             "{err}"
         );
+    }
+
+    /// `job()` pulling `profile` from `address` with `labels`.
+    fn job_of(address: &str, profile: &str, labels: &[(&str, &str)]) -> ScrapeJob {
+        let mut j = job();
+        j.address = address.into();
+        j.profile.name = profile.into();
+        j.id = ScrapeJob::identity(&j.origin, address, profile, &j.profile.path);
+        j.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        j
+    }
+
+    #[test]
+    fn jobs_of_one_endpoint_share_an_entry_and_read_back_as_they_were() {
+        let a = [("instance", "10.0.0.1:6060"), ("pod", "a")];
+        let mut slower = job_of("10.0.0.1:6060", "goroutine", &a);
+        slower.interval = Duration::from_secs(60);
+        let jobs = vec![
+            job_of(
+                "10.0.0.1:6060",
+                "process_cpu",
+                &[a[0], a[1], ("__name__", "process_cpu")],
+            ),
+            job_of(
+                "10.0.0.1:6060",
+                "memory",
+                &[a[0], a[1], ("__name__", "memory")],
+            ),
+            // Other settings: an entry of its own, at the same address.
+            slower,
+            job_of("10.0.0.2:6060", "memory", &[("pod", "b")]),
+        ];
+        let shard = JobShard::new(Some("node-1".into()), jobs, vec![]);
+        let json = shard.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let endpoints = value["endpoints"].as_array().unwrap();
+        assert_eq!(endpoints.len(), 3, "{json}");
+        let shared = endpoints
+            .iter()
+            .find(|e| e["profiles"].as_array().unwrap().len() == 2)
+            .unwrap();
+        assert_eq!(
+            shared["labels"],
+            serde_json::json!({"instance": "10.0.0.1:6060", "pod": "a"})
+        );
+        assert_eq!(json.matches("10.0.0.1:6060").count(), 4, "{json}");
+        let back = JobShard::from_json(&json).unwrap();
+        assert_eq!(back, shard);
+        assert_eq!(back.to_json(), json);
+    }
+
+    #[test]
+    fn format_1_is_still_read() {
+        let shard = JobShard::new(Some("node-1".into()), vec![job()], vec![]);
+        let mut v1 = serde_json::to_value(&shard).unwrap();
+        v1["formatVersion"] = 1.into();
+        let back = JobShard::from_json(&v1.to_string()).unwrap();
+        assert_eq!(back.jobs, shard.jobs);
+        assert_eq!(back.node, shard.node);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct TestEnv {
     version: (u32, u32, String),
     // Kept for the lifetime of the process: the certificates, kubeconfig and etcd data.
     _dir: Option<tempfile::TempDir>,
-    _processes: Mutex<Vec<Child>>,
+    processes: Mutex<Vec<Child>>,
 }
 
 /// Prints a line that cargo's test harness does not capture (it captures only the print
@@ -103,7 +103,7 @@ impl TestEnv {
                 source: Source::Kubeconfig,
                 version,
                 _dir: None,
-                _processes: Mutex::new(Vec::new()),
+                processes: Mutex::new(Vec::new()),
             }));
         }
         let assets = match std::env::var_os("KUBEBUILDER_ASSETS").filter(|v| !v.is_empty()) {
@@ -226,7 +226,7 @@ impl TestEnv {
             source: Source::Assets(assets.to_owned()),
             version,
             _dir: Some(dir),
-            _processes: Mutex::new(processes),
+            processes: Mutex::new(processes),
         })
     }
 
@@ -243,6 +243,19 @@ impl TestEnv {
     /// `(major, minor, gitVersion)` of the server.
     pub fn server_version(&self) -> (u32, u32, &str) {
         (self.version.0, self.version.1, &self.version.2)
+    }
+
+    /// The process ids of the etcd and kube-apiserver this harness started (none when it
+    /// borrowed a cluster from `$KUBECONFIG`), by name: for benchmarks that account CPU time.
+    pub fn control_plane_pids(&self) -> Vec<(&'static str, u32)> {
+        let processes = self
+            .processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ["etcd", "kube-apiserver"]
+            .into_iter()
+            .zip(processes.iter().map(Child::id))
+            .collect()
     }
 
     /// CRD validation rules (CEL) are enforced from 1.25 on.

@@ -129,6 +129,8 @@ pub(crate) struct Metrics {
     pub shards: Gauge,
     /// Shard objects written (created or changed).
     pub shard_writes: Counter,
+    /// Bytes of shard data (`data` and `binaryData`) in the shard objects written.
+    pub shard_write_bytes: Counter,
     /// Shard objects deleted.
     pub shard_deletes: Counter,
     /// Status subresources written.
@@ -153,6 +155,7 @@ impl Metrics {
             ungoverned_pods: Gauge::default(),
             shards: Gauge::default(),
             shard_writes: Counter::default(),
+            shard_write_bytes: Counter::default(),
             shard_deletes: Counter::default(),
             status_writes: Counter::default(),
             watch_restarts: Family::default(),
@@ -196,6 +199,11 @@ impl Metrics {
             "shard_writes",
             "Shard objects created or changed",
             m.shard_writes.clone(),
+        );
+        r.register(
+            "shard_write_bytes",
+            "Bytes of shard data (data and binaryData) in the shard objects written",
+            m.shard_write_bytes.clone(),
         );
         r.register(
             "shard_deletes",

@@ -26,7 +26,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use kubeprof_crds::{
     ProfilingPolicy, ProfilingTarget,
@@ -134,35 +135,140 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// The content hash of every published shard, by object name (metadata only: the shards
-/// themselves are tens of megabytes at scale).
-async fn published(api: &Api<ConfigMap>) -> anyhow::Result<BTreeMap<String, String>> {
-    let list = api
-        .list_metadata(
-            &ListParams::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}")),
-        )
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .map(|m| {
-            let hash = m
-                .annotations()
-                .get(CONTENT_HASH_ANNOTATION)
-                .cloned()
-                .unwrap_or_default();
-            (m.name_any(), hash)
-        })
-        .collect())
+/// The content hash of every published shard, by object name, as a metadata watch sees it
+/// (the shards themselves are megabytes at scale; a watch, rather than listing them every few
+/// milliseconds, keeps the bench's own load off the API server and etcd: a list is a quorum
+/// read of every shard from etcd).
+#[derive(Clone, Default)]
+struct Published(std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>);
+
+impl Published {
+    fn watch(api: Api<PartialObjectMeta<ConfigMap>>) -> Self {
+        let published = Self::default();
+        let map = published.clone();
+        let config =
+            watcher::Config::default().labels(&format!("{COMPONENT_LABEL}={COMPONENT_JOBS}"));
+        tokio::spawn(async move {
+            let stream = watcher(api, config).default_backoff();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                let hash = |m: &PartialObjectMeta<ConfigMap>| {
+                    m.annotations()
+                        .get(CONTENT_HASH_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let mut now = map.0.lock().unwrap();
+                match event {
+                    Ok(watcher::Event::Init) => now.clear(),
+                    Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                        now.insert(m.name_any(), hash(&m));
+                    }
+                    Ok(watcher::Event::Delete(m)) => {
+                        now.remove(&m.name_any());
+                    }
+                    Ok(watcher::Event::InitDone) | Err(_) => {}
+                }
+            }
+        });
+        published
+    }
+
+    fn now(&self) -> BTreeMap<String, String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The content hash of one shard object (empty if it has none or does not exist).
+    fn hash_of(&self, name: &str) -> String {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
-/// The content hash of one shard object (empty if it has none or does not exist).
-async fn hash_of(api: &Api<ConfigMap>, name: &str) -> anyhow::Result<String> {
-    Ok(api
-        .get_metadata_opt(name)
-        .await?
-        .and_then(|m| m.annotations().get(CONTENT_HASH_ANNOTATION).cloned())
-        .unwrap_or_default())
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat` (in clock
+/// ticks of 1/100 s, as on every Linux this runs on).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    (field(11) + field(12)) / 100.0
+}
+
+/// Where the CPU time of a phase went: the operator, the API server, etcd and the bench.
+struct CpuSpan {
+    procs: Vec<(&'static str, String, f64)>,
+    started: Instant,
+}
+
+impl CpuSpan {
+    fn start(procs: &[(&'static str, String)]) -> Self {
+        Self {
+            procs: procs
+                .iter()
+                .map(|(name, pid)| (*name, pid.clone(), cpu_secs(pid)))
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    /// `cpu: operator 1.2 s, kube-apiserver 3.4 s, ... in 5.6 s`.
+    fn report(&self) -> String {
+        let used: Vec<String> = self
+            .procs
+            .iter()
+            .map(|(name, pid, at)| format!("{name} {:.1} s", cpu_secs(pid) - at))
+            .collect();
+        format!(
+            "cpu: {} in {:.1} s",
+            used.join(", "),
+            self.started.elapsed().as_secs_f64()
+        )
+    }
+}
+
+/// The value of a sample on the operator's `/metrics` at `listen` (0 if absent).
+fn metric(listen: &str, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut text = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(listen) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Shard writes and bytes the operator reports so far.
+fn writes(listen: &str) -> (f64, f64) {
+    (
+        metric(listen, "kubeprof_operator_shard_writes_total"),
+        metric(listen, "kubeprof_operator_shard_write_bytes_total"),
+    )
+}
+
+/// `N shard writes, M MiB` since `before`.
+fn writes_since(listen: &str, before: (f64, f64)) -> String {
+    let now = writes(listen);
+    format!(
+        "{:.0} shard writes, {:.1} MiB",
+        now.0 - before.0,
+        (now.1 - before.1) / 1024.0 / 1024.0
+    )
 }
 
 /// The load averages, to print beside each figure.
@@ -174,13 +280,13 @@ fn load() -> String {
 
 /// Waits until each named shard's hash differs from `before`; the time it took.
 async fn until_changed(
-    api: &Api<ConfigMap>,
+    shards: &Published,
     before: &BTreeMap<String, String>,
     started: Instant,
     what: &str,
 ) -> anyhow::Result<Duration> {
     loop {
-        let now = published(api).await?;
+        let now = shards.now();
         if before
             .iter()
             .all(|(name, hash)| now.get(name).is_some_and(|h| h != hash))
@@ -253,14 +359,26 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         .local_addr()?
         .to_string();
     let kubeconfig = env.kubeconfig_path().to_string_lossy().into_owned();
+    // `KUBEPROF_BENCH_LOG=info` shows each pass of the operator (compile and publish times,
+    // shards written) in `<KUBEPROF_BENCH_LOG_DIR or a temporary folder>/operator.log`.
+    let operator_log = std::env::var("KUBEPROF_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let log_dir = std::env::var_os("KUBEPROF_BENCH_LOG_DIR")
+        .map_or_else(|| work.path().to_owned(), std::path::PathBuf::from);
     let operator = Proc::start(
         "operator",
         &exe,
         &["operator", "--namespace", &ops.name, "--listen", &listen],
-        &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "warn")],
-        work.path(),
+        &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", &operator_log)],
+        &log_dir,
     )?;
     let pid = operator.pid().context("operator pid")?;
+    let mut procs = vec![("operator", pid.to_string())];
+    procs.extend(
+        env.control_plane_pids()
+            .into_iter()
+            .map(|(name, pid)| (name, pid.to_string())),
+    );
+    procs.push(("bench", "self".to_string()));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let baseline = rss_mib(pid);
     say(&format!(
@@ -353,8 +471,35 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         })
         .collect();
     let expected_jobs: usize = compiled.shards.values().map(|s| s.jobs.len()).sum();
+    let mut sizes: Vec<usize> = compiled
+        .shards
+        .values()
+        .map(|s| {
+            let cm = shard_config_map(&ops.name, s);
+            cm.data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.len())
+                .sum::<usize>()
+                + cm.binary_data
+                    .iter()
+                    .flatten()
+                    .map(|(_, v)| v.0.len())
+                    .sum::<usize>()
+        })
+        .collect();
+    sizes.sort_unstable();
+    say(&format!(
+        "bench: shard payloads {:.1} MiB in all, {} KiB median, {} KiB largest (as stored: gzip above {} KiB)",
+        sizes.iter().sum::<usize>() as f64 / 1024.0 / 1024.0,
+        sizes.get(sizes.len() / 2).copied().unwrap_or(0) / 1024,
+        sizes.last().copied().unwrap_or(0) / 1024,
+        kubeprof_crds::health::GZIP_ABOVE_BYTES / 1024,
+    ));
     drop(compiled);
 
+    let running_cpu = CpuSpan::start(&procs);
+    let running_writes = writes(&listen);
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..pods)
         .map(|i| {
             let p = &all[i];
@@ -379,14 +524,18 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
     results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let last_running = Instant::now();
     say(&format!(
-        "bench: pods created and Running in {:.1} s",
-        created.elapsed().as_secs_f64()
+        "bench: pods created and Running in {:.1} s; while setting them Running: {}; {}",
+        created.elapsed().as_secs_f64(),
+        running_cpu.report(),
+        writes_since(&listen, running_writes),
     ));
+    let publish_cpu = CpuSpan::start(&procs);
+    let publish_writes = writes(&listen);
 
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ops.name);
+    let shards = Published::watch(Api::namespaced(client.clone(), &ops.name));
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let now = published(&cms).await?;
+        let now = shards.now();
         if now == expected {
             break;
         }
@@ -408,6 +557,11 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         publish_all.as_secs_f64(),
         load()
     ));
+    say(&format!(
+        "bench: from the last Running to all published: {}; {}",
+        publish_cpu.report(),
+        writes_since(&listen, publish_writes),
+    ));
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let steady = rss_mib(pid);
@@ -425,7 +579,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
         let node_obj = jobs_object_name(Some(&format!("node-{}", i % nodes)));
-        let before = hash_of(&cms, &node_obj).await?;
+        let before = shards.hash_of(&node_obj);
         let started = Instant::now();
         Api::<Pod>::namespaced(client.clone(), &ns)
             .patch(
@@ -435,7 +589,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
             )
             .await?;
         loop {
-            if hash_of(&cms, &node_obj).await? != before {
+            if shards.hash_of(&node_obj) != before {
                 break;
             }
             anyhow::ensure!(
@@ -479,21 +633,25 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         }))?)
     };
     let targets_api = Api::<ProfilingTarget>::namespaced(client.clone(), "ns-0");
-    let before = snapshot(published(&cms).await?);
+    let before = snapshot(shards.now());
+    let (cpu, before_writes) = (CpuSpan::start(&procs), writes(&listen));
     let started = Instant::now();
     targets_api
         .create(&PostParams::default(), &wide("30s")?)
         .await?;
-    let created_in = until_changed(&cms, &before, started, "the new target").await?;
+    let created_in = until_changed(&shards, &before, started, "the new target").await?;
     say(&format!(
-        "bench: a new target selecting {} running pods on {} nodes published in {:.0} ms ({})",
+        "bench: a new target selecting {} running pods on {} nodes published in {:.0} ms ({}; {}; {})",
         batch.len(),
         affected.len(),
         created_in.as_secs_f64() * 1000.0,
+        cpu.report(),
+        writes_since(&listen, before_writes),
         load()
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = snapshot(published(&cms).await?);
+    let before = snapshot(shards.now());
+    let (cpu, before_writes) = (CpuSpan::start(&procs), writes(&listen));
     let started = Instant::now();
     targets_api
         .patch(
@@ -502,10 +660,12 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
             &Patch::Merge(json!({"spec": {"endpoints": [{"port": "pprof", "interval": "45s"}]}})),
         )
         .await?;
-    let edited_in = until_changed(&cms, &before, started, "the target edit").await?;
+    let edited_in = until_changed(&shards, &before, started, "the target edit").await?;
     say(&format!(
-        "bench: editing that target's interval published in {:.0} ms ({})",
+        "bench: editing that target's interval published in {:.0} ms ({}; {}; {})",
         edited_in.as_secs_f64() * 1000.0,
+        cpu.report(),
+        writes_since(&listen, before_writes),
         load()
     ));
 

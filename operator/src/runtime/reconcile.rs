@@ -6,7 +6,8 @@ use std::{
     time::Instant,
 };
 
-use k8s_openapi::jiff::Timestamp;
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::ObjectReference, jiff::Timestamp};
 use kube::{Client, Resource, ResourceExt};
 use kubeprof_crds::{
     health::{
@@ -29,6 +30,9 @@ use crate::{
     publish::{Built, Publisher, owned_shard_config_map, stale_health_reports},
     status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
 };
+
+/// Status writes in flight at once.
+const CONCURRENT_STATUS_WRITES: usize = 16;
 
 /// What a pass has to do, or (as its result) what failed and must be done again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -236,6 +240,7 @@ impl Reconciler {
             (engine, built, secrets, t.elapsed())
         })
         .await;
+        let compiled_in = started.elapsed();
         let (engine, built) = match result {
             Ok((engine, built, secrets, took)) => {
                 self.metrics.compile_duration.observe(took.as_secs_f64());
@@ -311,6 +316,8 @@ impl Reconciler {
         let namespace = self.publisher.namespace().to_owned();
         let owner = self.publisher.owner().clone();
         let engine: &Incremental = engine;
+        let publishing = Instant::now();
+        let recomputed = built.fingerprints.len();
         let published = match self
             .publisher
             .publish_changes(built, &stores.shards.state(), |node| {
@@ -328,6 +335,9 @@ impl Reconciler {
                         written = stats.written,
                         deleted = stats.deleted,
                         unchanged = stats.unchanged,
+                        recomputed,
+                        compile_ms = compiled_in.as_millis(),
+                        publish_ms = publishing.elapsed().as_millis(),
                         "published job shards"
                     );
                 }
@@ -465,6 +475,9 @@ impl Reconciler {
         let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
         let empty = TargetFacts::default();
 
+        // Computed first, then written a few at a time: at 200 targets, one by one they held
+        // the next compile back by seconds while the API server was busy.
+        let mut writes: Vec<(ObjectKey, ObjectReference, Status, Option<Status>)> = Vec::new();
         for guard in stores.targets.state() {
             let meta = guard.meta();
             let (ns, name) = (
@@ -498,7 +511,7 @@ impl Reconciler {
                 namespace: ns,
                 name,
             };
-            ok &= self.write_one(key, &*guard, new, previous).await;
+            writes.push((key, guard.object_ref(&()), new, previous));
         }
 
         for guard in stores.policies.state() {
@@ -518,31 +531,28 @@ impl Reconciler {
                 }
                 Err(invalid) => (unreadable(&invalid.error, meta.generation, now), None),
             };
-            ok &= self
-                .write_one(ObjectKey::Policy { name }, &*guard, new, previous)
-                .await;
+            writes.push((
+                ObjectKey::Policy { name },
+                guard.object_ref(&()),
+                new,
+                previous,
+            ));
         }
-        ok
-    }
-
-    async fn write_one<K: Resource<DynamicType = ()>>(
-        &mut self,
-        key: ObjectKey,
-        object: &K,
-        new: Status,
-        previous: Option<Status>,
-    ) -> bool {
-        match self
-            .statuses
-            .write(key, &object.object_ref(&()), new, previous)
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(object = %e.object, error = %e, "cannot write status");
-                false
-            }
-        }
+        let statuses = &self.statuses;
+        let results: Vec<bool> = futures::stream::iter(writes)
+            .map(|(key, reference, new, previous)| async move {
+                match statuses.write(key, &reference, new, previous).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(object = %e.object, error = %e, "cannot write status");
+                        false
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT_STATUS_WRITES)
+            .collect()
+            .await;
+        ok && results.into_iter().all(|r| r)
     }
 }
 

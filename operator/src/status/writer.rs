@@ -113,13 +113,14 @@ pub(crate) struct StatusWriter {
     client: Client,
     recorder: Recorder,
     metrics: Metrics,
-    written: HashMap<ObjectKey, Status>,
+    /// Behind a lock so that several writes may be in flight at once.
+    written: std::sync::Mutex<HashMap<ObjectKey, Status>>,
 }
 
 impl std::fmt::Debug for StatusWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusWriter")
-            .field("written", &self.written.len())
+            .field("written", &self.written().len())
             .finish_non_exhaustive()
     }
 }
@@ -137,25 +138,31 @@ impl StatusWriter {
             ),
             client,
             metrics,
-            written: HashMap::new(),
+            written: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Status>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forgets what was written (another leader may have written since).
     pub(crate) fn reset(&mut self) {
-        self.written.clear();
+        self.written().clear();
     }
 
     /// Makes the status of `key` equal `new`, unless it already is (`previous`, as the cache
     /// has it) or this writer wrote it last. An object that is gone is not an error.
     pub(crate) async fn write(
-        &mut self,
+        &self,
         key: ObjectKey,
         reference: &ObjectReference,
         new: Status,
         previous: Option<Status>,
     ) -> Result<(), StatusError> {
-        if previous.as_ref() == Some(&new) || self.written.get(&key) == Some(&new) {
+        if previous.as_ref() == Some(&new) || self.written().get(&key) == Some(&new) {
             return Ok(());
         }
         let patch = Patch::Merge(new.merge_patch());
@@ -185,7 +192,7 @@ impl StatusWriter {
                     self.metrics.error(Failure::Event);
                     tracing::debug!(error = %e, "cannot publish event");
                 }
-                self.written.insert(key, new);
+                self.written().insert(key, new);
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -332,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovery_is_told_by_a_normal_event() {
-        let (mut writer, mut server, _) = writer();
+        let (writer, mut server, _) = writer();
         let before = degraded_status(conditions::REASON_SCRAPE_FAILING);
         let after = ProfilingTargetStatus {
             conditions: degraded_cond("False", conditions::REASON_RECONCILED),
@@ -370,7 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_write_is_an_error_and_a_deleted_object_is_not() {
-        let (mut writer, mut server, metrics) = writer();
+        let (writer, mut server, metrics) = writer();
         let status = Status::Target(degraded_status(conditions::REASON_PORT_NOT_FOUND));
         let reference = web().object_ref(&());
         let verify = async {
