@@ -17,7 +17,7 @@ mod status;
 
 pub use cli::{main, main_from};
 pub use index::pod_info;
-pub use publish::{CONTENT_HASH_ANNOTATION, shard_config_map};
+pub use publish::{CONTENT_HASH_ANNOTATION, payload_bytes, shard_config_map};
 
 /// The allocator the operator binaries install: jemalloc returns freed memory to the system,
 /// where glibc keeps the peak of a full compile at 10,000 pods as RSS.

@@ -144,7 +144,7 @@ fn fingerprint(cm: &ConfigMap, owner: &Owner) -> u64 {
 type WriteResult = (String, Option<u64>, usize, Result<(), kube::Error>);
 
 /// Bytes of shard data a ConfigMap carries (`data` and `binaryData`).
-fn payload_bytes(cm: &ConfigMap) -> usize {
+pub fn payload_bytes(cm: &ConfigMap) -> usize {
     cm.data
         .iter()
         .flatten()

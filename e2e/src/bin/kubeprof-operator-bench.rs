@@ -35,7 +35,9 @@ use kubeprof_crds::{
     health::jobs_object_name,
 };
 use kubeprof_e2e::{TestEnv, procs::Proc, say};
-use kubeprof_operator::{CONTENT_HASH_ANNOTATION, compile, pod_info, shard_config_map};
+use kubeprof_operator::{
+    CONTENT_HASH_ANNOTATION, compile, payload_bytes, pod_info, shard_config_map,
+};
 use serde_json::json;
 
 const NAMESPACES: usize = 200;
@@ -474,19 +476,7 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
     let mut sizes: Vec<usize> = compiled
         .shards
         .values()
-        .map(|s| {
-            let cm = shard_config_map(&ops.name, s);
-            cm.data
-                .iter()
-                .flatten()
-                .map(|(_, v)| v.len())
-                .sum::<usize>()
-                + cm.binary_data
-                    .iter()
-                    .flatten()
-                    .map(|(_, v)| v.0.len())
-                    .sum::<usize>()
-        })
+        .map(|s| payload_bytes(&shard_config_map(&ops.name, s)))
         .collect();
     sizes.sort_unstable();
     say(&format!(
