@@ -159,7 +159,9 @@ async fn unrelated_timers_survive_job_changes() {
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap > Duration::from_millis(750) && gap < Duration::from_millis(1250),
+            // A restarted timer shows as an extra scrape (a short gap) or a skipped one (~2 s);
+            // the margin is for a loaded machine's late wake-ups.
+            gap > Duration::from_millis(500) && gap < Duration::from_millis(1500),
             "goroutine timer was disturbed: gap {gap:?}"
         );
     }
