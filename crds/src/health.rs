@@ -295,13 +295,7 @@ impl EbpfReport {
 
     /// Parses and checks the format version.
     pub fn from_json(json: &str) -> Result<Self, HealthReportError> {
-        let report: Self = serde_json::from_str(json)?;
-        if report.format_version != HEALTH_FORMAT_VERSION {
-            return Err(HealthReportError::UnsupportedVersion {
-                found: report.format_version,
-            });
-        }
-        Ok(report)
+        parse_versioned(json, |r: &Self| r.format_version)
     }
 }
 
@@ -425,6 +419,18 @@ pub enum HealthReportError {
     },
 }
 
+/// Parses either key of a health report, refusing another format version.
+fn parse_versioned<T: serde::de::DeserializeOwned>(
+    json: &str,
+    version: impl Fn(&T) -> u32,
+) -> Result<T, HealthReportError> {
+    let report: T = serde_json::from_str(json)?;
+    match version(&report) {
+        HEALTH_FORMAT_VERSION => Ok(report),
+        found => Err(HealthReportError::UnsupportedVersion { found }),
+    }
+}
+
 impl HealthReport {
     /// Stable JSON.
     pub fn to_json(&self) -> String {
@@ -433,13 +439,7 @@ impl HealthReport {
 
     /// Parses and checks the format version.
     pub fn from_json(json: &str) -> Result<Self, HealthReportError> {
-        let report: Self = serde_json::from_str(json)?;
-        if report.format_version != HEALTH_FORMAT_VERSION {
-            return Err(HealthReportError::UnsupportedVersion {
-                found: report.format_version,
-            });
-        }
-        Ok(report)
+        parse_versioned(json, |r: &Self| r.format_version)
     }
 }
 
