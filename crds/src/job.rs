@@ -349,9 +349,16 @@ impl ScrapeJob {
     /// digest, stable across processes and releases.
     pub fn identity(origin: &JobOrigin, address: &str, profile_name: &str, path: &str) -> String {
         use md5::Digest;
+        // The kind as `Debug` prints it: ids must not change across releases.
+        let kind = match origin.kind {
+            OriginKind::ProfilingTarget => "ProfilingTarget",
+            OriginKind::Annotations => "Annotations",
+            OriginKind::Static => "Static",
+            OriginKind::ProfilingPolicy => "ProfilingPolicy",
+        };
         let mut h = md5::Md5::new();
         for part in [
-            format!("{:?}", origin.kind).as_str(),
+            kind,
             &origin.namespace,
             &origin.name,
             address,
@@ -362,7 +369,13 @@ impl ScrapeJob {
             h.update([0u8]);
         }
         let digest = h.finalize();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(16);
+        for b in &digest[..8] {
+            id.push(char::from(HEX[usize::from(b >> 4)]));
+            id.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        id
     }
 
     /// How long one request may take: `seconds` plus the timeout for profiles sampled over
@@ -509,6 +522,35 @@ mod tests {
         );
         assert_ne!(a.id, other);
         assert_eq!(a.id.len(), 16);
+    }
+
+    #[test]
+    fn ids_stay_what_earlier_releases_computed() {
+        // A changed id restarts the job's timer and loses its delta baseline in every scraper
+        // on upgrade: these are the digests of earlier releases.
+        let origin = |kind, name: &str| JobOrigin {
+            kind,
+            namespace: "team-a".into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            ScrapeJob::identity(
+                &origin(OriginKind::ProfilingTarget, "checkout"),
+                "10.0.0.7:6060",
+                "process_cpu",
+                "/debug/pprof/profile"
+            ),
+            "9ed338ecca613ab7"
+        );
+        assert_eq!(
+            ScrapeJob::identity(
+                &origin(OriginKind::Annotations, "checkout-7d9"),
+                "10.0.0.7:6060",
+                "memory",
+                "/debug/pprof/allocs"
+            ),
+            "3db0b396646619c6"
+        );
     }
 
     #[test]

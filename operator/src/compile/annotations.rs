@@ -274,7 +274,6 @@ fn jobs_of(
                 interval,
                 timeout,
                 params: BTreeMap::new(),
-                relabelings: Vec::new(),
                 auth: None,
                 tls: None,
                 sinks: rules.sinks(&[], problems),
@@ -283,7 +282,13 @@ fn jobs_of(
                 static_labels: Default::default(),
             };
             out.extend(build_jobs(
-                &origin, labels, &profiles, &settings, rules, problems,
+                &origin,
+                labels,
+                &profiles,
+                &settings,
+                rules,
+                rules.relabel,
+                problems,
             ));
         }
     }

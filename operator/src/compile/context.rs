@@ -91,6 +91,10 @@ impl Context {
                 policy_facts.entry(policy.name.clone()).or_default().targets += 1;
             }
             if p.selector.is_some() {
+                let rules: Vec<_> = p.namespaces.iter().map(|ns| governing.rules(ns)).collect();
+                for r in &rules {
+                    p.add_plan(r);
+                }
                 for ns in &p.namespaces {
                     by_namespace
                         .entry(ns.clone())

@@ -10,10 +10,10 @@ use kubeprof_crds::{
     constants::labels,
     job::{JobOrigin, OriginKind, ScrapeAuth, ScrapeJob, ScrapeTls},
     labels as pipeline,
-    relabel::{Labels, compile_all},
+    relabel::{CompiledRelabel, Labels, RelabelConfig, compile_all},
 };
 
-use super::{PodInfo, PortInfo, Problem, policies::Rules};
+use super::{PodInfo, PolicyInput, PortInfo, Problem, policies::Rules};
 
 /// An endpoint with every default and limit applied.
 #[derive(Clone, Debug)]
@@ -22,7 +22,6 @@ pub(super) struct EndpointSettings {
     pub(super) interval: Duration,
     pub(super) timeout: Duration,
     pub(super) params: BTreeMap<String, Vec<String>>,
-    pub(super) relabelings: Vec<kubeprof_crds::RelabelConfig>,
     pub(super) auth: Option<ScrapeAuth>,
     pub(super) tls: Option<ScrapeTls>,
     pub(super) sinks: Vec<String>,
@@ -121,26 +120,40 @@ pub(super) fn copy_pod_labels(l: &mut Labels) {
     }
 }
 
-/// One job per profile, with relabelling applied here: `None` when the rules drop the target.
+/// Relabel rules compiled once per endpoint and policy (not once per pod): the endpoint's,
+/// then the policy's; an invalid rule is the problem to report on every pod it would run on.
+pub(super) type CompiledRules = Result<Vec<CompiledRelabel>, Problem>;
+
+/// The endpoint's `relabelings` and then the governing policy's, compiled.
+pub(super) fn compile_rules(
+    endpoint: &[RelabelConfig],
+    policy: Option<&PolicyInput>,
+) -> CompiledRules {
+    let mut all = endpoint.to_vec();
+    if let Some(p) = policy {
+        all.extend(p.spec.relabelings.iter().cloned());
+    }
+    compile_all(&all).map_err(|e| Problem {
+        reason: conditions::REASON_INVALID_SPEC,
+        message: e.to_string(),
+    })
+}
+
+/// One job per profile, with relabelling (`compiled`: the endpoint's rules, then the policy's)
+/// applied here: none when the rules drop the target.
 pub(super) fn build_jobs(
     origin: &JobOrigin,
     mut labels: Labels,
     profiles: &[ResolvedProfile],
     endpoint: &EndpointSettings,
     rules: &Rules<'_>,
+    compiled: &CompiledRules,
     problems: &mut BTreeSet<Problem>,
 ) -> Vec<ScrapeJob> {
-    let mut rules_list = endpoint.relabelings.clone();
-    if let Some(p) = rules.policy {
-        rules_list.extend(p.spec.relabelings.iter().cloned());
-    }
-    let compiled = match compile_all(&rules_list) {
+    let compiled = match compiled {
         Ok(c) => c,
-        Err(e) => {
-            problems.insert(Problem {
-                reason: conditions::REASON_INVALID_SPEC,
-                message: e.to_string(),
-            });
+        Err(problem) => {
+            problems.insert(problem.clone());
             return Vec::new();
         }
     };
@@ -165,44 +178,171 @@ pub(super) fn build_jobs(
         .policy
         .map(|p| p.spec.external_labels.clone())
         .unwrap_or_default();
-    let mut jobs = Vec::new();
-    for profile in profiles {
-        let mut l = labels.clone();
-        l.insert(labels::PROFILE_PATH.into(), profile.path.clone());
-        let Some(l) = pipeline::apply_rules(l, &profile.name, &compiled) else {
-            continue;
+    let max_profile_bytes = rules
+        .policy
+        .and_then(|p| p.spec.limits.max_profile_size_bytes)
+        .and_then(|b| u64::try_from(b).ok());
+    let job = |labels: Labels, address: String, profile: &ResolvedProfile| ScrapeJob {
+        id: ScrapeJob::identity(origin, &address, &profile.name, &profile.path),
+        origin: origin.clone(),
+        address,
+        scheme: endpoint.scheme,
+        profile: profile.clone(),
+        params: endpoint.params.clone(),
+        interval: endpoint.interval,
+        timeout: endpoint.timeout,
+        labels,
+        relabelings: Vec::new(),
+        external_labels: external.clone(),
+        auth: endpoint.auth.clone(),
+        tls: endpoint.tls.clone(),
+        sinks: endpoint.sinks.clone(),
+        max_profile_bytes,
+    };
+    if compiled.is_empty() {
+        // No rule can read `__name__` or `__profile_path__`: the pipeline runs once, not per
+        // profile.
+        let Some((common, address)) = finish_common(labels) else {
+            return Vec::new();
         };
-        let Some(address) = l.get(labels::ADDRESS).cloned() else {
-            continue;
-        };
-        // Relabelling is done here, once: publishing only the final labels keeps shards small
-        // (a pod's annotations alone can be kilobytes). External labels travel separately and
-        // are added by the scraper, which runs the same pipeline again without rules.
-        // After the rules, as Alloy's delta appender does: a rule cannot lose the mark that
-        // keeps Pyroscope from computing deltas of deltas.
-        let mut l = l;
-        pipeline::mark_delta(&mut l, profile);
-        let l = pipeline::finish(l, &profile.name, &Labels::new());
-        jobs.push(ScrapeJob {
-            id: ScrapeJob::identity(origin, &address, &profile.name, &profile.path),
-            origin: origin.clone(),
-            address,
-            scheme: endpoint.scheme,
-            profile: profile.clone(),
-            params: endpoint.params.clone(),
-            interval: endpoint.interval,
-            timeout: endpoint.timeout,
-            labels: l,
-            relabelings: Vec::new(),
-            external_labels: external.clone(),
-            auth: endpoint.auth.clone(),
-            tls: endpoint.tls.clone(),
-            sinks: endpoint.sinks.clone(),
-            max_profile_bytes: rules
-                .policy
-                .and_then(|p| p.spec.limits.max_profile_size_bytes)
-                .and_then(|b| u64::try_from(b).ok()),
-        });
+        return profiles
+            .iter()
+            .map(|profile| job(for_profile(&common, profile), address.clone(), profile))
+            .collect();
     }
-    jobs
+    profiles
+        .iter()
+        .filter_map(|profile| {
+            let l = finish_each(labels.clone(), profile, compiled)?;
+            let address = l.1;
+            Some(job(l.0, address, profile))
+        })
+        .collect()
+}
+
+/// Without relabel rules, the pipeline's result is the same for every profile but for
+/// `__name__` and `__delta__`: the labels all profiles share (`__name__` empty unless a static
+/// label set it) and the address, as [`finish_each`] would give them.
+fn finish_common(l: Labels) -> Option<(Labels, String)> {
+    let address = l.get(labels::ADDRESS).cloned()?;
+    Some((pipeline::finish(l, "", &Labels::new()), address))
+}
+
+/// One profile's labels from [`finish_common`]'s.
+fn for_profile(common: &Labels, profile: &ResolvedProfile) -> Labels {
+    let mut l = common.clone();
+    if l.get(labels::NAME).is_none_or(String::is_empty) {
+        l.insert(labels::NAME.into(), profile.name.clone());
+    }
+    pipeline::mark_delta(&mut l, profile);
+    l
+}
+
+/// The labels of one profile through the whole pipeline, and the address they scrape: `None`
+/// when a rule drops the target.
+fn finish_each(
+    mut l: Labels,
+    profile: &ResolvedProfile,
+    compiled: &[CompiledRelabel],
+) -> Option<(Labels, String)> {
+    l.insert(labels::PROFILE_PATH.into(), profile.path.clone());
+    let mut l = pipeline::apply_rules(l, &profile.name, compiled)?;
+    let address = l.get(labels::ADDRESS).cloned()?;
+    // Relabelling is done here, once: publishing only the final labels keeps shards small
+    // (a pod's annotations alone can be kilobytes). External labels travel separately and
+    // are added by the scraper, which runs the same pipeline again without rules.
+    // After the rules, as Alloy's delta appender does: a rule cannot lose the mark that
+    // keeps Pyroscope from computing deltas of deltas.
+    pipeline::mark_delta(&mut l, profile);
+    Some((pipeline::finish(l, &profile.name, &Labels::new()), address))
+}
+
+#[cfg(test)]
+mod tests {
+    use kubeprof_crds::ProfileKind;
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+
+    /// The shortcut taken without relabel rules gives what the whole pipeline gives, profile
+    /// by profile, whatever labels and static labels the endpoint has.
+    #[test]
+    fn without_rules_the_shared_labels_equal_the_per_profile_pipeline() {
+        let pod = PodInfo {
+            namespace: "team-a".into(),
+            name: "checkout-1".into(),
+            uid: "u1".into(),
+            labels: [("app".to_string(), "checkout".to_string())].into(),
+            annotations: [(
+                "profiles.grafana.com/service_name".to_string(),
+                "shop".to_string(),
+            )]
+            .into(),
+            node: Some("n1".into()),
+            ip: Some("10.0.0.7".into()),
+            running: true,
+            ..Default::default()
+        };
+        let port = PortInfo {
+            name: Some("pprof".into()),
+            number: 6060,
+        };
+        let base = discovery_labels(&pod, "app", &port, "10.0.0.7:6060", Scheme::Http);
+        let variants: Vec<(&str, Labels)> = vec![
+            ("discovery labels", base.clone()),
+            ("no address", {
+                let mut l = base.clone();
+                l.remove(labels::ADDRESS);
+                l
+            }),
+            ("static __name__", {
+                let mut l = base.clone();
+                l.insert(labels::NAME.into(), "renamed".into());
+                l
+            }),
+            ("empty __name__", {
+                let mut l = base.clone();
+                l.insert(labels::NAME.into(), String::new());
+                l
+            }),
+            ("static __delta__ and instance", {
+                let mut l = base.clone();
+                l.insert(labels::DELTA.into(), "true".into());
+                l.insert(labels::INSTANCE.into(), "mine".into());
+                l
+            }),
+            ("empty service_name", {
+                let mut l = base.clone();
+                l.retain(|k, _| !k.starts_with(labels::META_POD_ANNOTATION_PREFIX));
+                l.insert(labels::SERVICE_NAME.into(), String::new());
+                l
+            }),
+        ];
+        let mut profiles: Vec<ResolvedProfile> = ProfileKind::ALL
+            .into_iter()
+            .map(|k| ResolvedProfile {
+                name: k.metric_name().into(),
+                kind: Some(k),
+                path: k.default_path().into(),
+                delta: k.cumulative(),
+                seconds: None,
+                pre_delta: false,
+            })
+            .collect();
+        profiles.push(ResolvedProfile::custom("fgprof", None, false, None, 15));
+        for (what, l) in variants {
+            let common = finish_common(l.clone());
+            for profile in &profiles {
+                let shortcut = common
+                    .as_ref()
+                    .map(|(c, a)| (for_profile(c, profile), a.clone()));
+                assert_eq!(
+                    shortcut,
+                    finish_each(l.clone(), profile, &[]),
+                    "{what}, {}",
+                    profile.name
+                );
+            }
+        }
+    }
 }

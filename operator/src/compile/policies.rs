@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::core::{Selector, SelectorExt};
 use kubeprof_crds::{Duration, ResolvedProfile, conditions, job::sink_key, policy::PolicyDefaults};
 
-use super::{NamespaceInfo, PolicyFacts, PolicyInput, Problem, selector};
+use super::{
+    NamespaceInfo, PolicyFacts, PolicyInput, Problem,
+    jobs::{CompiledRules, compile_rules},
+    selector,
+};
 
 /// The policy governing each namespace: the matching policy with the highest `priority`, ties
 /// to the name that sorts first. Owns the (accepted) policies, so that an incremental compile
@@ -16,6 +20,8 @@ pub(super) struct Governing {
     policies: Vec<PolicyInput>,
     /// Index into `policies` of each governed namespace's policy.
     by_namespace: BTreeMap<String, usize>,
+    /// Each policy's relabel rules, compiled once (not once per pod).
+    rules: Vec<CompiledRules>,
 }
 
 impl Governing {
@@ -57,9 +63,14 @@ impl Governing {
                 facts.entry(p.name.clone()).or_default().matched_namespaces += 1;
             }
         }
+        let rules = policies
+            .iter()
+            .map(|p| compile_rules(&[], Some(p)))
+            .collect();
         Self {
             policies,
             by_namespace,
+            rules,
         }
     }
 
@@ -77,22 +88,41 @@ impl Governing {
 
     /// The rules in force in `namespace`.
     pub(super) fn rules(&self, namespace: &str) -> Rules<'_> {
-        Rules::of(self.policy(namespace))
+        let Some(&i) = self.by_namespace.get(namespace) else {
+            return Rules::none();
+        };
+        match (self.policies.get(i), self.rules.get(i)) {
+            (Some(policy), Some(relabel)) => Rules {
+                policy: Some(policy),
+                defaults: &policy.spec.defaults,
+                relabel,
+            },
+            _ => Rules::none(),
+        }
     }
 }
+
+/// The defaults where no policy governs.
+static NO_DEFAULTS: std::sync::LazyLock<PolicyDefaults> =
+    std::sync::LazyLock::new(PolicyDefaults::default);
+static NO_RULES: CompiledRules = Ok(Vec::new());
 
 /// Defaults and limits in force in one namespace.
 #[derive(Clone, Debug)]
 pub(super) struct Rules<'a> {
     pub(super) policy: Option<&'a PolicyInput>,
-    pub(super) defaults: PolicyDefaults,
+    pub(super) defaults: &'a PolicyDefaults,
+    /// The policy's relabel rules, compiled.
+    pub(super) relabel: &'a CompiledRules,
 }
 
 impl<'a> Rules<'a> {
-    fn of(policy: Option<&'a PolicyInput>) -> Self {
+    /// Where no policy governs.
+    fn none() -> Self {
         Self {
-            policy,
-            defaults: policy.map(|p| p.spec.defaults.clone()).unwrap_or_default(),
+            policy: None,
+            defaults: &NO_DEFAULTS,
+            relabel: &NO_RULES,
         }
     }
 

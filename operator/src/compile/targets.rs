@@ -15,7 +15,9 @@ use kubeprof_crds::{
 use super::{
     Decision, NamespaceInfo, PodInfo, PodPart, Problem, TargetFacts, TargetInput, TargetShare,
     context::Context,
-    jobs::{EndpointSettings, build_jobs, discovery_labels, resolve_ports},
+    jobs::{
+        CompiledRules, EndpointSettings, build_jobs, compile_rules, discovery_labels, resolve_ports,
+    },
     policies::Rules,
     sampling::{self, Clock},
     selector, validate,
@@ -34,6 +36,59 @@ pub(super) struct PreparedTarget {
     pub(super) selector: Option<Selector>,
     /// The namespaces it selects pods in.
     pub(super) namespaces: BTreeSet<String>,
+    /// Its endpoints under each policy governing one of those namespaces (by policy name;
+    /// `None`: no policy), prepared once rather than for every pod.
+    pub(super) plans: Vec<(Option<String>, Vec<EndpointPlan>)>,
+}
+
+/// An endpoint under one policy: its settings and profiles with every default and limit
+/// applied, its relabel rules compiled, and the problems doing so found.
+#[derive(Clone, Debug)]
+pub(super) struct EndpointPlan {
+    settings: EndpointSettings,
+    profiles: Vec<ResolvedProfile>,
+    rules: CompiledRules,
+    problems: BTreeSet<Problem>,
+}
+
+impl PreparedTarget {
+    /// Prepares its endpoints under the policy `rules` come from (once per policy).
+    pub(super) fn add_plan(&mut self, rules: &Rules<'_>) {
+        let policy = rules.policy.map(|p| p.name.clone());
+        if self.plans.iter().any(|(p, _)| *p == policy) {
+            return;
+        }
+        let plans = plan(&self.input, rules);
+        self.plans.push((policy, plans));
+    }
+
+    /// Its endpoints under `rules`' policy (prepared now if [`Self::add_plan`] was not called
+    /// for it).
+    fn plans(&self, rules: &Rules<'_>) -> std::borrow::Cow<'_, [EndpointPlan]> {
+        let policy = rules.policy.map(|p| &p.name);
+        match self.plans.iter().find(|(p, _)| p.as_ref() == policy) {
+            Some((_, plans)) => std::borrow::Cow::Borrowed(plans),
+            None => std::borrow::Cow::Owned(plan(&self.input, rules)),
+        }
+    }
+}
+
+/// Every endpoint of `t` under `rules`.
+fn plan(t: &TargetInput, rules: &Rules<'_>) -> Vec<EndpointPlan> {
+    t.spec
+        .endpoints
+        .iter()
+        .map(|e| {
+            let mut problems = BTreeSet::new();
+            let (settings, profiles) = endpoint_settings(t, e, rules, &mut problems);
+            EndpointPlan {
+                settings,
+                profiles,
+                rules: compile_rules(&e.relabelings, rules.policy),
+                problems,
+            }
+        })
+        .collect()
 }
 
 /// Validates `t` and resolves its selectors against `namespaces`. A target the API server would
@@ -46,6 +101,7 @@ pub(super) fn prepare(t: &TargetInput, namespaces: &[NamespaceInfo]) -> Prepared
         problems: refused,
         selector: None,
         namespaces: BTreeSet::new(),
+        plans: Vec::new(),
     };
     if !prepared.active {
         return prepared;
@@ -161,7 +217,8 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
             part.shares.targets.push(share);
             continue;
         }
-        for (i, e) in t.input.spec.endpoints.iter().enumerate() {
+        let plans = t.plans(&rules);
+        for (i, (e, plan)) in t.input.spec.endpoints.iter().zip(plans.iter()).enumerate() {
             let ports = resolve_ports(pod, e.port.as_deref(), e.port_number);
             if ports.is_empty() {
                 share.problems.insert(Problem {
@@ -188,8 +245,8 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
                     });
                     continue;
                 }
-                let (settings, profiles) =
-                    endpoint_settings(&t.input, e, &rules, &mut share.problems);
+                share.problems.extend(plan.problems.iter().cloned());
+                let settings = &plan.settings;
                 let address = format!("{ip}:{}", port.number);
                 let l = discovery_labels(pod, &container, &port, &address, settings.scheme);
                 let origin = JobOrigin {
@@ -200,9 +257,10 @@ pub(super) fn pod_jobs(ctx: &Context, pod: &PodInfo, decision: &Decision, part: 
                 for job in build_jobs(
                     &origin,
                     l,
-                    &profiles,
-                    &settings,
+                    &plan.profiles,
+                    settings,
                     &rules,
+                    &plan.rules,
                     &mut share.problems,
                 ) {
                     part.covered.insert(job.profile.name.clone());
@@ -307,7 +365,6 @@ fn endpoint_settings(
             interval,
             timeout,
             params: e.params.clone(),
-            relabelings: e.relabelings.clone(),
             auth,
             tls,
             sinks: rules.sinks(&t.spec.sinks, problems),
