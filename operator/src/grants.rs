@@ -140,6 +140,11 @@ impl Grants {
         self.names.object_name()
     }
 
+    /// What the Roles `roles` grant the scrapers now.
+    pub fn granted(&self, roles: &[Arc<Role>]) -> ScraperAccess {
+        ScraperAccess::granted_by(roles.iter().map(|r| &**r), &self.names)
+    }
+
     /// Grants what `wanted` needs on top of what the Roles grant now, and creates the missing
     /// health reports. Every write is attempted; the first error is returned.
     pub async fn widen(

@@ -168,6 +168,85 @@ pub struct PublishStats {
     pub unchanged: usize,
 }
 
+/// Shard writes started while the compile that builds them goes on: a shard whose scraper
+/// already has every grant it needs (its health report exists, the Roles already grant its
+/// Secrets) is written as soon as it is built, so that writing a thousand shards overlaps
+/// compiling them; the others wait for [`Publisher::publish_changes`], after the grants.
+pub(crate) struct EarlyWrites<'a> {
+    publisher: &'a mut Publisher,
+    on_server: HashMap<String, u64>,
+    in_flight: futures::stream::FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = WriteResult> + Send>>,
+    >,
+    /// Shards that must wait, kept (within [`Built::KEEP_BYTES`]) to write them without
+    /// building them again.
+    deferred: Vec<ConfigMap>,
+    deferred_bytes: usize,
+    stats: PublishStats,
+    first_error: Option<PublishError>,
+}
+
+impl<'a> EarlyWrites<'a> {
+    /// Early writes through `publisher`, against the watched shard objects `existing`.
+    pub(crate) fn new(
+        publisher: &'a mut Publisher,
+        existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
+    ) -> Self {
+        let on_server = existing
+            .iter()
+            .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
+            .collect();
+        Self {
+            publisher,
+            on_server,
+            in_flight: futures::stream::FuturesUnordered::new(),
+            deferred: Vec::new(),
+            deferred_bytes: 0,
+            stats: PublishStats::default(),
+            first_error: None,
+        }
+    }
+
+    /// Takes one built shard object: starts its write when `ready` (its scraper has its
+    /// grants) and the server may not hold it yet, keeps it for later when not ready. Waits
+    /// for a write to finish first when [`CONCURRENT_WRITES`] are under way.
+    pub(crate) async fn offer(&mut self, cm: ConfigMap, ready: bool) {
+        if !self.publisher.differs(&cm, &self.on_server) {
+            return;
+        }
+        if !ready {
+            let bytes = payload_bytes(&cm);
+            if self.deferred_bytes + bytes <= Built::KEEP_BYTES {
+                self.deferred_bytes += bytes;
+                self.deferred.push(cm);
+            }
+            return;
+        }
+        while self.in_flight.len() >= CONCURRENT_WRITES {
+            self.finish_one().await;
+        }
+        let name = cm.name_any();
+        self.in_flight
+            .push(Box::pin(self.publisher.write(name, cm)));
+    }
+
+    async fn finish_one(&mut self) {
+        if let Some(result) = self.in_flight.next().await
+            && let Err(e) = self.publisher.record_write(result, &mut self.stats)
+        {
+            self.first_error.get_or_insert(e);
+        }
+    }
+
+    /// Waits for every write; what they did, and the first error.
+    pub(crate) async fn finish(mut self) -> (PublishStats, Option<PublishError>, Vec<ConfigMap>) {
+        while !self.in_flight.is_empty() {
+            self.finish_one().await;
+        }
+        (self.stats, self.first_error, self.deferred)
+    }
+}
+
 /// Writes shards into one namespace, remembering what it wrote so that an unchanged shard is
 /// never rewritten, even before the watch has delivered the previous write.
 #[derive(Debug)]
@@ -177,6 +256,9 @@ pub struct Publisher {
     written: HashMap<String, u64>,
     /// The fingerprint of every shard that should exist, by object name, with its node.
     desired: HashMap<String, (Option<String>, u64)>,
+    /// Written by this pass before [`Publisher::publish_changes`] (the watch may not show them
+    /// yet).
+    fresh: HashSet<String>,
     metrics: Metrics,
     owner: Owner,
 }
@@ -199,7 +281,23 @@ impl Built {
     /// of them twice.
     const KEEP_BYTES: usize = 48 << 20;
 
+    /// Records the fingerprint of `node`'s recomputed shard object (`None`: no shard any more).
+    pub(crate) fn record(&mut self, node: &Option<String>, cm: Option<&ConfigMap>) {
+        let fp = cm.and_then(|cm| recorded_hash(&cm.metadata));
+        self.fingerprints.push((node.clone(), fp));
+    }
+
+    /// Keeps `cm` to write it without building it again, within the byte budget.
+    pub(crate) fn keep(&mut self, cm: ConfigMap) {
+        let bytes = payload_bytes(&cm);
+        if self.kept_bytes + bytes <= Self::KEEP_BYTES {
+            self.kept_bytes += bytes;
+            self.kept.insert(cm.name_any(), cm);
+        }
+    }
+
     /// Records one recomputed shard of `node`, as `owner` owns it.
+    #[cfg(test)]
     pub(crate) fn add(
         &mut self,
         namespace: &str,
@@ -212,13 +310,8 @@ impl Built {
             return;
         };
         let cm = owned_shard_config_map(namespace, shard, owner);
-        self.fingerprints
-            .push((node.clone(), recorded_hash(&cm.metadata)));
-        let bytes = payload_bytes(&cm);
-        if self.kept_bytes + bytes <= Self::KEEP_BYTES {
-            self.kept_bytes += bytes;
-            self.kept.insert(cm.name_any(), cm);
-        }
+        self.record(node, Some(&cm));
+        self.keep(cm);
     }
 }
 
@@ -230,6 +323,7 @@ impl Publisher {
             namespace: namespace.into(),
             written: HashMap::new(),
             desired: HashMap::new(),
+            fresh: HashSet::new(),
             metrics,
             owner: Owner::none(),
         }
@@ -313,7 +407,9 @@ impl Publisher {
                 stats.unchanged += 1;
                 continue;
             }
-            if self.written.get(name) == Some(fp) && on_server.contains_key(name) {
+            if self.written.get(name) == Some(fp)
+                && (on_server.contains_key(name) || self.fresh.contains(name))
+            {
                 stats.unchanged += 1;
                 continue;
             }
@@ -326,8 +422,6 @@ impl Publisher {
             .cloned()
             .collect();
 
-        let api = &self.api;
-        let params = PatchParams::apply(FIELD_MANAGER).force();
         let rebuild = &rebuild;
         let kept = std::sync::Mutex::new(built.kept);
         let kept = &kept;
@@ -341,41 +435,17 @@ impl Publisher {
                     .or_else(|| rebuild(&node))?;
                 Some((name, cm))
             }))
-            .map(|(name, cm)| {
-                let params = params.clone();
-                async move {
-                    let fp = recorded_hash(&cm.metadata);
-                    let bytes = payload_bytes(&cm);
-                    let r = api
-                        .patch(&name, &params, &Patch::Apply(&cm))
-                        .await
-                        .map(|_| ());
-                    (name, fp, bytes, r)
-                }
-            })
+            .map(|(name, cm)| self.write(name, cm))
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
         let mut first_error = None;
-        for (name, fp, bytes, r) in results {
-            match r {
-                Ok(()) => {
-                    if let Some(fp) = fp {
-                        self.written.insert(name, fp);
-                    }
-                    self.metrics.shard_writes.inc();
-                    self.metrics
-                        .shard_write_bytes
-                        .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
-                    stats.written += 1;
-                }
-                Err(source) => {
-                    self.written.remove(&name);
-                    self.metrics.error(Failure::Publish);
-                    first_error.get_or_insert(PublishError::Write { name, source });
-                }
+        for result in results {
+            if let Err(e) = self.record_write(result, &mut stats) {
+                first_error.get_or_insert(e);
             }
         }
+        let api = &self.api;
         for (name, r) in delete_all(api, orphans).await {
             match r {
                 Ok(()) => {
@@ -389,10 +459,68 @@ impl Publisher {
                 }
             }
         }
+        self.fresh.clear();
         match first_error {
             Some(e) => Err(e),
             None => Ok(stats),
         }
+    }
+
+    /// Writes one shard object (server-side apply, forced: the operator owns shards).
+    fn write(
+        &self,
+        name: String,
+        cm: ConfigMap,
+    ) -> impl std::future::Future<Output = WriteResult> + Send + 'static {
+        let api = self.api.clone();
+        async move {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let fp = recorded_hash(&cm.metadata);
+            let bytes = payload_bytes(&cm);
+            let r = api
+                .patch(&name, &params, &Patch::Apply(&cm))
+                .await
+                .map(|_| ());
+            (name, fp, bytes, r)
+        }
+    }
+
+    /// Remembers a write's outcome (a failed one is written again by the next publish).
+    fn record_write(
+        &mut self,
+        (name, fp, bytes, r): WriteResult,
+        stats: &mut PublishStats,
+    ) -> Result<(), PublishError> {
+        match r {
+            Ok(()) => {
+                if let Some(fp) = fp {
+                    self.written.insert(name.clone(), fp);
+                }
+                self.fresh.insert(name);
+                self.metrics.shard_writes.inc();
+                self.metrics
+                    .shard_write_bytes
+                    .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+                stats.written += 1;
+                Ok(())
+            }
+            Err(source) => {
+                self.written.remove(&name);
+                self.metrics.error(Failure::Publish);
+                Err(PublishError::Write { name, source })
+            }
+        }
+    }
+
+    /// Whether the server may not hold `cm` yet (by its fingerprint, against `on_server`: the
+    /// watched fingerprints by object name, and what this publisher wrote).
+    fn differs(&self, cm: &ConfigMap, on_server: &HashMap<String, u64>) -> bool {
+        let name = cm.name_any();
+        let fp = recorded_hash(&cm.metadata);
+        let there = on_server.get(&name);
+        !(fp.is_some()
+            && (there == fp.as_ref()
+                || (there.is_some() && self.written.get(&name) == fp.as_ref())))
     }
 
     /// The owner of what this publisher writes.

@@ -27,7 +27,7 @@ use crate::{
     index,
     metrics::{Failure, Metrics},
     owner::Owner,
-    publish::{Built, Publisher, owned_shard_config_map, stale_health_reports},
+    publish::{Built, EarlyWrites, Publisher, owned_shard_config_map, stale_health_reports},
     status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
 };
 
@@ -48,6 +48,16 @@ impl Work {
     pub(crate) fn any(self) -> bool {
         self.inputs || self.status
     }
+}
+
+/// Shards queued from the compile to the writer at most: a few megabytes of ConfigMaps.
+const EARLY_QUEUE: usize = 256;
+
+/// A shard object built by the compile, with the Secrets its jobs reference.
+struct BuiltShard {
+    node: Option<String>,
+    cm: k8s_openapi::api::core::v1::ConfigMap,
+    secrets: BTreeSet<(String, String)>,
 }
 
 /// The status facts of one compile.
@@ -209,7 +219,9 @@ impl Reconciler {
         }
         let namespace = self.publisher.namespace().to_owned();
         let owner = self.publisher.owner().clone();
-        let result = tokio::task::spawn_blocking(move || {
+        // Shards go to the writer as they are built (see `EarlyWrites`).
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<BuiltShard>(EARLY_QUEUE);
+        let compiling = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             let mut engine = compiled.unwrap_or_default();
             let mut built = Built::default();
@@ -227,19 +239,70 @@ impl Reconciler {
                 pods,
                 now,
                 |node, shard| {
-                    built.add(&namespace, &owner, node, shard.as_ref());
+                    let cm = shard
+                        .as_ref()
+                        .map(|s| owned_shard_config_map(&namespace, s, &owner));
+                    built.record(node, cm.as_ref());
                     let refs = shard.as_ref().map(|s| {
                         s.secret_refs()
                             .into_iter()
                             .map(|r| (r.namespace, r.name))
                             .collect::<BTreeSet<_>>()
                     });
+                    if let (Some(cm), Some(refs)) = (cm, &refs) {
+                        let shard = BuiltShard {
+                            node: node.clone(),
+                            cm,
+                            secrets: refs.clone(),
+                        };
+                        if let Err(back) = ready_tx.blocking_send(shard) {
+                            built.keep(back.0.cm);
+                        }
+                    }
                     secrets.push((node.clone(), refs));
                 },
             );
             (engine, built, secrets, t.elapsed())
-        })
-        .await;
+        });
+        // Write each shard whose scraper already has its grants while the compile goes on.
+        let granted = self.grants.granted(&stores.roles.state());
+        let reports: BTreeSet<String> = stores
+            .health
+            .state()
+            .iter()
+            .map(|cm| cm.name_any())
+            .collect();
+        // A Role grants nothing without its RoleBinding.
+        let bound: BTreeSet<String> = stores
+            .role_bindings
+            .state()
+            .iter()
+            .filter_map(|b| b.namespace())
+            .collect();
+        let own_namespace = self.publisher.namespace().to_owned();
+        let mut early = EarlyWrites::new(&mut self.publisher, &stores.shards.state());
+        while let Some(shard) = ready_rx.recv().await {
+            let report = health_object_name(shard.node.as_deref());
+            let ready = reports.contains(&report)
+                && granted.health_reports.contains(&report)
+                && bound.contains(&own_namespace)
+                && (!self.grant_secrets
+                    || shard.secrets.iter().all(|(ns, name)| {
+                        bound.contains(ns)
+                            && granted.secrets.get(ns).is_some_and(|s| s.contains(name))
+                    }));
+            early.offer(shard.cm, ready).await;
+        }
+        let (early_stats, early_error, deferred) = early.finish().await;
+        if let Some(e) = &early_error {
+            tracing::warn!(error = %e, "publishing a job shard failed; retrying it after the compile");
+        }
+        let result = compiling.await.map(|(engine, mut built, secrets, took)| {
+            for cm in deferred {
+                built.keep(cm);
+            }
+            (engine, built, secrets, took)
+        });
         let compiled_in = started.elapsed();
         let (engine, built) = match result {
             Ok((engine, built, secrets, took)) => {
@@ -327,7 +390,9 @@ impl Reconciler {
             })
             .await
         {
-            Ok(stats) => {
+            Ok(mut stats) => {
+                stats.written += early_stats.written;
+                stats.unchanged = stats.unchanged.saturating_sub(early_stats.written);
                 if stats.written + stats.deleted > 0 {
                     tracing::info!(
                         jobs,

@@ -331,6 +331,31 @@ fn always<K>(e: &Event<K>) -> bool {
 
 #[cfg(test)]
 impl Stores {
+    /// The same stores, as if the watches also showed these health reports, Roles and
+    /// RoleBindings.
+    pub(crate) fn with_access(
+        mut self,
+        health: Vec<ConfigMap>,
+        roles: Vec<Role>,
+        bindings: Vec<PartialObjectMeta<RoleBinding>>,
+    ) -> Self {
+        fn store_of<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+            K::DynamicType: Default + Eq + Hash + Clone,
+        {
+            let (store, mut writer) = reflector::store::<K>();
+            for o in objects {
+                writer.apply_watcher_event(&Event::Apply(o));
+            }
+            store
+        }
+        self.health = store_of(health);
+        self.roles = store_of(roles);
+        self.role_bindings = store_of(bindings);
+        self
+    }
+
     /// Stores holding these objects, as if every watch had listed them (no shards or health
     /// reports published yet).
     pub(crate) fn of(

@@ -331,3 +331,73 @@ async fn a_node_gets_its_health_report_and_the_right_to_patch_it_before_its_jobs
     server.expect(Method::PATCH, SHARD_A).await.echo();
     running.stop(server).await;
 }
+
+/// A pod on node-b, otherwise as [`annotated_pod`].
+fn annotated_pod_on_b(name: &str) -> Pod {
+    let mut pod = annotated_pod(name);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some("node-b".into());
+    }
+    pod
+}
+
+#[tokio::test]
+async fn a_shard_whose_scraper_has_its_grants_is_written_before_the_grants_of_the_others() {
+    // node-a's scraper already has its health report and the right to patch it; node-b's has
+    // neither. node-a's shard is written as soon as it is built, without waiting for node-b's
+    // grants; node-b's only after them.
+    let report_a: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "kubeprof-health.node-a", "namespace": "kubeprof" },
+        }))
+        .unwrap_or_default();
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "kp-scraper-named", "namespace": "kubeprof" },
+        "rules": [{
+            "apiGroups": [""], "resources": ["configmaps"],
+            "resourceNames": ["kubeprof-health.node-a"], "verbs": ["patch"],
+        }],
+    }))
+    .unwrap_or_else(|e| panic!("a valid Role: {e}"));
+    let binding = kube::api::PartialObjectMeta::<k8s_openapi::api::rbac::v1::RoleBinding> {
+        metadata: kube::api::ObjectMeta {
+            name: Some("kp-scraper-named".into()),
+            namespace: Some("kubeprof".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let stores = Stores::of(
+        vec![policy(true)],
+        vec![],
+        vec![annotated_pod("web-1"), annotated_pod_on_b("web-2")],
+        vec![namespace("shop")],
+    )
+    .with_access(vec![report_a], vec![role], vec![binding]);
+    let (running, mut server) = Running::start(stores);
+    let first = server.next().await;
+    assert_eq!(
+        (first.method.clone(), first.path()),
+        (Method::PATCH, SHARD_A),
+        "node-a's shard first"
+    );
+    first.echo();
+    let report = server.expect(Method::POST, CONFIG_MAPS).await;
+    assert_eq!(report.body["metadata"]["name"], "kubeprof-health.node-b");
+    report.echo();
+    let role = server.expect(Method::PATCH, OWN_ROLE).await;
+    assert_eq!(
+        role.body["rules"][0]["resourceNames"],
+        serde_json::json!(["kubeprof-health.node-a", "kubeprof-health.node-b"])
+    );
+    role.echo();
+    server
+        .expect(
+            Method::PATCH,
+            "/api/v1/namespaces/kubeprof/configmaps/kubeprof-jobs.node-b",
+        )
+        .await
+        .echo();
+    let metrics = running.stop(server).await;
+    assert_eq!(metrics.shard_writes.get(), 2);
+}
