@@ -141,7 +141,7 @@ pub struct DeltaTracker {
     cumulative: Vec<usize>,
     time_nanos: i64,
     /// Series digest -> index into `values` (one row of `cumulative.len()` values per series).
-    previous: DigestMap<u32>,
+    previous: DigestMap<usize>,
     values: Vec<i64>,
     has_baseline: bool,
 }
@@ -158,7 +158,7 @@ impl DeltaTracker {
     /// Approximate bytes held (for the `delta state` metric).
     pub fn state_bytes(&self) -> usize {
         // key + boxed slice header + values + the map's per-entry overhead.
-        self.previous.capacity() * (8 + 4 + 4)
+        self.previous.capacity() * (8 + 8)
             + self.values.capacity() * 8
             + self
                 .shape
@@ -204,7 +204,7 @@ impl DeltaTracker {
             reason = Some("restart");
         }
 
-        let (samples, saturated) = aggregate(&mut profile, &self.cumulative);
+        let (samples, index, saturated) = aggregate(&mut profile, &self.cumulative);
         let width = self.cumulative.len();
         let previous_time = self.time_nanos;
         self.time_nanos = profile.time_nanos;
@@ -235,33 +235,22 @@ impl DeltaTracker {
         if reason.is_none() && saturated {
             reason = Some("overflow");
         }
-        let (previous, values) = (&self.previous, &self.values);
-        let prev_row = |key: &u64| -> Option<&[i64]> {
-            let row = *previous.get(key)? as usize * width;
-            values.get(row..row + width)
-        };
-        if reason.is_none() {
-            let went_down = samples.iter().any(|(key, sample)| {
-                prev_row(key).is_some_and(|prev| {
-                    self.cumulative
-                        .iter()
-                        .zip(prev)
-                        .any(|(&i, p)| sample.value[i] < *p)
-                })
-            });
-            if went_down {
-                reason = Some("restart");
-            }
-        }
         let baseline = reason.is_some();
-        let mut next_index: DigestMap<u32> =
-            DigestMap::with_capacity_and_hasher(samples.len(), Default::default());
+        let (previous, values) = (&self.previous, &self.values);
         let mut next_values = Vec::with_capacity(samples.len() * width);
         let mut out = Vec::with_capacity(samples.len());
-        let mut overflowed = false;
+        // A counter that went down is a restart; a difference that would overflow means the
+        // numbers cannot be trusted. Both are found in this one pass (one lookup per series)
+        // and then zero every cumulative value, as on a first scrape.
+        let (mut went_down, mut overflowed) = (false, false);
         for (key, mut sample) in samples {
-            next_index.insert(key, (next_values.len() / width.max(1)) as u32);
-            let prev = if baseline { None } else { prev_row(&key) };
+            let prev = if baseline {
+                None
+            } else {
+                previous
+                    .get(&key)
+                    .and_then(|&row| values.get(row * width..(row + 1) * width))
+            };
             for (j, &i) in self.cumulative.iter().enumerate() {
                 let current = sample.value[i];
                 next_values.push(current);
@@ -269,28 +258,26 @@ impl DeltaTracker {
                     // Without a baseline the whole cumulative value is unknown history.
                     _ if baseline => 0,
                     None => current.max(0),
-                    // A counter never goes down (checked above); an overflow means the numbers
-                    // cannot be trusted, like a restart.
-                    Some(p) => match current.checked_sub(p[j]) {
-                        Some(d) if d >= 0 => d,
-                        _ => {
-                            overflowed = true;
-                            0
-                        }
-                    },
+                    Some(p) if current < p[j] => {
+                        went_down = true;
+                        0
+                    }
+                    Some(p) => current.checked_sub(p[j]).unwrap_or_else(|| {
+                        overflowed = true;
+                        0
+                    }),
                 };
             }
             if sample.value.iter().any(|&v| v != 0) {
                 out.push(sample);
             }
         }
-        self.previous = next_index;
+        // Row k of `next_values` is the k-th series, which is what `index` maps to.
+        self.previous = index;
         self.values = next_values;
         self.has_baseline = true;
-        if overflowed {
-            // Values computed before the overflow was seen are deltas, but a partial profile
-            // would mislead: zero every cumulative value, as a restart does.
-            reason = Some("overflow");
+        if reason.is_none() && (went_down || overflowed) {
+            reason = Some(if went_down { "restart" } else { "overflow" });
             for sample in &mut out {
                 for &i in &self.cumulative {
                     sample.value[i] = 0;
@@ -314,8 +301,12 @@ impl DeltaTracker {
 
 /// Merges samples of the same series (stack of function names + labels), summing their
 /// values with saturation; returns them with their series keys, in first-seen order, and
-/// whether a cumulative sum saturated. Every sample comes out with one value per sample type.
-fn aggregate(profile: &mut Profile, cumulative: &[usize]) -> (Vec<(u64, Sample)>, bool) {
+/// the map from key to position, and whether a cumulative sum saturated. Every sample comes out
+/// with one value per sample type.
+fn aggregate(
+    profile: &mut Profile,
+    cumulative: &[usize],
+) -> (Vec<(u64, Sample)>, DigestMap<usize>, bool) {
     let samples = std::mem::take(&mut profile.sample);
     let width = profile.sample_type.len();
     let mut saturated = false;
@@ -387,7 +378,7 @@ fn aggregate(profile: &mut Profile, cumulative: &[usize]) -> (Vec<(u64, Sample)>
         let key = h.digest();
         saturated |= merge(&mut index, &mut out, key, sample, cumulative);
     }
-    (out, saturated)
+    (out, index, saturated)
 }
 
 /// Adds `sample` to its series; true when a cumulative sum overflowed (and saturated).
@@ -398,9 +389,12 @@ fn merge(
     sample: Sample,
     cumulative: &[usize],
 ) -> bool {
+    use std::collections::hash_map::Entry;
     let mut saturated = false;
-    match index.get(&key) {
-        Some(&i) => {
+    // One hash lookup for both the hit and the miss.
+    match index.entry(key) {
+        Entry::Occupied(e) => {
+            let i = *e.get();
             for (j, (acc, v)) in out[i].1.value.iter_mut().zip(&sample.value).enumerate() {
                 match acc.checked_add(*v) {
                     Some(sum) => *acc = sum,
@@ -411,8 +405,8 @@ fn merge(
                 }
             }
         }
-        None => {
-            index.insert(key, out.len());
+        Entry::Vacant(e) => {
+            e.insert(out.len());
             out.push((key, sample));
         }
     }

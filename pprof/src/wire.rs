@@ -37,8 +37,25 @@ const FIELD_SAMPLE: u32 = 2;
 /// `Profile.duration_nanos`.
 const FIELD_DURATION: u32 = 10;
 
-#[inline]
+/// One varint at `*pos`. Most in a profile (location ids, small counts) take one or two bytes:
+/// those are read without the loop.
+#[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+    match buf.get(*pos..) {
+        Some([b0, ..]) if *b0 < 0x80 => {
+            *pos += 1;
+            Ok(u64::from(*b0))
+        }
+        Some([b0, b1, ..]) if *b1 < 0x80 => {
+            *pos += 2;
+            Ok(u64::from(b0 & 0x7f) | u64::from(*b1) << 7)
+        }
+        _ => varint_long(buf, pos),
+    }
+}
+
+#[inline(never)]
+fn varint_long(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let Some(&b) = buf.get(*pos) else {
@@ -106,23 +123,29 @@ fn next_field(buf: &[u8], pos: &mut usize) -> Result<Field, DecodeError> {
     })
 }
 
-/// Decodes packed varints into `out`, reserving exactly once.
-fn packed(buf: &[u8], out: &mut Vec<u64>) -> Result<(), DecodeError> {
-    // Every varint ends with exactly one byte below 0x80.
-    out.reserve(buf.iter().filter(|b| **b < 0x80).count());
-    let mut pos = 0;
-    while pos < buf.len() {
-        out.push(varint(buf, &mut pos)?);
+/// How many varints `buf` holds if none is broken: every varint ends with exactly one byte below
+/// 0x80. Counted eight bytes at a time: LLVM's vectorisation of the plain byte loop widens every
+/// byte to 64 bits and took a sixth of the decoding.
+fn varint_count(buf: &[u8]) -> usize {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let mut chunks = buf.chunks_exact(8);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        // One bit per byte below 0x80; the multiply sums the eight bytes into the top one.
+        let ends = (!u64::from_le_bytes(word) >> 7) & LOW;
+        n += (ends.wrapping_mul(LOW) >> 56) as usize;
     }
-    Ok(())
+    n + chunks.remainder().iter().filter(|b| **b < 0x80).count()
 }
 
-fn packed_i64(buf: &[u8], out: &mut Vec<i64>) -> Result<(), DecodeError> {
-    out.reserve(buf.iter().filter(|b| **b < 0x80).count());
+/// Decodes packed varints into `out`, reserving exactly once.
+fn packed<T>(buf: &[u8], out: &mut Vec<T>, from: impl Fn(u64) -> T) -> Result<(), DecodeError> {
+    out.reserve(varint_count(buf));
     let mut pos = 0;
     while pos < buf.len() {
-        // int64 travels as its two's-complement bits.
-        out.push(varint(buf, &mut pos)? as i64);
+        out.push(from(varint(buf, &mut pos)?));
     }
     Ok(())
 }
@@ -134,9 +157,10 @@ fn sample(buf: &[u8]) -> Result<Sample, DecodeError> {
         let f = next_field(buf, &mut pos)?;
         let payload = &buf[f.payload.clone()];
         match (f.number, f.wire_type) {
-            (1, 2) => packed(payload, &mut s.location_id)?,
+            (1, 2) => packed(payload, &mut s.location_id, |v| v)?,
             (1, 0) => s.location_id.push(varint(payload, &mut 0)?),
-            (2, 2) => packed_i64(payload, &mut s.value)?,
+            // int64 travels as its two's-complement bits.
+            (2, 2) => packed(payload, &mut s.value, |v| v as i64)?,
             (2, 0) => s.value.push(varint(payload, &mut 0)? as i64),
             (3, 2) => s.label.push(Label::decode(payload)?),
             (1..=3, _) => return Err(DecodeError::new("invalid wire type in Sample")),
@@ -180,7 +204,7 @@ pub fn decoded_size(raw: &[u8]) -> Result<DecodedSize, DecodeError> {
                     let sp = &payload[sf.payload];
                     cost += match (sf.number, sf.wire_type) {
                         // Packed: one 8-byte element per varint, each ending in a byte < 0x80.
-                        (1 | 2, 2) => 8 * sp.iter().filter(|b| **b < 0x80).count(),
+                        (1 | 2, 2) => 8 * varint_count(sp),
                         (1 | 2, _) => 8,
                         (3, _) => size_of::<Label>() + sp.len(),
                         _ => 0,
@@ -229,12 +253,22 @@ pub fn decode_profile(raw: &[u8]) -> Result<Profile, DecodeError> {
 pub fn encode_with_samples(original: &[u8], profile: &Profile) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(original.len());
     let mut pos = 0;
+    // Kept fields mostly follow one another (all samples, then all tables): each run of them
+    // is copied at once.
+    let mut run = 0..0;
     while pos < original.len() {
         let f = next_field(original, &mut pos)?;
-        if f.number != FIELD_SAMPLE && f.number != FIELD_DURATION {
-            out.extend_from_slice(&original[f.whole]);
+        if f.number == FIELD_SAMPLE || f.number == FIELD_DURATION {
+            out.extend_from_slice(&original[run.clone()]);
+            run = pos..pos;
+        } else if run.end == f.whole.start {
+            run.end = f.whole.end;
+        } else {
+            out.extend_from_slice(&original[run]);
+            run = f.whole;
         }
     }
+    out.extend_from_slice(&original[run]);
     for s in &profile.sample {
         encode_sample(s, &mut out);
     }
@@ -250,13 +284,16 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+/// Writes `v` at `*at` of `out`, which has room (sized from [`varint_len`]).
 #[inline]
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+fn put_varint(mut v: u64, out: &mut [u8], at: &mut usize) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out[*at] = (v as u8) | 0x80;
+        *at += 1;
         v >>= 7;
     }
-    out.push(v as u8);
+    out[*at] = v as u8;
+    *at += 1;
 }
 
 /// One `Profile.sample` field, as prost writes it (packed ids and values, then labels), with
@@ -265,37 +302,46 @@ fn encode_sample(s: &Sample, out: &mut Vec<u8>) {
     let ids: usize = s.location_id.iter().map(|v| varint_len(*v)).sum();
     let values: usize = s.value.iter().map(|v| varint_len(*v as u64)).sum();
     let labels: Vec<usize> = s.label.iter().map(|l| l.encoded_len()).collect();
-    let mut len = 0;
+    let mut packed = 0;
     if !s.location_id.is_empty() {
-        len += 1 + varint_len(ids as u64) + ids;
+        packed += 1 + varint_len(ids as u64) + ids;
     }
     if !s.value.is_empty() {
-        len += 1 + varint_len(values as u64) + values;
+        packed += 1 + varint_len(values as u64) + values;
     }
-    len += labels
-        .iter()
-        .map(|l| 1 + varint_len(*l as u64) + l)
-        .sum::<usize>();
-    out.reserve(len + 6);
-    out.push((FIELD_SAMPLE << 3 | 2) as u8);
-    put_varint(len as u64, out);
+    let len = packed
+        + labels
+            .iter()
+            .map(|l| 1 + varint_len(*l as u64) + l)
+            .sum::<usize>();
+    // The ids and values are written into bytes sized once, not pushed one by one.
+    let start = out.len();
+    out.resize(start + 1 + varint_len(len as u64) + packed, 0);
+    let buf = &mut out[start..];
+    let mut at = 0;
+    buf[at] = (FIELD_SAMPLE << 3 | 2) as u8;
+    at += 1;
+    put_varint(len as u64, buf, &mut at);
     if !s.location_id.is_empty() {
-        out.push(1 << 3 | 2);
-        put_varint(ids as u64, out);
+        buf[at] = 1 << 3 | 2;
+        at += 1;
+        put_varint(ids as u64, buf, &mut at);
         for v in &s.location_id {
-            put_varint(*v, out);
+            put_varint(*v, buf, &mut at);
         }
     }
     if !s.value.is_empty() {
-        out.push(2 << 3 | 2);
-        put_varint(values as u64, out);
+        buf[at] = 2 << 3 | 2;
+        at += 1;
+        put_varint(values as u64, buf, &mut at);
         for v in &s.value {
-            put_varint(*v as u64, out);
+            put_varint(*v as u64, buf, &mut at);
         }
     }
+    debug_assert_eq!(at, buf.len());
     for (l, n) in s.label.iter().zip(labels) {
         out.push(3 << 3 | 2);
-        put_varint(n as u64, out);
+        prost::encoding::encode_varint(n as u64, out);
         l.encode_raw(out);
     }
 }
@@ -328,6 +374,25 @@ mod tests {
         "mutex-2.pb.gz",
         "threadcreate.pb.gz",
     ];
+
+    #[test]
+    fn varints_are_counted_by_their_last_bytes() {
+        let mut seed = 11u64;
+        for len in 0..100 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let plain = bytes.iter().filter(|b| **b < 0x80).count();
+            assert_eq!(varint_count(&bytes), plain, "{bytes:?}");
+        }
+        assert_eq!(varint_count(&[0x7f; 64]), 64);
+        assert_eq!(varint_count(&[0x80; 64]), 0);
+    }
 
     #[test]
     fn decodes_as_prost_does() {

@@ -254,6 +254,80 @@ criterion_group! {
     targets = bench
 }
 
+/// The pipeline's stages one by one, each behind a function of its own so that a profiler
+/// (`valgrind --tool=callgrind`, whose instruction counts do not move with the machine's load)
+/// names it: `PIPELINE_ROUNDS=3 valgrind --tool=callgrind target/release/deps/pipeline-<hash>`,
+/// then `callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep stage_`.
+mod stages {
+    use super::*;
+
+    #[inline(never)]
+    pub fn stage_gunzip(gz: &[u8], limits: &DecodeLimits) -> Vec<u8> {
+        pprof::decompress(gz, limits).unwrap().into_owned()
+    }
+    #[inline(never)]
+    pub fn stage_decode(raw: &[u8]) -> Profile {
+        pprof::decode_profile(raw).unwrap()
+    }
+    #[inline(never)]
+    pub fn stage_validate(p: &Profile) {
+        pprof::validate(p).unwrap();
+    }
+    #[inline(never)]
+    pub fn stage_delta(t: &mut DeltaTracker, p: Profile) -> Profile {
+        match t.apply(p) {
+            DeltaOutcome::Delta(d) => d,
+            DeltaOutcome::Baseline { .. } => panic!("no baseline expected"),
+        }
+    }
+    #[inline(never)]
+    pub fn stage_encode(raw: &[u8], d: &Profile) -> Vec<u8> {
+        pprof::encode_with_samples(raw, d).unwrap()
+    }
+    #[inline(never)]
+    pub fn stage_gzip(encoded: &[u8]) -> Vec<u8> {
+        pprof::gzip(encoded)
+    }
+    #[inline(never)]
+    pub fn stage_drop(d: Profile) {
+        drop(black_box(d));
+    }
+    #[inline(never)]
+    pub fn stage_pipeline(t: &mut DeltaTracker, gz: &[u8], limits: &DecodeLimits) -> usize {
+        let raw = stage_gunzip(gz, limits);
+        let p = stage_decode(&raw);
+        stage_validate(&p);
+        let d = stage_delta(t, p);
+        let encoded = stage_encode(&raw, &d);
+        stage_drop(d);
+        let out = stage_gzip(&encoded);
+        black_box(out.len())
+    }
+
+    pub fn run(rounds: usize) {
+        let before = synthetic(4000, 11_000, 0);
+        let after = synthetic(4000, 11_000, 7);
+        let gz = pprof::encode_gzip(&after);
+        let limits = DecodeLimits::default();
+        let mut trackers: Vec<DeltaTracker> = (0..rounds)
+            .map(|_| {
+                let mut t = DeltaTracker::new(DeltaLimits::default());
+                let _ = t.apply(before.clone());
+                t
+            })
+            .collect();
+        for t in &mut trackers {
+            black_box(stage_pipeline(t, black_box(&gz), &limits));
+        }
+    }
+}
+
 fn main() {
+    if let Some(rounds) = std::env::var("PIPELINE_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        return stages::run(rounds);
+    }
     benches();
 }
