@@ -329,6 +329,20 @@ fn always<K>(e: &Event<K>) -> bool {
     !matches!(e, Event::Init | Event::InitApply(_))
 }
 
+/// A store holding `objects`, as if its watch had listed them.
+#[cfg(test)]
+fn store_of<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    for o in objects {
+        writer.apply_watcher_event(&Event::Apply(o));
+    }
+    store
+}
+
 #[cfg(test)]
 impl Stores {
     /// The same stores, as if the watches also showed these health reports, Roles and
@@ -339,17 +353,6 @@ impl Stores {
         roles: Vec<Role>,
         bindings: Vec<PartialObjectMeta<RoleBinding>>,
     ) -> Self {
-        fn store_of<K>(objects: Vec<K>) -> Store<K>
-        where
-            K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-            K::DynamicType: Default + Eq + Hash + Clone,
-        {
-            let (store, mut writer) = reflector::store::<K>();
-            for o in objects {
-                writer.apply_watcher_event(&Event::Apply(o));
-            }
-            store
-        }
         self.health = store_of(health);
         self.roles = store_of(roles);
         self.role_bindings = store_of(bindings);
@@ -364,17 +367,6 @@ impl Stores {
         pods: Vec<Pod>,
         namespaces: Vec<Namespace>,
     ) -> Self {
-        fn store_of<K>(objects: Vec<K>) -> Store<K>
-        where
-            K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-            K::DynamicType: Default + Eq + Hash + Clone,
-        {
-            let (store, mut writer) = reflector::store::<K>();
-            for o in objects {
-                writer.apply_watcher_event(&Event::Apply(o));
-            }
-            store
-        }
         let index = PodIndex::default();
         let mut relist = None;
         index.apply(Event::Init, &mut relist);
