@@ -14,7 +14,7 @@ use kubeprof_crds::{
         EBPF_HEALTH_DATA_KEY, EbpfReport, HEALTH_DATA_KEY, HealthReport, health_object_name,
         origin_key,
     },
-    job::{JobOrigin, JobShard, OriginKind},
+    job::{JobOrigin, OriginKind},
 };
 
 use super::stores::Stores;
@@ -58,44 +58,6 @@ struct BuiltShard {
     node: Option<String>,
     cm: k8s_openapi::api::core::v1::ConfigMap,
     secrets: BTreeSet<(String, String)>,
-}
-
-/// Turns the shards a compile recomputes into ConfigMaps: records their fingerprints and the
-/// Secrets their jobs reference, and hands each to the writer ([`EarlyWrites`]).
-struct ShardBuilder {
-    namespace: String,
-    owner: Owner,
-    ready: tokio::sync::mpsc::Sender<BuiltShard>,
-    built: Built,
-    /// Per recomputed node, the Secrets its shard references (`None`: no shard any more).
-    secrets: Vec<(Option<String>, Option<SecretNames>)>,
-}
-
-/// Secrets by (namespace, name).
-type SecretNames = BTreeSet<(String, String)>;
-
-impl ShardBuilder {
-    fn add(&mut self, node: &Option<String>, shard: Option<&JobShard>) {
-        let cm = shard.map(|s| owned_shard_config_map(&self.namespace, s, &self.owner));
-        self.built.record(node, cm.as_ref());
-        let refs = shard.map(|s| {
-            s.secret_refs()
-                .into_iter()
-                .map(|r| (r.namespace, r.name))
-                .collect::<BTreeSet<_>>()
-        });
-        if let (Some(cm), Some(refs)) = (cm, &refs) {
-            let shard = BuiltShard {
-                node: node.clone(),
-                cm,
-                secrets: refs.clone(),
-            };
-            if let Err(back) = self.ready.blocking_send(shard) {
-                self.built.keep(back.0.cm);
-            }
-        }
-        self.secrets.push((node.clone(), refs));
-    }
 }
 
 /// The status facts of one compile.
@@ -262,58 +224,45 @@ impl Reconciler {
         let compiling = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             let mut engine = compiled.unwrap_or_default();
+            let mut built = Built::default();
+            let mut secrets = Vec::new();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            let objects = Objects {
-                policies: &policies,
-                targets: &targets,
-                namespaces: &namespaces,
-                nodes: &nodes,
-            };
-            let new_builder = || ShardBuilder {
-                namespace: namespace.clone(),
-                owner: owner.clone(),
-                ready: ready_tx.clone(),
-                built: Built::default(),
-                secrets: Vec::new(),
-            };
-            // Serializing and compressing a shard costs half as much as compiling it: a second
-            // thread does it, so that a change touching many nodes takes the longer of the two.
-            let builder = std::thread::scope(|scope| {
-                let (to_builder, shards) =
-                    std::sync::mpsc::sync_channel::<(Option<String>, Option<JobShard>)>(64);
-                let mut builder = new_builder();
-                let spawned = std::thread::Builder::new()
-                    .name("shard-builder".into())
-                    .spawn_scoped(scope, move || {
-                        for (node, shard) in shards {
-                            builder.add(&node, shard.as_ref());
-                        }
-                        builder
+            engine.update(
+                Objects {
+                    policies: &policies,
+                    targets: &targets,
+                    namespaces: &namespaces,
+                    nodes: &nodes,
+                },
+                pods,
+                now,
+                |node, shard| {
+                    let cm = shard
+                        .as_ref()
+                        .map(|s| owned_shard_config_map(&namespace, s, &owner));
+                    built.record(node, cm.as_ref());
+                    let refs = shard.as_ref().map(|s| {
+                        s.secret_refs()
+                            .into_iter()
+                            .map(|r| (r.namespace, r.name))
+                            .collect::<BTreeSet<_>>()
                     });
-                match spawned {
-                    Ok(handle) => {
-                        engine.update(objects, pods, now, |node, shard| {
-                            // The builder only stops with a panic, which `join` passes on.
-                            let _ = to_builder.send((node.clone(), shard));
-                        });
-                        drop(to_builder);
-                        handle
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    if let (Some(cm), Some(refs)) = (cm, &refs) {
+                        let shard = BuiltShard {
+                            node: node.clone(),
+                            cm,
+                            secrets: refs.clone(),
+                        };
+                        if let Err(back) = ready_tx.blocking_send(shard) {
+                            built.keep(back.0.cm);
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no shard-builder thread; building shards inline");
-                        let mut builder = new_builder();
-                        engine.update(objects, pods, now, |node, shard| {
-                            builder.add(node, shard.as_ref());
-                        });
-                        builder
-                    }
-                }
-            });
-            (engine, builder.built, builder.secrets, t.elapsed())
+                    secrets.push((node.clone(), refs));
+                },
+            );
+            (engine, built, secrets, t.elapsed())
         });
         // Write each shard whose scraper already has its grants while the compile goes on.
         let granted = self.grants.granted(&stores.roles.state());
