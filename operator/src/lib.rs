@@ -22,3 +22,8 @@ pub use publish::{CONTENT_HASH_ANNOTATION, payload_bytes, shard_config_map};
 /// The allocator the operator binaries install: jemalloc returns freed memory to the system,
 /// where glibc keeps the peak of a full compile at 10,000 pods as RSS.
 pub use tikv_jemallocator::Jemalloc;
+
+// The unit tests run on the allocator the binaries install (the heap metrics read it).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: Jemalloc = Jemalloc;

@@ -273,6 +273,22 @@ fn writes_since(listen: &str, before: (f64, f64)) -> String {
     )
 }
 
+/// What the operator's jemalloc holds (live objects against its resident pages).
+fn heap(listen: &str) -> String {
+    let mib = |kind: &str| {
+        metric(
+            listen,
+            &format!("kubeprof_operator_heap_bytes{{kind=\"{kind}\"}}"),
+        ) / 1024.0
+            / 1024.0
+    };
+    format!(
+        "{:.0} MiB allocated, {:.0} MiB resident",
+        mib("allocated"),
+        mib("resident")
+    )
+}
+
 /// The load averages, to print beside each figure.
 fn load() -> String {
     let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -556,6 +572,10 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let steady = rss_mib(pid);
     say(&format!(
+        "bench: operator heap after the last compile: {}",
+        heap(&listen)
+    ));
+    say(&format!(
         "bench: operator RSS at steady state {steady:.0} MiB, {:.0} bytes per pod over the {baseline:.0} MiB before any pod ({})",
         (steady - baseline).max(0.0) * 1024.0 * 1024.0 / pods.max(1) as f64,
         load()
@@ -664,6 +684,10 @@ async fn bench(shape: Shape) -> anyhow::Result<()> {
         rss_mib(pid)
     ));
     tokio::time::sleep(Duration::from_secs(15)).await;
+    say(&format!(
+        "bench: operator heap after the last compile: {}",
+        heap(&listen)
+    ));
     say(&format!(
         "bench: operator RSS 15 s later {:.0} MiB; peak (VmHWM) {:.0} MiB ({})",
         rss_mib(pid),

@@ -437,6 +437,7 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        self.metrics.observe_heap();
         self.report_ungoverned(ungoverned);
         published
     }
