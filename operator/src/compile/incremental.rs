@@ -248,10 +248,13 @@ impl Incremental {
 
     /// Records a pod's change; marks its old and new node dirty.
     fn apply_pod(&mut self, key: PodKey, info: Option<Arc<PodInfo>>, dirty: &mut Dirty) {
-        let old = self.pods.get(&key.0).and_then(|p| p.get(&key.1));
+        let old = self.pods.get_mut(&key.0).and_then(|p| p.get_mut(&key.1));
         if let (Some(old), Some(new)) = (old, &info)
             && (Arc::ptr_eq(&old.info, new) || old.info == *new)
         {
+            // The same pod in a new allocation (after a re-list): hold the copy the pod index
+            // holds, so that the old one is freed rather than kept beside it.
+            old.info = new.clone();
             return;
         }
         dirty.namespaces.insert(key.0.clone());

@@ -473,6 +473,37 @@ fn an_unchanged_world_recomputes_nothing() {
 }
 
 #[test]
+fn a_relisted_pod_equal_to_the_held_one_replaces_it_without_recomputing() {
+    // After a re-list the pod index holds a new copy of every pod; the engine must let go of
+    // its old copy (else every pod is held twice) and still recompute nothing.
+    let mut engine = Incremental::default();
+    let pod = mk_pod("shop", "a", &[("app", "web")], "n", "10.0.0.1");
+    let key = ("shop".to_string(), "a".to_string());
+    let namespaces = [mk_ns("shop", &[])];
+    let objects = Objects {
+        namespaces: &namespaces,
+        ..Default::default()
+    };
+    let old = Arc::new(pod.clone());
+    engine.update(
+        objects,
+        [(key.clone(), Some(old.clone()))],
+        std::time::Duration::ZERO,
+        |_, _| {},
+    );
+    let relisted = Arc::new(pod);
+    let again = engine.update(
+        objects,
+        [(key, Some(relisted.clone()))],
+        std::time::Duration::ZERO,
+        |_, _| panic!("nothing changed"),
+    );
+    assert!(again.shards == 0 && !again.facts_changed);
+    assert_eq!(Arc::strong_count(&old), 1, "the old copy is let go");
+    assert_eq!(Arc::strong_count(&relisted), 2, "the new copy is held");
+}
+
+#[test]
 fn a_node_relabelled_recomputes_that_node_only() {
     let mut engine = Incremental::default();
     let policies = [mk_policy("p", 0, |s| {
