@@ -140,6 +140,16 @@ fn fingerprint(cm: &ConfigMap, owner: &Owner) -> u64 {
     h.digest()
 }
 
+/// The content fingerprints the watched shard objects `existing` record, by object name.
+fn fingerprints_on_server(
+    existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
+) -> HashMap<String, u64> {
+    existing
+        .iter()
+        .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
+        .collect()
+}
+
 /// One shard write: object name, fingerprint written, bytes of shard data, outcome.
 type WriteResult = (String, Option<u64>, usize, Result<(), kube::Error>);
 
@@ -192,10 +202,7 @@ impl<'a> EarlyWrites<'a> {
         publisher: &'a mut Publisher,
         existing: &[std::sync::Arc<PartialObjectMeta<ConfigMap>>],
     ) -> Self {
-        let on_server = existing
-            .iter()
-            .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
-            .collect();
+        let on_server = fingerprints_on_server(existing);
         Self {
             publisher,
             on_server,
@@ -396,20 +403,13 @@ impl Publisher {
             };
         }
         let mut stats = PublishStats::default();
-        let on_server: HashMap<String, u64> = existing
-            .iter()
-            .map(|m| (m.name_any(), recorded_hash(&m.metadata).unwrap_or(0)))
-            .collect();
+        let on_server = fingerprints_on_server(existing);
         let mut stale = Vec::new();
         for (name, (node, fp)) in &self.desired {
             if on_server.get(name) == Some(fp) {
                 self.written.insert(name.clone(), *fp);
-                stats.unchanged += 1;
-                continue;
             }
-            if self.written.get(name) == Some(fp)
-                && (on_server.contains_key(name) || self.fresh.contains(name))
-            {
+            if self.holds(name, *fp, &on_server) {
                 stats.unchanged += 1;
                 continue;
             }
@@ -512,15 +512,18 @@ impl Publisher {
         }
     }
 
-    /// Whether the server may not hold `cm` yet (by its fingerprint, against `on_server`: the
-    /// watched fingerprints by object name, and what this publisher wrote).
+    /// Whether the server holds the shard object `name` with fingerprint `fp`: the watch
+    /// (`on_server`, fingerprints by name) shows it, or this publisher wrote it to an object
+    /// that exists or that it wrote in this pass.
+    fn holds(&self, name: &str, fp: u64, on_server: &HashMap<String, u64>) -> bool {
+        on_server.get(name) == Some(&fp)
+            || (self.written.get(name) == Some(&fp)
+                && (on_server.contains_key(name) || self.fresh.contains(name)))
+    }
+
+    /// Whether the server may not hold `cm` yet.
     fn differs(&self, cm: &ConfigMap, on_server: &HashMap<String, u64>) -> bool {
-        let name = cm.name_any();
-        let fp = recorded_hash(&cm.metadata);
-        let there = on_server.get(&name);
-        !(fp.is_some()
-            && (there == fp.as_ref()
-                || (there.is_some() && self.written.get(&name) == fp.as_ref())))
+        recorded_hash(&cm.metadata).is_none_or(|fp| !self.holds(&cm.name_any(), fp, on_server))
     }
 
     /// The owner of what this publisher writes.
