@@ -20,8 +20,6 @@
 //! can run steps 1–6 and publish the result, and the scraper can run the same function again
 //! (with the external labels) without changing anything the operator decided.
 
-use std::collections::BTreeMap;
-
 use crate::{
     ResolvedProfile,
     constants::{SERVICE_NAME_ANNOTATIONS, SOURCE_CODE_ANNOTATIONS, labels as names},
@@ -45,9 +43,9 @@ pub struct PodContainer<'a> {
     /// Node the pod runs on.
     pub node: Option<&'a str>,
     /// Pod labels.
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a crate::packed::PackedMap,
     /// Pod annotations.
-    pub annotations: &'a BTreeMap<String, String>,
+    pub annotations: &'a crate::packed::PackedMap,
     /// Container name.
     pub container: &'a str,
 }
@@ -92,20 +90,20 @@ pub fn pod_discovery_labels(pod: &PodContainer<'_>, port: Option<&TargetPort<'_>
         l.insert(names::META_NODE_NAME.into(), node.into());
         l.insert("node".into(), node.into());
     }
-    for (k, v) in pod.labels {
+    for (k, v) in pod.labels.iter() {
         l.insert(
             format!("{}{}", names::META_POD_LABEL_PREFIX, sanitize_label_name(k)),
-            v.clone(),
+            v.into(),
         );
     }
-    for (k, v) in pod.annotations {
+    for (k, v) in pod.annotations.iter() {
         l.insert(
             format!(
                 "{}{}",
                 names::META_POD_ANNOTATION_PREFIX,
                 sanitize_label_name(k)
             ),
-            v.clone(),
+            v.into(),
         );
     }
     l.insert("namespace".into(), pod.namespace.into());
@@ -228,8 +226,8 @@ mod tests {
                 uid: "u-1",
                 ip: Some("10.0.0.1"),
                 node: Some("node-a"),
-                labels: &pod_l,
-                annotations: &ann,
+                labels: &(&pod_l).into(),
+                annotations: &(&ann).into(),
                 container: "app",
             },
             Some(&TargetPort {
@@ -283,8 +281,8 @@ mod tests {
                     uid: "u-1",
                     ip: None,
                     node: None,
-                    labels: &Labels::new(),
-                    annotations: &ann,
+                    labels: &crate::packed::PackedMap::new(),
+                    annotations: &(&ann).into(),
                     container: "app",
                 },
                 None,

@@ -12,6 +12,7 @@ pub mod health;
 pub mod job;
 pub mod labels;
 pub mod limits;
+pub mod packed;
 pub mod policy;
 pub mod profiles;
 pub mod references;

@@ -104,7 +104,7 @@ fn main() {
                 ("batch".to_string(), format!("b-{}", i / BATCH)),
             ]
             .into(),
-            annotations,
+            annotations: annotations.into(),
             node: Some(format!("node-{}", i % nodes)),
             ip: Some(format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)),
             running: true,

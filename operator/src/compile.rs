@@ -71,6 +71,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kubeprof_crds::{
     job::{JobShard, ScrapeJob},
+    packed::PackedMap,
     policy::ProfilingPolicySpec,
     target::ProfilingTargetSpec,
 };
@@ -115,10 +116,10 @@ pub struct PodInfo {
     pub name: String,
     /// UID.
     pub uid: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
+    /// Labels (packed: the operator holds every pod's).
+    pub labels: PackedMap,
     /// Annotations.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: PackedMap,
     /// Node the pod runs on.
     pub node: Option<String>,
     /// Pod IP.

@@ -10,6 +10,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::{ResourceExt, runtime::watcher};
+use kubeprof_crds::packed::PackedMap;
 
 use crate::compile::{ContainerInfo, NamespaceInfo, NodeInfo, PodInfo, PodKey, PortInfo, sampling};
 
@@ -214,12 +215,18 @@ pub fn strip_config_map(cm: &mut ConfigMap) {
 pub fn pod_info(pod: &Pod) -> PodInfo {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
+    let labels = PackedMap::from(pod.labels());
     PodInfo {
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        labels: pod.labels().clone(),
-        annotations: pod.annotations().clone(),
+        owner: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| sampling::owner(&o.kind, &o.name, &labels)),
+        labels,
+        annotations: pod.annotations().into(),
         node: spec.and_then(|s| s.node_name.clone()),
         ip: status
             .and_then(|s| s.pod_ip.clone())
@@ -250,11 +257,6 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
                     .collect()
             })
             .unwrap_or_default(),
-        owner: pod
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .map(|o| sampling::owner(&o.kind, &o.name, pod.labels())),
     }
 }
 

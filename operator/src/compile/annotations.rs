@@ -98,7 +98,7 @@ struct Request {
     scheme: Option<Scheme>,
 }
 
-fn truthy(v: Option<&String>) -> Option<bool> {
+fn truthy(v: Option<&str>) -> Option<bool> {
     v.map(|v| matches!(v.trim(), "true" | "True" | "TRUE" | "1" | "yes"))
 }
 
@@ -110,7 +110,7 @@ fn kind_of(name: &str) -> Option<ProfileKind> {
 
 fn grafana(pod: &PodInfo, problems: &mut BTreeSet<Problem>) -> BTreeMap<String, Request> {
     let mut types: BTreeMap<String, (bool, Request)> = BTreeMap::new();
-    for (key, value) in &pod.annotations {
+    for (key, value) in pod.annotations.iter() {
         let Some(rest) = key.strip_prefix(GRAFANA_PREFIX) else {
             continue;
         };
@@ -129,8 +129,8 @@ fn grafana(pod: &PodInfo, problems: &mut BTreeSet<Problem>) -> BTreeMap<String, 
                     });
                 }
             },
-            "port_name" => entry.1.port_name = Some(value.clone()),
-            "path" if value.starts_with('/') => entry.1.path = Some(value.clone()),
+            "port_name" => entry.1.port_name = Some(value.into()),
+            "path" if value.starts_with('/') => entry.1.path = Some(value.into()),
             "scheme" => match value.parse() {
                 Ok(s) => entry.1.scheme = Some(s),
                 Err(e) => {

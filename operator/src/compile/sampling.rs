@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use kubeprof_crds::Sampling;
+use kubeprof_crds::{Sampling, packed::PackedMap};
 
 use super::{Owner, PodInfo};
 
@@ -34,13 +34,13 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// ReplicaSets of a rollout share one quota; the controller itself otherwise. Reading the
 /// ReplicaSet's own ownerReference would need a watch of every ReplicaSet: the naming is what
 /// the Deployment controller guarantees.
-pub fn owner(kind: &str, name: &str, labels: &BTreeMap<String, String>) -> Owner {
+pub fn owner(kind: &str, name: &str, labels: &PackedMap) -> Owner {
     if kind == "ReplicaSet"
         && let Some(hash) = labels
             .get(POD_TEMPLATE_HASH_LABEL)
             .filter(|h| !h.is_empty())
         && let Some(deployment) = name
-            .strip_suffix(hash.as_str())
+            .strip_suffix(hash)
             .and_then(|rest| rest.strip_suffix('-'))
             .filter(|d| !d.is_empty())
     {
@@ -186,7 +186,7 @@ pub(super) fn sample<'s>(
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> PackedMap {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

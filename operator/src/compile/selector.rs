@@ -7,7 +7,8 @@
 //! select everything, one without `values` would be refused).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{ParseExpressionError, Selector};
+use kube::core::{Expression, ParseExpressionError, Selector};
+use kubeprof_crds::packed::PackedMap;
 
 /// Why a label selector cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,31 @@ pub(super) fn parse(selector: &LabelSelector) -> Result<Selector, SelectorError>
     Ok(Selector::try_from(selector.clone())?)
 }
 
+/// A parsed selector matched against a pod's labels as the operator holds them ([`PackedMap`];
+/// kube's [`Selector`] reads only a `BTreeMap`). Same rules as kube's.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PodSelector(Vec<Expression>);
+
+impl From<Selector> for PodSelector {
+    fn from(s: Selector) -> Self {
+        Self(s.into_iter().collect())
+    }
+}
+
+impl PodSelector {
+    /// Whether every expression holds for `labels`.
+    pub(super) fn matches(&self, labels: &PackedMap) -> bool {
+        self.0.iter().all(|e| match e {
+            Expression::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+            Expression::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
+            Expression::Exists(key) => labels.contains_key(key),
+            Expression::DoesNotExist(key) => !labels.contains_key(key),
+            Expression::Equal(key, value) => labels.get(key) == Some(value.as_str()),
+            Expression::NotEqual(key, value) => labels.get(key) != Some(value.as_str()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -91,10 +117,14 @@ mod tests {
     }
     use Outcome::*;
 
+    /// What kube's selector says, checked against [`PodSelector`] on the packed labels.
     fn outcome(sel: &LabelSelector, on: &BTreeMap<String, String>) -> Outcome {
         match parse(sel) {
-            Ok(s) if s.matches(on) => Match,
-            Ok(_) => NoMatch,
+            Ok(s) => {
+                let packed = PodSelector::from(s.clone()).matches(&on.into());
+                assert_eq!(packed, s.matches(on), "{sel:?} on {on:?}");
+                if packed { Match } else { NoMatch }
+            }
             Err(_) => Invalid,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use kube::core::{Selector, SelectorExt};
+use kube::core::SelectorExt;
 use kubeprof_crds::{
     Duration, ResolvedProfile, conditions,
     job::{CredentialRef, JobOrigin, OriginKind, ScrapeAuth, ScrapeTls},
@@ -33,7 +33,7 @@ pub(super) struct PreparedTarget {
     /// Problems of the target itself (refusal, invalid selectors).
     pub(super) problems: BTreeSet<Problem>,
     /// The pod selector (`None`: inactive or invalid, it selects no pod).
-    pub(super) selector: Option<Selector>,
+    pub(super) selector: Option<selector::PodSelector>,
     /// The namespaces it selects pods in.
     pub(super) namespaces: BTreeSet<String>,
     /// Its endpoints under each policy governing one of those namespaces (by policy name;
@@ -109,7 +109,7 @@ pub(super) fn prepare(t: &TargetInput, namespaces: &[NamespaceInfo]) -> Prepared
     prepared.namespaces = target_namespaces(t, namespaces, &mut prepared.problems);
     // An invalid selector selects no pod.
     match selector::parse(&t.spec.selector) {
-        Ok(s) => prepared.selector = Some(s),
+        Ok(s) => prepared.selector = Some(s.into()),
         Err(e) => {
             prepared.problems.insert(Problem {
                 reason: conditions::REASON_INVALID_SPEC,

@@ -20,7 +20,7 @@ mod sharding;
 mod targets;
 mod validate;
 
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+fn map<M: FromIterator<(String, String)>>(pairs: &[(&str, &str)]) -> M {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -33,7 +33,7 @@ fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str) -
         name: name.into(),
         uid: format!("uid-{ns}-{name}"),
         labels: map(labels),
-        annotations: BTreeMap::new(),
+        annotations: PackedMap::new(),
         node: Some(node.into()),
         ip: Some(ip.into()),
         running: true,

@@ -176,7 +176,7 @@ struct CompatRow {
 /// kubeprof rather than the Alloy component, `node` is added, and pod labels are not copied
 /// unless the policy asks (`podLabels`).
 fn compat_labels(name: &str, address: &str, extra: &[(&str, &str)]) -> Labels {
-    let mut l = map(&[
+    let mut l: Labels = map(&[
         ("__name__", name),
         ("container", "app"),
         ("instance", address),
@@ -186,7 +186,7 @@ fn compat_labels(name: &str, address: &str, extra: &[(&str, &str)]) -> Labels {
         ("pod", "compat"),
         ("service_name", "shop/app"),
     ]);
-    l.extend(map(extra));
+    l.extend(map::<Labels>(extra));
     l
 }
 
