@@ -35,23 +35,83 @@ const MAX_SHARD_BYTES: u64 = 64 * 1024 * 1024;
 /// The `data` / `binaryData` of a shard's ConfigMap: plain JSON, or gzip above
 /// [`GZIP_ABOVE_BYTES`].
 pub fn shard_to_data(shard: &crate::job::JobShard) -> (Option<TextData>, Option<BinaryData>) {
-    let json = shard.to_json();
-    if json.len() <= GZIP_ABOVE_BYTES {
-        return (
-            Some(BTreeMap::from([(
-                crate::job::JOB_SHARD_DATA_KEY.to_string(),
-                json,
-            )])),
-            None,
-        );
+    ShardPayload::new(shard.to_json()).to_data()
+}
+
+/// A shard's JSON as its ConfigMap carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardPayload {
+    /// Up to [`GZIP_ABOVE_BYTES`]: as is, in `data`.
+    Json(String),
+    /// Larger: gzip-compressed, in `binaryData`.
+    Gzip(Vec<u8>),
+}
+
+impl ShardPayload {
+    /// The payload of a shard serialized to `json`.
+    pub fn new(json: String) -> Self {
+        if json.len() <= GZIP_ABOVE_BYTES {
+            Self::Json(json)
+        } else {
+            Self::Gzip(gzip(json.as_bytes()))
+        }
     }
-    (
-        None,
-        Some(BTreeMap::from([(
-            JOB_SHARD_GZIP_KEY.to_string(),
-            k8s_openapi::ByteString(gzip(json.as_bytes())),
-        )])),
-    )
+
+    /// The JSON again. Only for payloads made by [`ShardPayload::new`]: a payload read from
+    /// elsewhere goes through [`shard_from_config_map`].
+    pub fn json(&self) -> Result<std::borrow::Cow<'_, str>, crate::job::JobShardError> {
+        use crate::job::JobShardError;
+        match self {
+            Self::Json(json) => Ok(std::borrow::Cow::Borrowed(json)),
+            Self::Gzip(gz) => {
+                // Header and trailer as `gzip` writes them; the deflate stream between.
+                let deflated = gz
+                    .get(10..gz.len().saturating_sub(8))
+                    .ok_or_else(|| JobShardError::Compressed("too short".into()))?;
+                let raw = miniz_oxide::inflate::decompress_to_vec_with_limit(
+                    deflated,
+                    MAX_SHARD_BYTES as usize,
+                )
+                .map_err(|e| JobShardError::Compressed(format!("{e:?}")))?;
+                String::from_utf8(raw)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| JobShardError::Compressed(e.to_string()))
+            }
+        }
+    }
+
+    /// Bytes stored.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Json(json) => json.len(),
+            Self::Gzip(gz) => gz.len(),
+        }
+    }
+
+    /// Whether nothing is stored (never, for a shard).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ConfigMap's `data` and `binaryData`.
+    pub fn to_data(&self) -> (Option<TextData>, Option<BinaryData>) {
+        match self {
+            Self::Json(json) => (
+                Some(BTreeMap::from([(
+                    crate::job::JOB_SHARD_DATA_KEY.to_string(),
+                    json.clone(),
+                )])),
+                None,
+            ),
+            Self::Gzip(gz) => (
+                None,
+                Some(BTreeMap::from([(
+                    JOB_SHARD_GZIP_KEY.to_string(),
+                    k8s_openapi::ByteString(gz.clone()),
+                )])),
+            ),
+        }
+    }
 }
 
 /// gzip at level 1, with miniz_oxide itself rather than through flate2, whose one backend per

@@ -6,7 +6,7 @@
 //! groups the jobs of one endpoint; format 1 (the [`JobShard`] as it is) is still read, so a
 //! scraper may be upgraded before or after the operator.
 
-mod wire;
+pub mod wire;
 
 use std::collections::BTreeMap;
 

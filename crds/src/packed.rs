@@ -178,7 +178,12 @@ mod tests {
         let maps = [
             btree(&[]),
             btree(&[("app", "checkout")]),
-            btree(&[("", "empty key"), ("app", ""), ("team", "core"), ("z", "é ü")]),
+            btree(&[
+                ("", "empty key"),
+                ("app", ""),
+                ("team", "core"),
+                ("z", "é ü"),
+            ]),
             btree(
                 &(0..40)
                     .map(|i| (format!("k{i:02}"), format!("v{i}")))

@@ -244,7 +244,7 @@ pub struct Compiled {
     pub ungoverned_pods: BTreeMap<String, usize>,
 }
 
-pub use incremental::{Incremental, Objects, PodKey, Update};
+pub use incremental::{Incremental, Objects, PodKey, ShardText, Update};
 
 /// One pod's contribution to the status of the targets selecting it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

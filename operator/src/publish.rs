@@ -18,7 +18,7 @@ use kubeprof_crds::{
         COMPONENT_JOBS, COMPONENT_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         SHARD_NODE_LABEL,
     },
-    health::{health_object_name, jobs_object_name, node_label_value, shard_to_data},
+    health::{ShardPayload, health_object_name, jobs_object_name, node_label_value},
     job::JobShard,
 };
 
@@ -75,15 +75,30 @@ pub(crate) fn owned_shard_config_map(
     shard: &JobShard,
     owner: &Owner,
 ) -> ConfigMap {
-    let name = jobs_object_name(shard.node.as_deref());
+    payload_config_map(
+        namespace,
+        shard.node.as_deref(),
+        &ShardPayload::new(shard.to_json()),
+        owner,
+    )
+}
+
+/// The ConfigMap holding the shard of `node` serialized to `payload`, owned by `owner`.
+pub(crate) fn payload_config_map(
+    namespace: &str,
+    node: Option<&str>,
+    payload: &ShardPayload,
+    owner: &Owner,
+) -> ConfigMap {
+    let name = jobs_object_name(node);
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
         (COMPONENT_LABEL.to_string(), COMPONENT_JOBS.to_string()),
     ]);
-    if let Some(node) = shard.node.as_deref().and_then(node_label_value) {
+    if let Some(node) = node.and_then(node_label_value) {
         labels.insert(SHARD_NODE_LABEL.into(), node.into());
     }
-    let (data, binary_data) = shard_to_data(shard);
+    let (data, binary_data) = payload.to_data();
     let mut cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),

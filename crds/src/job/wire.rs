@@ -13,19 +13,6 @@ use serde::{Deserialize, Serialize};
 use super::{EbpfShard, JobOrigin, JobShard, ScrapeAuth, ScrapeJob, ScrapeTls, SinkSpec};
 use crate::{Duration, ResolvedProfile, Scheme, relabel::Labels, relabel::RelabelConfig};
 
-/// The shard as written (borrowing the jobs: nothing is copied but the common labels).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ShardOut<'a> {
-    format_version: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-    endpoints: Vec<EndpointOut<'a>>,
-    sinks: &'a [SinkSpec],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ebpf: Option<&'a EbpfShard>,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EndpointOut<'a> {
@@ -169,11 +156,25 @@ fn endpoint_out<'a>(jobs: &[&'a ScrapeJob]) -> Option<EndpointOut<'a>> {
     })
 }
 
-/// `shard` in format 2: endpoints ordered by origin and address, each endpoint's profiles in
-/// the order of their ids; the same shard always gives the same bytes.
-pub(super) fn to_json(shard: &JobShard) -> String {
+/// The serialized endpoint entries of one (origin, address) pair: the unit a shard's
+/// `endpoints` list is made of. The operator keeps these per pod and splices a node's shard
+/// from them when few of its pods changed; [`to_json`] is the same splice of every pair, so
+/// both give the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// The smallest job id of its entries: fragments are ordered by it.
+    pub first_id: String,
+    /// A hash of its origin and address: two fragments with the same key would have been one.
+    pub key: u64,
+    /// The entries, comma-separated JSON objects.
+    pub text: String,
+}
+
+/// The fragments of `jobs` (in id order), each pair's endpoints in the order of their first
+/// job; unordered.
+pub fn fragments<'a>(jobs: impl IntoIterator<Item = &'a ScrapeJob>) -> Vec<Fragment> {
     let mut by_target: BTreeMap<(&JobOrigin, &str), Vec<Vec<&ScrapeJob>>> = BTreeMap::new();
-    for job in &shard.jobs {
+    for job in jobs {
         let groups = by_target
             .entry((&job.origin, job.address.as_str()))
             .or_default();
@@ -182,19 +183,84 @@ pub(super) fn to_json(shard: &JobShard) -> String {
             None => groups.push(vec![job]),
         }
     }
-    let out = ShardOut {
-        format_version: super::JOB_SHARD_FORMAT_VERSION,
-        node: shard.node.as_deref(),
-        endpoints: by_target
-            .values()
-            .flatten()
-            .filter_map(|g| endpoint_out(g))
-            .collect(),
-        sinks: &shard.sinks,
-        ebpf: shard.ebpf.as_ref(),
-    };
+    by_target
+        .into_iter()
+        .filter_map(|((origin, address), groups)| {
+            let first_id = groups.first()?.first()?.id.clone();
+            let mut text = String::new();
+            for g in &groups {
+                if !text.is_empty() {
+                    text.push(',');
+                }
+                text.push_str(&json(&endpoint_out(g)?));
+            }
+            Some(Fragment {
+                first_id,
+                key: fragment_key(origin, address),
+                text,
+            })
+        })
+        .collect()
+}
+
+fn fragment_key(origin: &JobOrigin, address: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (origin, address).hash(&mut h);
+    h.finish()
+}
+
+/// A format 2 shard from its parts: `endpoints` are fragments' texts in the order of their
+/// first ids. Also where each of them landed in it.
+pub fn assemble<'a>(
+    node: Option<&str>,
+    endpoints: impl IntoIterator<Item = &'a str>,
+    sinks: &[SinkSpec],
+    ebpf: Option<&EbpfShard>,
+) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut out = String::with_capacity(1024);
+    let mut ranges = Vec::new();
+    out.push_str("{\"formatVersion\":");
+    out.push_str(&super::JOB_SHARD_FORMAT_VERSION.to_string());
+    if let Some(node) = node {
+        out.push_str(",\"node\":");
+        out.push_str(&json(&node));
+    }
+    out.push_str(",\"endpoints\":[");
+    for (i, e) in endpoints.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        ranges.push(out.len()..out.len() + e.len());
+        out.push_str(e);
+    }
+    out.push_str("],\"sinks\":");
+    out.push_str(&json(&sinks));
+    if let Some(ebpf) = ebpf {
+        out.push_str(",\"ebpf\":");
+        out.push_str(&json(&ebpf));
+    }
+    out.push('}');
+    (out, ranges)
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
     // Serialization of plain data with string keys cannot fail.
-    serde_json::to_string(&out).unwrap_or_default()
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// `shard` in format 2: endpoints ordered by their first job id, each endpoint's profiles in
+/// the order of their ids; the same shard always gives the same bytes.
+pub(super) fn to_json(shard: &JobShard) -> String {
+    let mut parts = fragments(&shard.jobs);
+    parts.sort_by(|a, b| a.first_id.cmp(&b.first_id));
+    assemble(
+        shard.node.as_deref(),
+        parts.iter().map(|f| f.text.as_str()),
+        &shard.sinks,
+        shard.ebpf.as_ref(),
+    )
+    .0
 }
 
 /// A format 2 shard, its jobs sorted by id again.

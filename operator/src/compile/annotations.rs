@@ -175,7 +175,7 @@ fn pyroscope_types(pod: &PodInfo, defaults: &[ProfileKind]) -> BTreeMap<String, 
     switches
         .into_iter()
         .filter(|(kind, key)| {
-            truthy(pod.annotations.get(*key)).unwrap_or_else(|| defaults.contains(kind))
+            truthy(pod.annotations.get(key)).unwrap_or_else(|| defaults.contains(kind))
         })
         .map(|(kind, _)| {
             (

@@ -13,11 +13,16 @@
 //! - in a namespace whose pods are coupled (`maxTargetsPerNamespace`, sampling), the nodes of
 //!   pods whose namespace's decision changed, also when a rotating sampling's period ends;
 //!
-//! and recomputes the shard of each dirty node from its pods with the same per-pod steps as the
-//! full compile. Jobs are not kept between updates (at 100,000 pods they would be hundreds of
-//! megabytes): a node's shard is rebuilt from its pods when needed. What status needs (each
-//! pod's share of its targets' and policy's facts) is kept per pod and summed per object when
-//! one of its shares changed.
+//! and re-emits the shard of each dirty node. Jobs are not kept between updates (at 100,000 pods
+//! they would be hundreds of megabytes); each node's shard is kept as published (gzip-compressed
+//! JSON) with where each pod's endpoint entries ([`wire::Fragment`]) lie in it. A dirty node's
+//! shard is spliced: the entries of its unchanged pods are copied from the old text, only the
+//! pods that changed (or whose targets, policy or sampling decision did) are recomputed with
+//! the same per-pod steps as the full compile, and the wire format's own assembly puts them
+//! together, so the bytes equal a full compile's. A target selecting one pod on each of 1,000
+//! nodes thus costs 1,000 pods and 1,000 re-compressions, not 100,000 pods. What status needs
+//! (each pod's share of its targets' and policy's facts) is kept per pod and summed per object
+//! when one of its shares changed.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -25,7 +30,11 @@ use std::{
     time::Duration,
 };
 
-use kubeprof_crds::job::{EbpfShard, JobShard, ScrapeJob};
+use kubeprof_crds::{
+    health::ShardPayload,
+    job::{EbpfShard, JobShard, ScrapeJob, wire},
+    references::jobs_secret_refs,
+};
 
 use super::{
     Compiled, Decision, NamespaceInfo, NodeInfo, PodInfo, PolicyFacts, PolicyInput, Shares,
@@ -54,6 +63,49 @@ struct PodEntry {
     info: Arc<PodInfo>,
     /// As of the last rebuild of its node's shard.
     shares: Shares,
+    /// Marks its fragments in its node's shard (unique: a changed pod gets a new one).
+    slot: u64,
+    /// What its jobs put into its node's shard (`None`: not built yet).
+    built: Option<PodBuilt>,
+}
+
+/// What one pod's jobs put into its node's shard, besides its fragments.
+#[derive(Debug)]
+struct PodBuilt {
+    jobs: usize,
+    /// The sinks its jobs name (interned: nearly every pod names the same).
+    sinks: Arc<[String]>,
+    /// The Secrets its jobs' auth and TLS refer to.
+    secrets: Box<[(String, String)]>,
+}
+
+/// A node's shard as published, with what the publisher needs besides its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardText {
+    /// What its ConfigMap carries.
+    pub payload: ShardPayload,
+    /// Its jobs.
+    pub jobs: usize,
+    /// The Secrets its jobs and sinks refer to, by (namespace, name).
+    pub secrets: BTreeSet<(String, String)>,
+}
+
+/// A node's shard and where its fragments lie in its JSON.
+#[derive(Debug)]
+struct NodeShard {
+    text: ShardText,
+    /// In the order of the JSON (`None`: two pods' jobs share a fragment, so the shard is
+    /// rebuilt whole each time).
+    fragments: Option<Vec<Placed>>,
+}
+
+/// A fragment of a shard's JSON: whose, and where.
+#[derive(Debug)]
+struct Placed {
+    first_id: Box<str>,
+    key: u64,
+    slot: u64,
+    range: std::ops::Range<usize>,
 }
 
 /// The compile result, kept up to date by [`Incremental::update`].
@@ -70,6 +122,12 @@ pub struct Incremental {
     rotations: BTreeMap<String, Duration>,
     /// Job count of each node that has a shard.
     shards: BTreeMap<NodeKey, usize>,
+    /// The shard of each node that has one.
+    texts: BTreeMap<NodeKey, NodeShard>,
+    /// The next pod's slot.
+    next_slot: u64,
+    /// Every sink list a pod's jobs name, shared.
+    sink_lists: BTreeSet<Arc<[String]>>,
     /// The pods sharing into each target's and each policy's facts.
     target_pods: HashMap<(String, String), BTreeSet<PodKey>>,
     policy_pods: HashMap<String, BTreeSet<PodKey>>,
@@ -87,6 +145,9 @@ pub struct Incremental {
 #[derive(Default)]
 struct Dirty {
     nodes: BTreeSet<NodeKey>,
+    /// Pods whose jobs may have changed though they did not (their targets, policy or
+    /// decision did); a changed pod is new to its node's shard anyway.
+    pods: BTreeSet<PodKey>,
     /// Namespaces whose pods changed.
     namespaces: BTreeSet<String>,
     targets: BTreeSet<(String, String)>,
@@ -119,14 +180,13 @@ impl Incremental {
     /// Brings the result up to date with these `objects` and these pod changes (`None`: the
     /// pod is gone), at `now` (since the Unix epoch: for sampling's rotation). On the first
     /// update, `pods` must hold every pod. Each recomputed shard goes to `shard` (`None`: the
-    /// node no longer has jobs nor an eBPF section) as soon as it is built, so that only one is
-    /// held at a time.
+    /// node no longer has jobs nor an eBPF section) as soon as it is built.
     pub fn update(
         &mut self,
         objects: Objects<'_>,
         pods: impl IntoIterator<Item = (PodKey, Option<Arc<PodInfo>>)>,
         now: Duration,
-        mut shard: impl FnMut(&NodeKey, Option<JobShard>),
+        mut shard: impl FnMut(&NodeKey, Option<&ShardText>),
     ) -> Update {
         let Objects {
             policies,
@@ -198,7 +258,8 @@ impl Incremental {
         );
         let mut update = Update::default();
         for node in std::mem::take(&mut dirty.nodes) {
-            shard(&node, self.rebuild(&node, &mut dirty));
+            self.rebuild(&node, &mut dirty);
+            shard(&node, self.texts.get(&node).map(|n| &n.text));
             update.shards += 1;
         }
         update.facts_changed = self.refresh_facts(&dirty);
@@ -276,11 +337,14 @@ impl Incremental {
                     .or_default()
                     .insert(key.clone());
                 dirty.nodes.insert(info.node.clone());
+                self.next_slot += 1;
                 self.pods.entry(key.0).or_default().insert(
                     key.1,
                     PodEntry {
                         info,
                         shares: Shares::default(),
+                        slot: self.next_slot,
+                        built: None,
                     },
                 );
             }
@@ -333,9 +397,10 @@ impl Incremental {
                 .flat_map(|k| [old.target(k), new.target(k)])
                 .flatten()
                 .collect();
-            for entry in pods.values() {
+            for (name, entry) in pods {
                 if whole || selectors.iter().any(|t| targets::selects(t, &entry.info)) {
                     dirty.nodes.insert(entry.info.node.clone());
+                    dirty.pods.insert((ns.clone(), name.clone()));
                 }
             }
         }
@@ -377,6 +442,7 @@ impl Incremental {
                 let before = decisions.remove(&key).unwrap_or_default();
                 if before != decision {
                     dirty.nodes.insert(entry.info.node.clone());
+                    dirty.pods.insert(key.clone());
                 }
                 if decision != Decision::default() {
                     decisions.insert(key, decision);
@@ -403,31 +469,85 @@ impl Incremental {
         (jobs, shares)
     }
 
-    /// Rebuilds `node`'s shard and its pods' shares.
-    fn rebuild(&mut self, node: &NodeKey, dirty: &mut Dirty) -> Option<JobShard> {
-        let (jobs, shares) = self.build(node);
-        let shares: Vec<(PodKey, Shares)> =
-            shares.into_iter().map(|(k, s)| (k.clone(), s)).collect();
-        for (key, new) in shares {
+    /// Rebuilds `node`'s shard and its pods' shares: splices the old shard's fragments of the
+    /// pods that did not change with those of the pods recomputed.
+    fn rebuild(&mut self, node: &NodeKey, dirty: &mut Dirty) {
+        let old = self.texts.remove(node);
+        let Some(ctx) = &self.ctx else {
+            self.shards.remove(node);
+            return;
+        };
+        // The old JSON, when it can be spliced.
+        let old = old.and_then(|o| {
+            let json = o.text.payload.json().ok()?.into_owned();
+            Some((json, o.fragments?))
+        });
+        let mut keep = std::collections::HashSet::new();
+        let mut fresh: Vec<(u64, wire::Fragment)> = Vec::new();
+        let mut rebuilt = Vec::new();
+        for key in self.nodes.get(node).into_iter().flatten() {
+            let Some(entry) = self.pods.get(&key.0).and_then(|p| p.get(&key.1)) else {
+                continue;
+            };
+            if old.is_some() && entry.built.is_some() && !dirty.pods.contains(key) {
+                keep.insert(entry.slot);
+                continue;
+            }
+            let decision = self.decisions.get(key).unwrap_or(&NO_DECISION);
+            let mut part = pod_part(ctx, &entry.info, decision);
+            part.jobs.sort_by(|a, b| a.id.cmp(&b.id));
+            let sinks: BTreeSet<&String> = part.jobs.iter().flat_map(|j| &j.sinks).collect();
+            let sinks: Vec<String> = sinks.into_iter().cloned().collect();
+            let secrets: BTreeSet<(String, String)> = jobs_secret_refs(&part.jobs, &[])
+                .into_iter()
+                .map(|r| (r.namespace, r.name))
+                .collect();
+            fresh.extend(
+                wire::fragments(&part.jobs)
+                    .into_iter()
+                    .map(|f| (entry.slot, f)),
+            );
+            rebuilt.push((
+                key.clone(),
+                part.shares,
+                part.jobs.len(),
+                sinks,
+                secrets.into_iter().collect::<Box<[_]>>(),
+            ));
+        }
+        for (key, shares, jobs, sinks, secrets) in rebuilt {
+            let sinks = match self.sink_lists.get(sinks.as_slice()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: Arc<[String]> = sinks.into();
+                    self.sink_lists.insert(s.clone());
+                    s
+                }
+            };
             let Some(entry) = self.pods.get_mut(&key.0).and_then(|p| p.get_mut(&key.1)) else {
                 continue;
             };
-            if entry.shares == new {
+            entry.built = Some(PodBuilt {
+                jobs,
+                sinks,
+                secrets,
+            });
+            if entry.shares == shares {
                 continue;
             }
-            let old = std::mem::replace(&mut entry.shares, new.clone());
+            let old = std::mem::replace(&mut entry.shares, shares.clone());
             self.forget_shares(&key, &old, dirty);
-            if new.ungoverned {
+            if shares.ungoverned {
                 self.ungoverned.insert(key.clone());
             }
-            for s in &new.targets {
+            for s in &shares.targets {
                 self.target_pods
                     .entry(s.target.clone())
                     .or_default()
                     .insert(key.clone());
                 dirty.targets.insert(s.target.clone());
             }
-            if let Some(s) = &new.policy {
+            if let Some(s) = &shares.policy {
                 self.policy_pods
                     .entry(s.policy.clone())
                     .or_default()
@@ -435,17 +555,119 @@ impl Incremental {
                 dirty.policies.insert(s.policy.clone());
             }
         }
+        match self.splice(node, old.as_ref(), &keep, &fresh) {
+            Some(shard) => {
+                self.shards.insert(node.clone(), shard.text.jobs);
+                self.texts.insert(node.clone(), shard);
+            }
+            None => {
+                self.shards.remove(node);
+            }
+        }
+    }
+
+    /// `node`'s shard from the `old` one's fragments of the pods in `keep` and the `fresh` ones
+    /// (by pod slot); `None` when it has neither jobs nor an eBPF section.
+    fn splice(
+        &self,
+        node: &NodeKey,
+        old: Option<&(String, Vec<Placed>)>,
+        keep: &std::collections::HashSet<u64>,
+        fresh: &[(u64, wire::Fragment)],
+    ) -> Option<NodeShard> {
+        let ctx = self.ctx.as_ref()?;
+        let entries: Vec<&PodEntry> = self
+            .nodes
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(&k.0).and_then(|p| p.get(&k.1)))
+            .collect();
+        let built = || entries.iter().filter_map(|e| e.built.as_ref());
         let section = self.ebpf_section(node);
-        let count = jobs.len();
-        let built = self
-            .ctx
-            .as_ref()
-            .and_then(|ctx| sharding::shard(&ctx.sinks, node.clone(), jobs, section));
-        match &built {
-            Some(_) => self.shards.insert(node.clone(), count),
-            None => self.shards.remove(node),
-        };
-        built
+        let jobs: usize = built().map(|b| b.jobs).sum();
+        if jobs == 0 && section.is_none() {
+            return None;
+        }
+        // (first id, key, slot, text), in the order of the JSON.
+        let mut parts: Vec<(&str, u64, u64, &str)> = Vec::new();
+        if let Some((json, placed)) = old {
+            parts.extend(
+                placed
+                    .iter()
+                    .filter(|p| keep.contains(&p.slot))
+                    .filter_map(|p| {
+                        Some((&*p.first_id, p.key, p.slot, json.get(p.range.clone())?))
+                    }),
+            );
+        }
+        parts.extend(
+            fresh
+                .iter()
+                .map(|(slot, f)| (f.first_id.as_str(), f.key, *slot, f.text.as_str())),
+        );
+        parts.sort_by(|a, b| a.0.cmp(b.0));
+        let mut keys = std::collections::HashSet::with_capacity(parts.len());
+        if !parts.iter().all(|p| keys.insert(p.1)) {
+            // Two pods' jobs share an origin and address (host-network pods on one port): the
+            // wire format merges them into one entry, so only a whole rebuild gives its bytes.
+            return self.whole(node);
+        }
+        let names: BTreeSet<&str> = built()
+            .flat_map(|b| b.sinks.iter().map(String::as_str))
+            .chain(section.iter().flat_map(ebpf::sink_keys))
+            .collect();
+        let sinks: Vec<_> = names
+            .iter()
+            .filter_map(|n| ctx.sinks.get(*n).cloned())
+            .collect();
+        let mut secrets: BTreeSet<(String, String)> = jobs_secret_refs(&[], &sinks)
+            .into_iter()
+            .map(|r| (r.namespace, r.name))
+            .collect();
+        secrets.extend(built().flat_map(|b| b.secrets.iter().cloned()));
+        let (json, ranges) = wire::assemble(
+            node.as_deref(),
+            parts.iter().map(|p| p.3),
+            &sinks,
+            section.as_ref(),
+        );
+        let fragments = parts
+            .iter()
+            .zip(ranges)
+            .map(|(p, range)| Placed {
+                first_id: p.0.into(),
+                key: p.1,
+                slot: p.2,
+                range,
+            })
+            .collect();
+        Some(NodeShard {
+            text: ShardText {
+                payload: ShardPayload::new(json),
+                jobs,
+                secrets,
+            },
+            fragments: Some(fragments),
+        })
+    }
+
+    /// `node`'s shard built whole from its pods' jobs, as the full compile builds it.
+    fn whole(&self, node: &NodeKey) -> Option<NodeShard> {
+        let shard = self.job_shard(node)?;
+        let secrets = shard
+            .secret_refs()
+            .into_iter()
+            .map(|r| (r.namespace, r.name))
+            .collect();
+        Some(NodeShard {
+            text: ShardText {
+                payload: ShardPayload::new(shard.to_json()),
+                jobs: shard.jobs.len(),
+                secrets,
+            },
+            fragments: None,
+        })
     }
 
     /// Recomputes the facts of the targets and policies whose shares changed; whether any did.
@@ -521,9 +743,14 @@ impl Incremental {
         changed
     }
 
-    /// The shard of `node` as it stands (`None`: no jobs and no eBPF section). Rebuilt from its pods:
-    /// for a shard that must be written again.
-    pub fn shard(&self, node: &NodeKey) -> Option<JobShard> {
+    /// The shard of `node` as it stands (`None`: no jobs and no eBPF section): for a shard that
+    /// must be written again.
+    pub fn shard(&self, node: &NodeKey) -> Option<ShardText> {
+        self.texts.get(node).map(|n| n.text.clone())
+    }
+
+    /// The shard of `node` rebuilt from its pods' jobs.
+    fn job_shard(&self, node: &NodeKey) -> Option<JobShard> {
         let (jobs, _) = self.build(node);
         let ctx = self.ctx.as_ref()?;
         sharding::shard(&ctx.sinks, node.clone(), jobs, self.ebpf_section(node))
@@ -571,7 +798,7 @@ impl Incremental {
             shards: self
                 .shards
                 .keys()
-                .filter_map(|n| self.shard(n).map(|s| (n.clone(), s)))
+                .filter_map(|n| self.job_shard(n).map(|s| (n.clone(), s)))
                 .collect(),
             targets: self
                 .target_facts

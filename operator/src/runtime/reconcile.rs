@@ -27,7 +27,7 @@ use crate::{
     index,
     metrics::{Failure, Metrics},
     owner::Owner,
-    publish::{Built, EarlyWrites, Publisher, owned_shard_config_map, stale_health_reports},
+    publish::{Built, EarlyWrites, Publisher, payload_config_map, stale_health_reports},
     status::{self, HealthIndex, ObjectKey, Status, StatusWriter, UnreadableStatus},
 };
 
@@ -239,16 +239,11 @@ impl Reconciler {
                 pods,
                 now,
                 |node, shard| {
-                    let cm = shard
-                        .as_ref()
-                        .map(|s| owned_shard_config_map(&namespace, s, &owner));
-                    built.record(node, cm.as_ref());
-                    let refs = shard.as_ref().map(|s| {
-                        s.secret_refs()
-                            .into_iter()
-                            .map(|r| (r.namespace, r.name))
-                            .collect::<BTreeSet<_>>()
+                    let cm = shard.map(|s| {
+                        payload_config_map(&namespace, node.as_deref(), &s.payload, &owner)
                     });
+                    built.record(node, cm.as_ref());
+                    let refs = shard.map(|s| s.secrets.clone());
                     if let (Some(cm), Some(refs)) = (cm, &refs) {
                         let shard = BuiltShard {
                             node: node.clone(),
@@ -386,7 +381,7 @@ impl Reconciler {
             .publish_changes(built, &stores.shards.state(), |node| {
                 engine
                     .shard(node)
-                    .map(|s| owned_shard_config_map(&namespace, &s, &owner))
+                    .map(|s| payload_config_map(&namespace, node.as_deref(), &s.payload, &owner))
             })
             .await
         {

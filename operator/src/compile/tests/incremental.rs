@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use kubeprof_crds::common::NamespaceSelector;
+use kubeprof_crds::{common::NamespaceSelector, health::ShardPayload};
 use pretty_assertions::assert_eq;
 
 use super::*;
@@ -58,6 +58,11 @@ fn random_pod(rng: &mut Rng, i: usize) -> PodInfo {
     }
     if rng.chance(10) {
         pod.node = None;
+    }
+    if rng.chance(30) {
+        // Host network: pods share their node's address, so two pods' jobs may share an
+        // origin and address, which the wire format merges into one entry.
+        pod.ip = Some("10.9.9.9".into());
     }
     if rng.chance(20) {
         // Two containers naming port `pprof`: a target each.
@@ -346,7 +351,7 @@ fn check(rng_seed: u64, steps: usize) -> (usize, usize) {
         world.nodes.insert(node.into(), info);
     }
     let mut engine = Incremental::default();
-    let mut published: BTreeMap<Option<String>, JobShard> = BTreeMap::new();
+    let mut published: BTreeMap<Option<String>, ShardText> = BTreeMap::new();
     let mut first = true;
     let mut ungoverned_steps = 0;
     let mut ebpf_steps = 0;
@@ -378,14 +383,39 @@ fn check(rng_seed: u64, steps: usize) -> (usize, usize) {
             world.now,
             |node, shard| {
                 match shard {
-                    Some(s) => published.insert(node.clone(), s),
+                    Some(s) => published.insert(node.clone(), s.clone()),
                     None => published.remove(node),
                 };
             },
         );
         let full = compile(&inputs);
         let context = format!("seed {rng_seed}, step {step}");
-        assert_eq!(published, full.shards, "shards, {context}");
+        // The same bytes as the full compile's shards, spliced or not.
+        let expected: BTreeMap<_, _> = full
+            .shards
+            .iter()
+            .map(|(n, s)| {
+                let text = ShardText {
+                    payload: ShardPayload::new(s.to_json()),
+                    jobs: s.jobs.len(),
+                    secrets: s
+                        .secret_refs()
+                        .into_iter()
+                        .map(|r| (r.namespace, r.name))
+                        .collect(),
+                };
+                (n.clone(), text)
+            })
+            .collect();
+        if published != expected {
+            let json = |m: &BTreeMap<Option<String>, ShardText>| -> BTreeMap<_, _> {
+                m.iter()
+                    .map(|(n, s)| (n.clone(), s.payload.json().map(|j| j.into_owned()).ok()))
+                    .collect()
+            };
+            assert_eq!(json(&published), json(&expected), "shards, {context}");
+            assert_eq!(published, expected, "shards, {context}");
+        }
         let facts: BTreeMap<_, _> = engine
             .target_facts()
             .iter()
@@ -560,4 +590,129 @@ fn a_node_relabelled_recomputes_that_node_only() {
     assert_eq!(seen, [(Some("b".to_string()), true)]);
     assert!(update.facts_changed, "p now runs on two nodes");
     assert_eq!(engine.policy_facts()["p"].ebpf_nodes.len(), 2);
+}
+
+/// Drives `engine` one update; returns the shards it reported.
+fn step(
+    engine: &mut Incremental,
+    inputs: &Inputs,
+    pods: Vec<(PodKey, Option<Arc<PodInfo>>)>,
+) -> BTreeMap<Option<String>, Option<ShardText>> {
+    let mut seen = BTreeMap::new();
+    engine.update(
+        Objects {
+            policies: &inputs.policies,
+            targets: &inputs.targets,
+            namespaces: &inputs.namespaces,
+            nodes: &inputs.nodes,
+        },
+        pods,
+        inputs.now,
+        |node, shard| {
+            seen.insert(node.clone(), shard.cloned());
+        },
+    );
+    seen
+}
+
+fn json_of(shard: Option<&ShardText>) -> String {
+    shard
+        .and_then(|s| s.payload.json().ok())
+        .map(|j| j.into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_target_change_splices_the_pods_it_selects_into_shards_equal_to_a_full_compile() {
+    // 40 pods on one node; a new target selects two of them.
+    let mut inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |_| {})],
+        namespaces: vec![mk_ns("shop", &[])],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        ..Default::default()
+    };
+    for i in 0..40 {
+        let app = if i % 20 == 0 { "batch" } else { "web" };
+        let pod = mk_pod(
+            "shop",
+            &format!("p{i:02}"),
+            &[("app", app)],
+            "n",
+            &format!("10.0.0.{i}"),
+        );
+        inputs.pods.push(pod);
+    }
+    let all = inputs
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace.clone(), p.name.clone()),
+                Some(Arc::new(p.clone())),
+            )
+        })
+        .collect();
+    let mut engine = Incremental::default();
+    step(&mut engine, &inputs, all);
+    let before = engine.shard(&Some("n".into()));
+    inputs
+        .targets
+        .push(mk_target("shop", "batch", "batch", port("pprof")));
+    let seen = step(&mut engine, &inputs, Vec::new());
+    let node = Some("n".to_string());
+    let full = compile(&inputs).shards[&node].to_json();
+    assert_eq!(json_of(seen[&node].as_ref()), full);
+    assert_ne!(json_of(before.as_ref()), full, "the shard changed");
+    assert!(
+        full.contains("\"name\":\"batch\""),
+        "the new target's jobs are in it"
+    );
+    assert_eq!(engine.shard(&node), seen[&node]);
+}
+
+#[test]
+fn host_network_pods_sharing_an_address_give_the_shard_a_full_compile_gives() {
+    // Two host-network pods of one target on one node: same origin and address, so the wire
+    // format merges their jobs into one entry, which no per-pod splice can give.
+    let mut inputs = Inputs {
+        policies: vec![mk_policy("p", 0, |_| {})],
+        namespaces: vec![mk_ns("shop", &[])],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        ..Default::default()
+    };
+    for name in ["a", "b", "c"] {
+        inputs
+            .pods
+            .push(mk_pod("shop", name, &[("app", "web")], "n", "10.9.9.9"));
+    }
+    let all: Vec<_> = inputs
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace.clone(), p.name.clone()),
+                Some(Arc::new(p.clone())),
+            )
+        })
+        .collect();
+    let mut engine = Incremental::default();
+    let node = Some("n".to_string());
+    let seen = step(&mut engine, &inputs, all);
+    assert_eq!(
+        json_of(seen[&node].as_ref()),
+        compile(&inputs).shards[&node].to_json()
+    );
+    // One of them relabelled: still the full compile's bytes.
+    let mut b = inputs.pods[1].clone();
+    b.labels.insert("version".into(), "2".into());
+    inputs.pods[1] = b.clone();
+    let seen = step(
+        &mut engine,
+        &inputs,
+        vec![(("shop".into(), "b".into()), Some(Arc::new(b)))],
+    );
+    assert_eq!(
+        json_of(seen[&node].as_ref()),
+        compile(&inputs).shards[&node].to_json()
+    );
 }
