@@ -199,16 +199,16 @@ async fn a_failed_publish_is_retried_with_backoff_not_at_the_next_resync() {
     );
     let (running, mut server) = Running::start(stores);
     grants(&mut server, 1).await;
-    let first = server.expect(Method::PATCH, SHARD_A).await;
+    let first = server.expect(Method::PUT, SHARD_A).await;
     assert!(first.body["data"].is_object(), "the shard's jobs");
     first.fail(503, "ServiceUnavailable");
     grants(&mut server, 1).await;
     server
-        .expect(Method::PATCH, SHARD_A)
+        .expect(Method::PUT, SHARD_A)
         .await
         .fail(500, "InternalError");
     grants(&mut server, 1).await;
-    server.expect(Method::PATCH, SHARD_A).await.echo();
+    server.expect(Method::PUT, SHARD_A).await.echo();
     let metrics = running.stop(server).await;
     assert_eq!(metrics.errors_of(Failure::Publish), 2);
     assert_eq!(metrics.retries_of(Retried::Publish), 2);
@@ -273,7 +273,7 @@ async fn an_unreadable_target_is_marked_invalid_without_stopping_the_others() {
     );
     let (running, mut server) = Running::start(stores);
     grants(&mut server, 1).await;
-    server.expect(Method::PATCH, SHARD_A).await.echo();
+    server.expect(Method::PUT, SHARD_A).await.echo();
     let patch = server
         .expect(
             Method::PATCH,
@@ -328,7 +328,7 @@ async fn a_node_gets_its_health_report_and_the_right_to_patch_it_before_its_jobs
     );
     binding.echo();
     // Only then the jobs.
-    server.expect(Method::PATCH, SHARD_A).await.echo();
+    server.expect(Method::PUT, SHARD_A).await.echo();
     running.stop(server).await;
 }
 
@@ -378,7 +378,7 @@ async fn a_shard_whose_scraper_has_its_grants_is_written_before_the_grants_of_th
     let first = server.next().await;
     assert_eq!(
         (first.method.clone(), first.path()),
-        (Method::PATCH, SHARD_A),
+        (Method::PUT, SHARD_A),
         "node-a's shard first"
     );
     first.echo();
@@ -393,7 +393,7 @@ async fn a_shard_whose_scraper_has_its_grants_is_written_before_the_grants_of_th
     role.echo();
     server
         .expect(
-            Method::PATCH,
+            Method::PUT,
             "/api/v1/namespaces/kubeprof/configmaps/kubeprof-jobs.node-b",
         )
         .await
