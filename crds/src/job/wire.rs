@@ -4,7 +4,10 @@
 //! its profile and the labels that are its own (`__name__`, `__delta__`). At 100 pods a node
 //! with five profile types each, that is a third of format 1's bytes, before gzip.
 //!
-//! The in-memory [`JobShard`] is unchanged: this is only how it travels.
+//! The in-memory [`JobShard`] is unchanged: this is only how it travels. Entries are ordered by
+//! their first job id, so that a shard is the concatenation of its pods' [`Fragment`]s in that
+//! order: the operator splices a node's shard from the fragments of its unchanged pods and of
+//! those recomputed ([`fragments`], [`assemble`]) instead of serializing every pod again.
 
 use std::collections::BTreeMap;
 
