@@ -176,6 +176,18 @@ pub struct Objects<'a> {
     pub nodes: &'a [NodeInfo],
 }
 
+impl<'a> From<&'a super::Inputs> for Objects<'a> {
+    /// The objects of `inputs` (its pods aside).
+    fn from(inputs: &'a super::Inputs) -> Self {
+        Self {
+            policies: &inputs.policies,
+            targets: &inputs.targets,
+            namespaces: &inputs.namespaces,
+            nodes: &inputs.nodes,
+        }
+    }
+}
+
 impl Incremental {
     /// Brings the result up to date with these `objects` and these pod changes (`None`: the
     /// pod is gone), at `now` (since the Unix epoch: for sampling's rotation). On the first

@@ -372,22 +372,12 @@ fn check(rng_seed: u64, steps: usize) -> (usize, usize) {
             first = false;
         }
         let inputs = world.inputs();
-        engine.update(
-            Objects {
-                policies: &inputs.policies,
-                targets: &inputs.targets,
-                namespaces: &inputs.namespaces,
-                nodes: &inputs.nodes,
-            },
-            changed,
-            world.now,
-            |node, shard| {
-                match shard {
-                    Some(s) => published.insert(node.clone(), s.clone()),
-                    None => published.remove(node),
-                };
-            },
-        );
+        engine.update(Objects::from(&inputs), changed, world.now, |node, shard| {
+            match shard {
+                Some(s) => published.insert(node.clone(), s.clone()),
+                None => published.remove(node),
+            };
+        });
         let full = compile(&inputs);
         let context = format!("seed {rng_seed}, step {step}");
         // The same bytes as the full compile's shards, spliced or not.
@@ -599,20 +589,34 @@ fn step(
     pods: Vec<(PodKey, Option<Arc<PodInfo>>)>,
 ) -> BTreeMap<Option<String>, Option<ShardText>> {
     let mut seen = BTreeMap::new();
-    engine.update(
-        Objects {
-            policies: &inputs.policies,
-            targets: &inputs.targets,
-            namespaces: &inputs.namespaces,
-            nodes: &inputs.nodes,
-        },
-        pods,
-        inputs.now,
-        |node, shard| {
-            seen.insert(node.clone(), shard.cloned());
-        },
-    );
+    engine.update(Objects::from(inputs), pods, inputs.now, |node, shard| {
+        seen.insert(node.clone(), shard.cloned());
+    });
     seen
+}
+
+/// Every pod of `inputs`, as the first update sees them.
+fn every_pod(inputs: &Inputs) -> Vec<(PodKey, Option<Arc<PodInfo>>)> {
+    inputs
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace.clone(), p.name.clone()),
+                Some(Arc::new(p.clone())),
+            )
+        })
+        .collect()
+}
+
+/// Namespace `shop` under policy `p`, target `web` selecting `app=web`; no pods.
+fn shop_with_target_web() -> Inputs {
+    Inputs {
+        policies: vec![mk_policy("p", 0, |_| {})],
+        namespaces: vec![mk_ns("shop", &[])],
+        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
+        ..Default::default()
+    }
 }
 
 fn json_of(shard: Option<&ShardText>) -> String {
@@ -625,12 +629,7 @@ fn json_of(shard: Option<&ShardText>) -> String {
 #[test]
 fn a_target_change_splices_the_pods_it_selects_into_shards_equal_to_a_full_compile() {
     // 40 pods on one node; a new target selects two of them.
-    let mut inputs = Inputs {
-        policies: vec![mk_policy("p", 0, |_| {})],
-        namespaces: vec![mk_ns("shop", &[])],
-        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
-        ..Default::default()
-    };
+    let mut inputs = shop_with_target_web();
     for i in 0..40 {
         let app = if i % 20 == 0 { "batch" } else { "web" };
         let pod = mk_pod(
@@ -642,16 +641,7 @@ fn a_target_change_splices_the_pods_it_selects_into_shards_equal_to_a_full_compi
         );
         inputs.pods.push(pod);
     }
-    let all = inputs
-        .pods
-        .iter()
-        .map(|p| {
-            (
-                (p.namespace.clone(), p.name.clone()),
-                Some(Arc::new(p.clone())),
-            )
-        })
-        .collect();
+    let all = every_pod(&inputs);
     let mut engine = Incremental::default();
     step(&mut engine, &inputs, all);
     let before = engine.shard(&Some("n".into()));
@@ -674,27 +664,13 @@ fn a_target_change_splices_the_pods_it_selects_into_shards_equal_to_a_full_compi
 fn host_network_pods_sharing_an_address_give_the_shard_a_full_compile_gives() {
     // Two host-network pods of one target on one node: same origin and address, so the wire
     // format merges their jobs into one entry, which no per-pod splice can give.
-    let mut inputs = Inputs {
-        policies: vec![mk_policy("p", 0, |_| {})],
-        namespaces: vec![mk_ns("shop", &[])],
-        targets: vec![mk_target("shop", "web", "web", port("pprof"))],
-        ..Default::default()
-    };
+    let mut inputs = shop_with_target_web();
     for name in ["a", "b", "c"] {
         inputs
             .pods
             .push(mk_pod("shop", name, &[("app", "web")], "n", "10.9.9.9"));
     }
-    let all: Vec<_> = inputs
-        .pods
-        .iter()
-        .map(|p| {
-            (
-                (p.namespace.clone(), p.name.clone()),
-                Some(Arc::new(p.clone())),
-            )
-        })
-        .collect();
+    let all = every_pod(&inputs);
     let mut engine = Incremental::default();
     let node = Some("n".to_string());
     let seen = step(&mut engine, &inputs, all);
