@@ -275,6 +275,8 @@ impl Incremental {
             update.shards += 1;
         }
         update.facts_changed = self.refresh_facts(&dirty);
+        // Sink lists no pod names any more (a policy's sinks were renamed).
+        self.sink_lists.retain(|s| Arc::strong_count(s) > 1);
         update
     }
 
