@@ -120,8 +120,6 @@ pub struct Incremental {
     decisions: HashMap<PodKey, Decision>,
     /// When the choices of each namespace with a rotating sampling change next.
     rotations: BTreeMap<String, Duration>,
-    /// Job count of each node that has a shard.
-    shards: BTreeMap<NodeKey, usize>,
     /// The shard of each node that has one.
     texts: BTreeMap<NodeKey, NodeShard>,
     /// The next pod's slot.
@@ -486,16 +484,11 @@ impl Incremental {
     /// Rebuilds `node`'s shard and its pods' shares: splices the old shard's fragments of the
     /// pods that did not change with those of the pods recomputed.
     fn rebuild(&mut self, node: &NodeKey, dirty: &mut Dirty) {
-        let old = self.texts.remove(node);
+        // The old shard, when it can be spliced.
+        let old = self.texts.remove(node).filter(|o| o.fragments.is_some());
         let Some(ctx) = &self.ctx else {
-            self.shards.remove(node);
             return;
         };
-        // The old JSON, when it can be spliced.
-        let old = old.and_then(|o| {
-            let json = o.text.payload.json().ok()?.into_owned();
-            Some((json, o.fragments?))
-        });
         let mut keep = std::collections::HashSet::new();
         let mut fresh: Vec<(u64, wire::Fragment)> = Vec::new();
         let mut rebuilt = Vec::new();
@@ -569,14 +562,8 @@ impl Incremental {
                 dirty.policies.insert(s.policy.clone());
             }
         }
-        match self.splice(node, old.as_ref(), &keep, &fresh) {
-            Some(shard) => {
-                self.shards.insert(node.clone(), shard.text.jobs);
-                self.texts.insert(node.clone(), shard);
-            }
-            None => {
-                self.shards.remove(node);
-            }
+        if let Some(shard) = self.splice(node, old.as_ref(), &keep, &fresh) {
+            self.texts.insert(node.clone(), shard);
         }
     }
 
@@ -585,7 +572,7 @@ impl Incremental {
     fn splice(
         &self,
         node: &NodeKey,
-        old: Option<&(String, Vec<Placed>)>,
+        old: Option<&NodeShard>,
         keep: &std::collections::HashSet<u64>,
         fresh: &[(u64, wire::Fragment)],
     ) -> Option<NodeShard> {
@@ -603,9 +590,18 @@ impl Incremental {
         if jobs == 0 && section.is_none() {
             return None;
         }
+        // The old JSON, inflated only when some of it is kept. Our own gzip always inflates;
+        // if it did not, only a whole rebuild has the kept pods' entries.
+        let old = match old {
+            Some(o) if !keep.is_empty() => match o.text.payload.json() {
+                Ok(json) => Some((json, o.fragments.as_deref().unwrap_or_default())),
+                Err(_) => return self.whole(node),
+            },
+            _ => None,
+        };
         // (first id, key, slot, text), in the order of the JSON.
         let mut parts: Vec<(&str, u64, u64, &str)> = Vec::new();
-        if let Some((json, placed)) = old {
+        if let Some((json, placed)) = &old {
             parts.extend(
                 placed
                     .iter()
@@ -627,14 +623,11 @@ impl Incremental {
             // wire format merges them into one entry, so only a whole rebuild gives its bytes.
             return self.whole(node);
         }
-        let names: BTreeSet<&str> = built()
-            .flat_map(|b| b.sinks.iter().map(String::as_str))
-            .chain(section.iter().flat_map(ebpf::sink_keys))
-            .collect();
-        let sinks: Vec<_> = names
-            .iter()
-            .filter_map(|n| ctx.sinks.get(*n).cloned())
-            .collect();
+        let sinks = sharding::named(
+            &ctx.sinks,
+            built().flat_map(|b| b.sinks.iter().map(String::as_str)),
+            section.as_ref(),
+        );
         let mut secrets: BTreeSet<(String, String)> = jobs_secret_refs(&[], &sinks)
             .into_iter()
             .map(|r| (r.namespace, r.name))
@@ -759,8 +752,8 @@ impl Incremental {
 
     /// The shard of `node` as it stands (`None`: no jobs and no eBPF section): for a shard that
     /// must be written again.
-    pub fn shard(&self, node: &NodeKey) -> Option<ShardText> {
-        self.texts.get(node).map(|n| n.text.clone())
+    pub fn shard(&self, node: &NodeKey) -> Option<&ShardText> {
+        self.texts.get(node).map(|n| &n.text)
     }
 
     /// The shard of `node` rebuilt from its pods' jobs.
@@ -783,8 +776,8 @@ impl Incremental {
     }
 
     /// The nodes that have a shard, with their job counts.
-    pub fn shard_sizes(&self) -> &BTreeMap<NodeKey, usize> {
-        &self.shards
+    pub fn shard_sizes(&self) -> BTreeMap<&NodeKey, usize> {
+        self.texts.iter().map(|(n, s)| (n, s.text.jobs)).collect()
     }
 
     /// The facts of each ProfilingTarget, by (namespace, name).
@@ -810,7 +803,7 @@ impl Incremental {
     pub fn compiled(&self) -> Compiled {
         Compiled {
             shards: self
-                .shards
+                .texts
                 .keys()
                 .filter_map(|n| self.job_shard(n).map(|s| (n.clone(), s)))
                 .collect(),

@@ -36,16 +36,28 @@ pub(super) fn shard(
     if jobs.is_empty() && ebpf.is_none() {
         return None;
     }
-    let names: BTreeSet<&str> = jobs
-        .iter()
-        .flat_map(|j| j.sinks.iter().map(String::as_str))
-        .chain(ebpf.iter().flat_map(ebpf::sink_keys))
-        .collect();
-    let sinks = names
-        .iter()
-        .filter_map(|n| all_sinks.get(*n).cloned())
-        .collect();
+    let sinks = named(
+        all_sinks,
+        jobs.iter().flat_map(|j| j.sinks.iter().map(String::as_str)),
+        ebpf.as_ref(),
+    );
     let mut shard = JobShard::new(node, jobs, sinks);
     shard.ebpf = ebpf;
     Some(shard)
+}
+
+/// The sinks a shard carries: those its jobs name (`names`, with repeats) and those its eBPF
+/// section names, in name order.
+pub(super) fn named<'a>(
+    all_sinks: &BTreeMap<String, SinkSpec>,
+    names: impl Iterator<Item = &'a str>,
+    ebpf: Option<&'a EbpfShard>,
+) -> Vec<SinkSpec> {
+    let names: BTreeSet<&str> = names
+        .chain(ebpf.into_iter().flat_map(ebpf::sink_keys))
+        .collect();
+    names
+        .iter()
+        .filter_map(|n| all_sinks.get(*n).cloned())
+        .collect()
 }

@@ -427,7 +427,7 @@ impl Reconciler {
         self.facts = Some(Arc::new(Facts {
             targets: engine.target_facts().clone(),
             policies: engine.policy_facts().clone(),
-            shard_nodes: sizes.keys().cloned().collect(),
+            shard_nodes: sizes.into_keys().cloned().collect(),
         }));
         self.metrics
             .reconcile_duration
