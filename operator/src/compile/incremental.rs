@@ -90,6 +90,21 @@ pub struct ShardText {
     pub secrets: BTreeSet<(String, String)>,
 }
 
+impl From<&JobShard> for ShardText {
+    /// `shard` serialized whole.
+    fn from(shard: &JobShard) -> Self {
+        Self {
+            payload: ShardPayload::new(shard.to_json()),
+            jobs: shard.jobs.len(),
+            secrets: shard
+                .secret_refs()
+                .into_iter()
+                .map(|r| (r.namespace, r.name))
+                .collect(),
+        }
+    }
+}
+
 /// A node's shard and where its fragments lie in its JSON.
 #[derive(Debug)]
 struct NodeShard {
@@ -661,18 +676,8 @@ impl Incremental {
 
     /// `node`'s shard built whole from its pods' jobs, as the full compile builds it.
     fn whole(&self, node: &NodeKey) -> Option<NodeShard> {
-        let shard = self.job_shard(node)?;
-        let secrets = shard
-            .secret_refs()
-            .into_iter()
-            .map(|r| (r.namespace, r.name))
-            .collect();
         Some(NodeShard {
-            text: ShardText {
-                payload: ShardPayload::new(shard.to_json()),
-                jobs: shard.jobs.len(),
-                secrets,
-            },
+            text: ShardText::from(&self.job_shard(node)?),
             fragments: None,
         })
     }

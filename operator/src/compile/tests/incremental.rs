@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use kubeprof_crds::{common::NamespaceSelector, health::ShardPayload};
+use kubeprof_crds::common::NamespaceSelector;
 use pretty_assertions::assert_eq;
 
 use super::*;
@@ -384,18 +384,7 @@ fn check(rng_seed: u64, steps: usize) -> (usize, usize) {
         let expected: BTreeMap<_, _> = full
             .shards
             .iter()
-            .map(|(n, s)| {
-                let text = ShardText {
-                    payload: ShardPayload::new(s.to_json()),
-                    jobs: s.jobs.len(),
-                    secrets: s
-                        .secret_refs()
-                        .into_iter()
-                        .map(|r| (r.namespace, r.name))
-                        .collect(),
-                };
-                (n.clone(), text)
-            })
+            .map(|(n, s)| (n.clone(), ShardText::from(s)))
             .collect();
         if published != expected {
             let json = |m: &BTreeMap<Option<String>, ShardText>| -> BTreeMap<_, _> {
